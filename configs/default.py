@@ -1,0 +1,89 @@
+"""The improved model on `event` tokens: every-position loss, AdamW, warmup + cosine, augmentation.
+
+Units are in the comments. Override anything from the command line, e.g.
+  python -m jaxcomposer.main --mode=train --config=configs/default.py --config.train.num_steps=500
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # root seed: batches, init, dropout and sampling keys all fold in from it
+
+    c.data = ml_collections.ConfigDict()
+    c.data.midi_dir = ""  # "" = the embedded Bach chorales (music21's corpus, offline)
+    c.data.valid_dir = ""  # "" = hold out valid_fraction of midi_dir by file name
+    c.data.valid_fraction = 0.1  # share of pieces
+    c.data.cache_dir = ""  # "" = ~/.cache/jaxcomposer
+    c.data.programs = ()  # GM program numbers to keep; () = every non-drum instrument
+    c.data.drop_out_of_range_notes = True  # notes outside the pitch range are dropped and counted
+    c.data.num_workers = 0  # processes; 0 = one per core (at most 8)
+    c.data.max_tracks = 256  # tracks; more marks a file as absurd
+    c.data.max_notes = 200_000  # notes
+    c.data.max_beats = 50_000.0  # quarter-note beats
+    c.data.min_qpm = 1.0  # quarter notes per minute
+    c.data.max_qpm = 2_000.0
+    c.data.max_pieces = 0  # 0 = all files
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.name = "event"  # chord | frame | event
+    c.tokenizer.steps_per_beat = 4  # grid steps per quarter note (4 = sixteenth notes)
+    c.tokenizer.pitch_min = 21  # MIDI pitch (A0)
+    c.tokenizer.pitch_max = 108  # MIDI pitch (C8)
+    c.tokenizer.mark_onsets = True  # frame: ONSET/HOLD instead of NOTE
+    c.tokenizer.max_duration_steps = 32  # grid steps (8 beats at 4 steps per beat)
+    c.tokenizer.num_velocity_bins = 0  # event: 0 = no dynamics tokens
+    c.tokenizer.max_bar_beats = 8  # event: quarter beats in the longest allowed bar
+    c.tokenizer.chord_step_beats = 0.5  # chord: beats between decoded groups (the original's)
+    c.tokenizer.chord_durations = False  # chord: DURATION token after each group
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = "lstm"
+    c.model.embed_dim = 256  # units
+    c.model.hidden_size = 512  # units per layer
+    c.model.num_layers = 2
+    c.model.dropout = 0.2  # rate
+    c.model.recurrent_dropout = 0.0  # rate; > 0 costs speed (see README)
+    c.model.layer_norm = False
+    c.model.tie_embeddings = False
+    c.model.hoist_input_projection = True  # see model.py: measured faster on CPU
+    c.model.dense_size = 256  # seed_replica only
+    c.model.dtype = "float32"
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0
+    c.train.batch_size = 32  # windows per step (all devices together)
+    c.train.seq_len = 128  # tokens per window
+    c.train.num_steps = 20_000  # optimizer steps
+    c.train.optimizer = "adamw"
+    c.train.learning_rate = 2e-3  # peak
+    c.train.warmup_steps = 200  # steps
+    c.train.lr_schedule = "cosine"
+    c.train.weight_decay = 1e-4
+    c.train.grad_clip_norm = 1.0  # global norm; 0 = off
+    c.train.loss_on_last_only = False
+    c.train.transpose_semitones = 5  # augmentation: shift in [-5, 5] semitones
+    c.train.grammar_mask_loss = False
+    c.train.eval_every = 250  # steps
+    c.train.eval_batches = 8  # batches per validation pass
+    c.train.early_stop_patience = 8  # validation passes without improvement; 0 = never stop
+    c.train.checkpoint_every = 250  # steps
+    c.train.keep_best = 2  # best checkpoints kept (plus the latest)
+    c.train.log_every = 50  # steps
+    c.train.max_wall_seconds = 0.0  # seconds; 0 = no limit
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.decoder = "temperature"  # argmax | temperature
+    c.sample.temperature = 1.0
+    c.sample.top_k = 0  # 0 = off
+    c.sample.top_p = 0.95  # 1.0 = off
+    c.sample.repetition_penalty = 1.0  # 1.0 = off
+    c.sample.num_steps = 500  # tokens per sample
+    c.sample.num_bars = 0  # > 0: length in bars instead of tokens
+    c.sample.num_samples = 4
+    c.sample.primer = "none"  # none | valid | path/to/primer.mid
+    c.sample.primer_tokens = 64  # tokens of primer
+    c.sample.grammar_mask = True
+    c.sample.checkpoint = "best"  # best | latest | step number
+    return c

@@ -1,0 +1,166 @@
+"""Typed, frozen configuration: the one place an ml_collections ConfigDict becomes dataclasses.
+
+`configs/*.py` hold the values (with units); `freeze(config_dict)` turns them into the
+dataclasses below, checking that no key is unknown and none is missing. Library code only ever
+sees a frozen `Config`; it never mutates it. The workdir stores `config.json`, from which
+`load_json` rebuilds the same `Config` so that sampling and evaluation need the workdir alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    midi_dir: str  # folder searched recursively for .mid/.midi; "" = embedded Bach chorales
+    valid_dir: str  # explicit validation folder; "" = split midi_dir by valid_fraction
+    valid_fraction: float  # share of pieces (by file name hash) held out for validation
+    cache_dir: str  # per-file token cache; "" = ~/.cache/jaxcomposer
+    programs: tuple[int, ...]  # GM programs to keep (0-127); () = all non-drum instruments
+    drop_out_of_range_notes: bool  # True: drop notes outside the pitch range (counted)
+    num_workers: int  # parse processes; 0 = min(cpu count, 8)
+    max_tracks: int  # a file with more tracks is rejected as absurd
+    max_notes: int  # a file with more notes is rejected as absurd
+    max_beats: float  # a file longer than this (quarter-note beats) is rejected as absurd
+    min_qpm: float  # tempo events outside [min_qpm, max_qpm] mark a file absurd
+    max_qpm: float
+    max_pieces: int  # 0 = all; otherwise the first N files by sorted name (smoke runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    name: str  # "chord" | "frame" | "event"
+    steps_per_beat: int  # grid steps per quarter-note beat (frame, event, chord durations)
+    pitch_min: int  # lowest MIDI pitch in the vocabulary (21 = A0)
+    pitch_max: int  # highest MIDI pitch in the vocabulary (108 = C8)
+    mark_onsets: bool  # frame: ONSET/HOLD tokens (True) or plain NOTE tokens (False)
+    max_duration_steps: int  # event/chord: durations are capped at this many grid steps
+    num_velocity_bins: int  # event: 0 = no velocity tokens
+    max_bar_beats: int  # event: longest bar (quarter beats) a time signature may have
+    chord_step_beats: float  # chord: fixed spacing between onset groups when decoding
+    chord_durations: bool  # chord: add a DURATION token after each onset group
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    kind: str  # "lstm" (token embedding LM) | "seed_replica" (the original Keras model)
+    embed_dim: int  # token embedding width
+    hidden_size: int  # LSTM units per layer
+    num_layers: int
+    dropout: float  # between layers and before the output projection (rate)
+    recurrent_dropout: float  # per-sequence mask on h inside the recurrence (rate); 0 = off
+    layer_norm: bool  # layer norm on each layer's output
+    tie_embeddings: bool  # output projection = embedding transposed (needs embed_dim == hidden)
+    hoist_input_projection: bool  # one matmul for all steps' x @ W_x outside the scan
+    dense_size: int  # seed_replica: width of the Dense(256) head layer
+    dtype: str  # compute dtype: "float32" | "bfloat16" (params stay float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    batch_size: int  # windows per step (global, over all devices)
+    seq_len: int  # tokens per window (inputs); targets are shifted by one
+    num_steps: int  # optimizer steps in total
+    optimizer: str  # "adamw" | "rmsprop"
+    learning_rate: float  # peak learning rate
+    warmup_steps: int
+    lr_schedule: str  # "cosine" | "constant"
+    weight_decay: float
+    grad_clip_norm: float  # 0 = off
+    loss_on_last_only: bool  # seed_replica: one target per window (the last)
+    transpose_semitones: int  # augmentation: uniform shift in [-k, k]; 0 = off
+    grammar_mask_loss: bool  # mask logits of tokens the grammar forbids before the softmax
+    eval_every: int  # steps between validation passes
+    eval_batches: int  # validation batches per pass (fixed windows)
+    early_stop_patience: int  # validation passes without improvement before stopping; 0 = off
+    checkpoint_every: int  # steps between checkpoints (also at each eval and at the end)
+    keep_best: int  # best-by-validation checkpoints kept besides the latest
+    log_every: int  # steps between log lines
+    max_wall_seconds: float  # stop (with a checkpoint) after this much training time; 0 = off
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    decoder: str  # "argmax" | "temperature"
+    temperature: float
+    top_k: int  # 0 = off
+    top_p: float  # 1.0 = off
+    repetition_penalty: float  # 1.0 = off
+    num_steps: int  # tokens to generate per sample
+    num_bars: int  # if > 0, generate until this many bars (event) / beats*4 (others)
+    num_samples: int
+    primer: str  # "none" | "valid" (a random validation window) | path to a MIDI file
+    primer_tokens: int  # primer length taken from a MIDI file or the validation data
+    grammar_mask: bool  # forbid tokens that cannot come next
+    checkpoint: str  # "best" | "latest" | a step number
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    model: ModelConfig
+    train: TrainConfig
+    sample: SampleConfig
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"config {where}: expected a section, got {value!r}")
+        return _build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return tuple(int(v) if isinstance(v, bool | int) else v for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise TypeError(f"config {where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    missing = names - set(values)
+    if unknown or missing:
+        raise KeyError(
+            f"config {where or '<root>'}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
+        )
+    kwargs = {n: _convert(hints[n], values[n], f"{where}.{n}".lstrip(".")) for n in names}
+    return cls(**kwargs)
+
+
+def freeze(config_dict: Any) -> Config:
+    """ConfigDict (or nested dict) -> frozen, typed `Config`; rejects unknown/missing keys."""
+    values = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
+    return _build(Config, values, "")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> Config:
+    return freeze(json.loads(text))
+
+
+def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """A new Config with some fields of some sections changed, e.g. replace(c, train={'seed': 1})."""
+    changed = {
+        name: dataclasses.replace(getattr(config, name), **dict(fields))
+        for name, fields in sections.items()
+    }
+    return dataclasses.replace(config, **changed)

@@ -1,0 +1,119 @@
+"""Notes as parallel numpy arrays, in quarter-note beats, and a piece = notes + score events.
+
+Everything downstream of the MIDI reader (tokenizers, statistics, rendering) works on these.
+Times are in beats (quarter notes) so that tokens are score-like and tempo-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+DEFAULT_VELOCITY = 80  # MIDI velocity given to notes whose tokens carry no dynamics
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Notes:
+    """N notes. Arrays all have shape (N,); `start < end` for every note of a valid piece."""
+
+    pitch: np.ndarray  # int16, MIDI pitch 0-127
+    start: np.ndarray  # float64, beats
+    end: np.ndarray  # float64, beats
+    velocity: np.ndarray  # int16, 1-127
+    program: np.ndarray  # int16, GM program 0-127
+    is_drum: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return int(self.pitch.shape[0])
+
+    def __getitem__(self, index) -> Notes:
+        return Notes(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
+    @staticmethod
+    def empty() -> Notes:
+        return make_notes([], [], [])
+
+    def sorted(self) -> Notes:
+        """Canonical order: by start, then pitch, then end."""
+        return self[np.lexsort((self.end, self.pitch, self.start))]
+
+    def as_tuples(self) -> list[tuple[int, float, float, int]]:
+        """(pitch, start, end, velocity) per note in canonical order; handy in tests."""
+        s = self.sorted()
+        return [
+            (int(p), float(a), float(b), int(v))
+            for p, a, b, v in zip(s.pitch, s.start, s.end, s.velocity, strict=True)
+        ]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Notes):
+            return NotImplemented
+        return self.as_tuples() == other.as_tuples()
+
+
+def make_notes(pitch, start, end, velocity=None, program=None, is_drum=None) -> Notes:
+    """Builds `Notes` from sequences, filling velocity/program/drum defaults."""
+    pitch = np.asarray(pitch, np.int16).reshape(-1)
+    n = pitch.shape[0]
+    return Notes(
+        pitch=pitch,
+        start=np.asarray(start, np.float64).reshape(-1),
+        end=np.asarray(end, np.float64).reshape(-1),
+        velocity=np.full(n, DEFAULT_VELOCITY, np.int16)
+        if velocity is None
+        else np.asarray(velocity, np.int16).reshape(-1),
+        program=np.zeros(n, np.int16) if program is None else np.asarray(program, np.int16),
+        is_drum=np.zeros(n, bool) if is_drum is None else np.asarray(is_drum, bool),
+    )
+
+
+def concat(parts: list[Notes]) -> Notes:
+    if not parts:
+        return Notes.empty()
+    return Notes(
+        *(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Notes))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeSignature:
+    beat: float  # quarter-note beats from the start
+    numerator: int
+    denominator: int
+
+    @property
+    def bar_beats(self) -> float:
+        return self.numerator * 4.0 / self.denominator
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySignature:
+    beat: float
+    key_number: int  # pretty_midi convention: 0-11 major C..B, 12-23 minor c..b
+
+
+@dataclasses.dataclass(frozen=True)
+class Tempo:
+    beat: float
+    qpm: float  # quarter notes per minute
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """One piece of music: the merged, drum-free notes plus score events, all in beats."""
+
+    name: str  # file name relative to the corpus root (the key used in manifests and reports)
+    notes: Notes
+    tempos: tuple[Tempo, ...] = ()
+    time_signatures: tuple[TimeSignature, ...] = ()
+    key_signatures: tuple[KeySignature, ...] = ()
+
+    @property
+    def initial_qpm(self) -> float:
+        return self.tempos[0].qpm if self.tempos else 120.0
+
+
+def grid_round(beats: np.ndarray, steps_per_beat: int) -> np.ndarray:
+    """Beats -> nearest grid step (int64); halves round up so that 0.5 steps is never ambiguous."""
+    return np.floor(np.asarray(beats, np.float64) * steps_per_beat + 0.5).astype(np.int64)

@@ -1,0 +1,32 @@
+"""Tokenizers: `get_tokenizer(config.tokenizer)` returns one by name."""
+
+from __future__ import annotations
+
+from jaxcomposer.config_lib import TokenizerConfig
+from jaxcomposer.tokenizers.base import (
+    Decoded,
+    EncodingError,
+    Tokenizer,
+    TranspositionError,
+)
+from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
+
+NAMES = ("chord", "frame", "event")
+
+
+def get_tokenizer(config: TokenizerConfig) -> Tokenizer:
+    if config.name == "chord":
+        from jaxcomposer.tokenizers.chord import ChordTokenizer as cls
+    elif config.name == "frame":
+        from jaxcomposer.tokenizers.frame import FrameTokenizer as cls
+    elif config.name == "event":
+        from jaxcomposer.tokenizers.event import EventTokenizer as cls
+    else:
+        raise ValueError(f"unknown tokenizer {config.name!r}; choose one of {NAMES}")
+    return cls(config)
+
+
+__all__ = [
+    "BOS", "EOS", "PAD", "NAMES", "Decoded", "EncodingError", "Tokenizer",
+    "TranspositionError", "Vocab", "get_tokenizer",
+]

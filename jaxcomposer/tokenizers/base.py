@@ -1,0 +1,134 @@
+"""The interface every tokenizer implements: pure functions, numpy in, numpy out."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import numpy as np
+
+from jaxcomposer.config_lib import TokenizerConfig
+from jaxcomposer.notes import Notes, Piece, TimeSignature
+from jaxcomposer.tokenizers.grammar import Grammar
+from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
+
+
+class EncodingError(ValueError):
+    """A piece holds a value the vocabulary cannot express (the message says which and where)."""
+
+
+class TranspositionError(ValueError):
+    """Shifting would move some tokens out of the pitch range."""
+
+    def __init__(self, shift: int, out_of_range: int):
+        super().__init__(
+            f"transposing by {shift:+d} semitones moves {out_of_range} token(s) out of the pitch range"
+        )
+        self.shift = shift
+        self.out_of_range = out_of_range
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    notes: Notes
+    skipped: int  # tokens that did not fit the grammar (or lay outside the vocabulary)
+    beats: float  # length of the decoded music in quarter-note beats
+    frames: int = 0  # number of FRAME_END tokens (frame tokenizer), else 0
+    time_signatures: tuple[TimeSignature, ...] = ()
+
+
+class Tokenizer(abc.ABC):
+    """Declared vocabulary + grammar + encode/decode. Subclasses build both in __init__."""
+
+    name: str
+
+    def __init__(self, config: TokenizerConfig):
+        if not 0 <= config.pitch_min <= config.pitch_max <= 127:
+            raise ValueError(f"pitch range [{config.pitch_min}, {config.pitch_max}] is not within MIDI 0-127")
+        if config.steps_per_beat < 1:
+            raise ValueError(f"steps_per_beat must be >= 1, got {config.steps_per_beat}")
+        self.config = config
+        self.vocab: Vocab = self._build_vocab()
+        self.grammar: Grammar = self._build_grammar()
+        self._transpose_cache: dict[int, np.ndarray] = {}
+
+    # --- what subclasses provide -------------------------------------------------------------
+    @abc.abstractmethod
+    def _build_vocab(self) -> Vocab: ...
+
+    @abc.abstractmethod
+    def _build_grammar(self) -> Grammar: ...
+
+    @abc.abstractmethod
+    def encode(self, piece: Piece) -> np.ndarray:
+        """Piece -> int32 tokens, without BOS/EOS. Raises EncodingError for impossible values."""
+
+    @abc.abstractmethod
+    def _decode_body(self, tokens: np.ndarray, accepted: np.ndarray) -> Decoded:
+        """Decodes tokens the grammar accepted (`accepted[i]`); others are already counted."""
+
+    @abc.abstractmethod
+    def quantize(self, piece: Piece) -> Notes:
+        """The notes exactly as this tokenizer represents them (grid, caps, merges, velocity).
+
+        Computed directly from the notes, not via encode/decode, so that
+        `decode(encode(p)).notes == quantize(p)` is a real check.
+        """
+
+    @abc.abstractmethod
+    def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
+        """The token (range, index) a token becomes when transposed, or None if impossible."""
+
+    # --- shared ----------------------------------------------------------------------------
+    @property
+    def num_pitches(self) -> int:
+        return self.config.pitch_max - self.config.pitch_min + 1
+
+    def decode(self, tokens: np.ndarray) -> Decoded:
+        """Never raises. Drops leading BOS and PAD, stops at EOS; counts what it could not use."""
+        tokens = np.asarray(tokens, np.int64).reshape(-1)
+        tokens = tokens[tokens != PAD]
+        if tokens.size and tokens[0] == BOS:
+            tokens = tokens[1:]
+        eos = np.flatnonzero(tokens == EOS)
+        if eos.size:
+            tokens = tokens[: eos[0]]
+        _, accepted = self.grammar.walk(tokens)
+        decoded = self._decode_body(tokens, accepted)
+        return dataclasses.replace(decoded, skipped=decoded.skipped + int((~accepted).sum()))
+
+    def transpose_table(self, shift: int) -> np.ndarray:
+        """int32 (V,): token id after shifting by `shift` semitones; -1 where impossible."""
+        if shift not in self._transpose_cache:
+            table = np.full(self.vocab.size, -1, np.int32)
+            for token in range(self.vocab.size):
+                name, index = self.vocab.lookup(token)
+                moved = (name, index) if shift == 0 else self._shift_token(name, index, shift)
+                if moved is not None:
+                    table[token] = self.vocab.token(*moved)
+            self._transpose_cache[shift] = table
+        return self._transpose_cache[shift]
+
+    def transpose(self, tokens: np.ndarray, shift: int) -> np.ndarray:
+        """Shifts every pitch by `shift` semitones; raises TranspositionError if any would leave
+        the pitch range (never clips)."""
+        tokens = np.asarray(tokens)
+        moved = self.transpose_table(shift)[tokens]
+        bad = int((moved < 0).sum())
+        if bad:
+            raise TranspositionError(shift, bad)
+        return moved.astype(tokens.dtype)
+
+    def transposition_tables(self, max_shift: int) -> np.ndarray:
+        """int32 (2*max_shift+1, V): row k is `transpose_table(k - max_shift)`."""
+        return np.stack([self.transpose_table(k) for k in range(-max_shift, max_shift + 1)])
+
+    def check_range(self, pitch: np.ndarray, where: str) -> None:
+        low = pitch < self.config.pitch_min
+        high = pitch > self.config.pitch_max
+        if low.any() or high.any():
+            bad = pitch[low | high]
+            raise EncodingError(
+                f"{where}: {bad.size} note(s) outside the pitch range "
+                f"[{self.config.pitch_min}, {self.config.pitch_max}], e.g. pitch {int(bad[0])}"
+            )

@@ -1,0 +1,88 @@
+"""A tokenizer's grammar as a finite-state table, usable from numpy and from jitted JAX code.
+
+`next_state[s, t]` is the state after token `t` in state `s`, or -1 when `t` cannot come next.
+The same table drives three things, so they can never disagree:
+  * decoding: a token with `next_state[s, t] < 0` is skipped and counted (decoding never raises);
+  * sampling: `next_state[s] >= 0` is the mask of allowed tokens (zero skips by construction);
+  * the optional grammar-masked training loss.
+State 0 is "before BOS"; `bos_state` is the state after BOS, where a piece's first token is read.
+After EOS only PAD is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
+
+START_STATE = 0
+END_STATE = 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grammar:
+    next_state: np.ndarray  # int32 (S, V); -1 = token not allowed in that state
+    bos_state: int  # state after BOS
+    state_names: tuple[str, ...]  # for error messages and debugging
+
+    @property
+    def num_states(self) -> int:
+        return int(self.next_state.shape[0])
+
+    def allowed(self, state: int) -> np.ndarray:
+        return self.next_state[state] >= 0
+
+    def walk(self, tokens: np.ndarray, state: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Runs the grammar over `tokens`, skipping tokens it forbids.
+
+        Returns (states_before, accepted): the state before each token and whether the token was
+        accepted. A skipped token leaves the state unchanged. Starts after BOS unless told.
+        """
+        tokens = np.asarray(tokens, np.int64)
+        s = self.bos_state if state is None else int(state)
+        states = np.empty(tokens.shape[0], np.int32)
+        accepted = np.zeros(tokens.shape[0], bool)
+        table = self.next_state
+        vocab_size = table.shape[1]
+        for i, t in enumerate(tokens.tolist()):
+            states[i] = s
+            nxt = table[s, t] if 0 <= t < vocab_size else -1
+            if nxt >= 0:
+                accepted[i] = True
+                s = int(nxt)
+        return states, accepted
+
+
+class GrammarBuilder:
+    """Collects named states and allowed transitions; `build()` freezes them into a table."""
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.edges: list[tuple[int, np.ndarray, int]] = []
+        self.state("START")
+        self.state("END")
+        self.allow("END", [PAD], "END")
+
+    def state(self, name: str) -> int:
+        if name not in self.index:
+            self.index[name] = len(self.names)
+            self.names.append(name)
+        return self.index[name]
+
+    def allow(self, src: str, tokens, dst: str) -> None:
+        self.edges.append((self.state(src), np.asarray(tokens, np.int64).reshape(-1), self.state(dst)))
+
+    def build(self, bos_state: str) -> Grammar:
+        self.allow("START", [BOS], bos_state)
+        table = np.full((len(self.names), self.vocab.size), -1, np.int32)
+        for src, toks, dst in self.edges:
+            table[src, toks] = dst
+        return Grammar(next_state=table, bos_state=self.index[bos_state], state_names=tuple(self.names))
+
+
+def allow_eos(builder: GrammarBuilder, state: str) -> None:
+    builder.allow(state, [EOS], "END")
