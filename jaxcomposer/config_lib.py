@@ -133,7 +133,8 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     missing = names - set(values)
     if unknown or missing:
         raise KeyError(
-            f"config {where or '<root>'}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
+            f"config {where or '<root>'}: unknown keys {sorted(unknown)}, "
+            f"missing keys {sorted(missing)}"
         )
     kwargs = {n: _convert(hints[n], values[n], f"{where}.{n}".lstrip(".")) for n in names}
     return cls(**kwargs)
@@ -158,7 +159,7 @@ def from_json(text: str) -> Config:
 
 
 def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
-    """A new Config with some fields of some sections changed, e.g. replace(c, train={'seed': 1})."""
+    """A Config with some fields of some sections changed: replace(c, train={'seed': 1})."""
     changed = {
         name: dataclasses.replace(getattr(config, name), **dict(fields))
         for name, fields in sections.items()

@@ -27,6 +27,14 @@ def get_tokenizer(config: TokenizerConfig) -> Tokenizer:
 
 
 __all__ = [
-    "BOS", "EOS", "PAD", "NAMES", "Decoded", "EncodingError", "Tokenizer",
-    "TranspositionError", "Vocab", "get_tokenizer",
+    "BOS",
+    "EOS",
+    "PAD",
+    "NAMES",
+    "Decoded",
+    "EncodingError",
+    "Tokenizer",
+    "TranspositionError",
+    "Vocab",
+    "get_tokenizer",
 ]

@@ -22,7 +22,8 @@ class TranspositionError(ValueError):
 
     def __init__(self, shift: int, out_of_range: int):
         super().__init__(
-            f"transposing by {shift:+d} semitones moves {out_of_range} token(s) out of the pitch range"
+            f"transposing by {shift:+d} semitones moves {out_of_range} token(s) "
+            "out of the pitch range"
         )
         self.shift = shift
         self.out_of_range = out_of_range
@@ -44,7 +45,9 @@ class Tokenizer(abc.ABC):
 
     def __init__(self, config: TokenizerConfig):
         if not 0 <= config.pitch_min <= config.pitch_max <= 127:
-            raise ValueError(f"pitch range [{config.pitch_min}, {config.pitch_max}] is not within MIDI 0-127")
+            raise ValueError(
+                f"pitch range [{config.pitch_min}, {config.pitch_max}] is not within MIDI 0-127"
+            )
         if config.steps_per_beat < 1:
             raise ValueError(f"steps_per_beat must be >= 1, got {config.steps_per_beat}")
         self.config = config

@@ -74,14 +74,18 @@ class GrammarBuilder:
         return self.index[name]
 
     def allow(self, src: str, tokens, dst: str) -> None:
-        self.edges.append((self.state(src), np.asarray(tokens, np.int64).reshape(-1), self.state(dst)))
+        self.edges.append(
+            (self.state(src), np.asarray(tokens, np.int64).reshape(-1), self.state(dst))
+        )
 
     def build(self, bos_state: str) -> Grammar:
         self.allow("START", [BOS], bos_state)
         table = np.full((len(self.names), self.vocab.size), -1, np.int32)
         for src, toks, dst in self.edges:
             table[src, toks] = dst
-        return Grammar(next_state=table, bos_state=self.index[bos_state], state_names=tuple(self.names))
+        return Grammar(
+            next_state=table, bos_state=self.index[bos_state], state_names=tuple(self.names)
+        )
 
 
 def allow_eos(builder: GrammarBuilder, state: str) -> None:

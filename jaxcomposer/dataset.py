@@ -1,0 +1,310 @@
+"""`--mode=prepare`: a MIDI folder (or the embedded Bach chorales) -> token arrays in a workdir.
+
+  <workdir>/data/{train,valid}.npz   tokens int32 (T,) = pieces as [BOS, ...tokens..., EOS]
+                                     concatenated; offsets int64 (P+1,); names str (P,)
+  <workdir>/data/manifest.json       every file: split, counts, or the reason it was skipped
+  <workdir>/vocab.json, config.json
+
+Files are read and encoded by `encoding.encode_sources` (parallel, cached per file). The split is
+by piece, from a hash of the file name, so it never changes when files are added or removed.
+The data folder is replaced as a whole (atomic.atomic_dir): an interrupted run leaves the
+previous dataset, never a partial one that `load_split` would accept.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+from absl import logging
+
+from jaxcomposer import atomic, config_lib, encoding
+from jaxcomposer.config_lib import Config, DataConfig
+from jaxcomposer.encoding import Encoded, Source, find_midi_files, fit_pitch_range
+from jaxcomposer.tokenizers import BOS, EOS
+
+__all__ = [
+    "DatasetError",
+    "PrepareError",
+    "TokenSplit",
+    "encode_folder",
+    "fit_pitch_range",
+    "load_split",
+    "prepare",
+    "summarize",
+    "valid_hash",
+]
+
+SPLITS = ("train", "valid")
+MANIFEST_VERSION = 1
+
+
+class PrepareError(RuntimeError):
+    """Nothing usable to train on (the message says where and why)."""
+
+
+class DatasetError(ValueError):
+    """A workdir's dataset is missing, garbled or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSplit:
+    tokens: np.ndarray  # int32 (T,): pieces as [BOS, ..., EOS], concatenated
+    offsets: np.ndarray  # int64 (P+1,): piece i is tokens[offsets[i]:offsets[i+1]]
+    names: np.ndarray  # str (P,)
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def piece(self, i: int) -> np.ndarray:
+        """Piece i's tokens, including its BOS and EOS."""
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        return (self.piece(i) for i in range(len(self)))
+
+    @staticmethod
+    def from_pieces(names: list[str], bodies: list[np.ndarray]) -> TokenSplit:
+        """Pieces' tokens without BOS/EOS -> one split (each wrapped in BOS ... EOS)."""
+        lengths = np.array([len(b) + 2 for b in bodies], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        tokens = np.empty(int(offsets[-1]), np.int32)
+        for body, start, end in zip(bodies, offsets[:-1], offsets[1:], strict=True):
+            tokens[start] = BOS
+            tokens[start + 1 : end - 1] = body
+            tokens[end - 1] = EOS
+        return TokenSplit(tokens, offsets, np.array(names, dtype=str).reshape(-1))
+
+
+def valid_hash(name: str) -> float:
+    """A stable number in [0, 1) per file name; pieces below valid_fraction are held out."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def assign_splits(names: list[str], valid_fraction: float) -> list[str]:
+    """'train'/'valid' per name, by name hash; >= 1 of each when there are >= 2 pieces."""
+    hashes = [valid_hash(n) for n in names]
+    splits = ["valid" if h < valid_fraction else "train" for h in hashes]
+    if len(names) >= 2 and "valid" not in splits:
+        splits[int(np.argmin(hashes))] = "valid"
+    if len(names) >= 2 and "train" not in splits:
+        splits[int(np.argmax(hashes))] = "train"
+    return splits
+
+
+def prepare(config: Config, workdir: str, *, progress: bool = True) -> dict:
+    """Reads, encodes, splits and writes the dataset; returns the manifest (also written)."""
+    started = time.perf_counter()
+    data = config.data
+    train_sources, root = _sources(data.midi_dir, data)
+    valid_sources = []
+    if data.valid_dir:
+        valid_sources, _ = _sources(data.valid_dir, data)
+    run = encoding.encode_sources(config, train_sources + valid_sources, progress=progress)
+    results = run.results
+    usable = [r for r in results[: len(train_sources)] if not r.reason]
+    if data.valid_dir:
+        splits = ["train"] * len(usable)
+        held_out = [r for r in results[len(train_sources) :] if not r.reason]
+        usable, splits = usable + held_out, splits + ["valid"] * len(held_out)
+    else:
+        splits = assign_splits([r.name for r in usable], data.valid_fraction)
+    skipped = [r for r in results if r.reason]
+    for r in skipped:
+        logging.warning("skipped %s: %s", r.name, r.reason)
+    if "train" not in splits:
+        raise PrepareError(
+            f"no usable pieces in {root}: {len(skipped)} of {len(results)} file(s) skipped"
+            f"{_top_reasons_text(skipped)}"
+        )
+    tokenizer = encoding.tokenizer_for(config.tokenizer)
+    manifest = _manifest(config, root, usable, splits, skipped, run, tokenizer.vocab.to_json())
+    manifest["timing"]["seconds"] = round(time.perf_counter() - started, 4)
+    with atomic.atomic_dir(os.path.join(workdir, "data")) as tmp:
+        for split in SPLITS:
+            chosen = [r for r, s in zip(usable, splits, strict=True) if s == split]
+            _save_split(os.path.join(tmp, f"{split}.npz"), chosen)
+        atomic.write_json(os.path.join(tmp, "manifest.json"), manifest)
+    atomic.write_text(os.path.join(workdir, "vocab.json"), tokenizer.vocab.to_json())
+    atomic.write_text(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+    return manifest
+
+
+def encode_folder(
+    config: Config, folder: str, *, progress: bool = True
+) -> tuple[TokenSplit, list[dict]]:
+    """Every MIDI file under `folder`, read and encoded exactly as `prepare` does (same cache).
+    Returns the usable pieces and the skipped files ({'name', 'reason'})."""
+    if not os.path.isdir(folder):
+        raise DatasetError(f"MIDI folder {folder!r} does not exist")
+    sources = [Source(n, p, "midi") for n, p in find_midi_files(folder)]
+    results = encoding.encode_sources(config, sources, progress=progress).results
+    usable = [r for r in results if not r.reason]
+    split = TokenSplit.from_pieces([r.name for r in usable], [r.tokens for r in usable])
+    return split, [{"name": r.name, "reason": r.reason} for r in results if r.reason]
+
+
+def _sources(folder: str, data: DataConfig) -> tuple[list[Source], str]:
+    if folder:
+        if not os.path.isdir(folder):
+            raise PrepareError(f"MIDI folder {folder!r} does not exist")
+        files = find_midi_files(folder)
+        if not files:
+            raise PrepareError(f"no .mid/.midi files under {folder!r}")
+        sources = [Source(n, p, "midi") for n, p in files]
+        root = os.path.abspath(folder)
+    else:
+        from jaxcomposer import corpus
+
+        listed = corpus.bach_chorale_sources(encoding.cache_root(data))
+        sources = [Source(n, p, "score") for n, p in listed]
+        root = f"music21 {corpus.music21_version()} Bach chorales"
+    if data.max_pieces > 0:
+        sources = sources[: data.max_pieces]
+    return sources, root
+
+
+def _save_split(path: str, results: list[Encoded]) -> None:
+    split = TokenSplit.from_pieces([r.name for r in results], [r.tokens for r in results])
+    with open(path, "wb") as f:
+        np.savez(f, tokens=split.tokens, offsets=split.offsets, names=split.names)
+
+
+def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:
+    files = [
+        {"name": r.name, "split": s, "tokens": int(r.tokens.size), "cached": r.cached, **r.stats}
+        for r, s in zip(usable, splits, strict=True)
+    ]
+    per_split = {
+        split: {
+            "pieces": sum(1 for f in files if f["split"] == split),
+            "tokens": sum(f["tokens"] + 2 for f in files if f["split"] == split),
+        }
+        for split in SPLITS
+    }
+    dropped_keys = [k for k in encoding.DROP_COUNTS if any(f.get(k) for f in files)]
+    return {
+        "version": MANIFEST_VERSION,
+        "source": root,
+        "midi_dir": config.data.midi_dir,
+        "valid_dir": config.data.valid_dir,
+        "tokenizer": config.tokenizer.name,
+        "vocab": json.loads(vocab_json),
+        "totals": {
+            "found": len(usable) + len(skipped),
+            "used": len(usable),
+            "skipped": len(skipped),
+            "notes": sum(f.get("notes", 0) for f in files),
+            "dropped": {k: sum(f.get(k, 0) for f in files) for k in dropped_keys},
+            "cache_hits": run.cache_hits,
+            "cache_misses": run.cache_misses,
+            **per_split,
+        },
+        "files": files,
+        "skipped": [{"name": r.name, "reason": r.reason} for r in skipped],
+        "timing": {"encode_seconds": round(run.seconds, 4), "workers": run.workers},
+    }
+
+
+def _top_reasons(skipped: list, k: int = 3) -> list[tuple[str, int]]:
+    reasons = [(r.reason if hasattr(r, "reason") else r["reason"]) for r in skipped]
+    # Group by the part before any detail in parentheses or after a colon.
+    heads = [reason.split(" (")[0].split(":")[0] for reason in reasons]
+    return collections.Counter(heads).most_common(k)
+
+
+def _top_reasons_text(skipped: list) -> str:
+    top = _top_reasons(skipped)
+    return "; top reasons: " + "; ".join(f"{r} ({n})" for r, n in top) if top else ""
+
+
+def summarize(manifest: dict) -> str:
+    """A few lines for a person: files found/used/skipped, pieces and tokens per split."""
+    t = manifest["totals"]
+    lines = [
+        f"prepared {manifest['source']} with the {manifest['tokenizer']} tokenizer "
+        f"(vocabulary {manifest['vocab']['size']}) in {manifest['timing']['seconds']:.2f} s",
+        f"files: {t['found']} found, {t['used']} used, {t['skipped']} skipped "
+        f"({t['cache_hits']} from cache)",
+    ]
+    for split in SPLITS:
+        lines.append(f"{split}: {t[split]['pieces']} pieces, {t[split]['tokens']} tokens")
+    if t["dropped"]:
+        lines.append(
+            "notes dropped: "
+            + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in t["dropped"].items())
+        )
+    if manifest["skipped"]:
+        lines.append(
+            "top skip reasons: "
+            + "; ".join(f"{r} ({n})" for r, n in _top_reasons(manifest["skipped"]))
+        )
+    return "\n".join(lines)
+
+
+def load_split(workdir: str, split: str) -> TokenSplit:
+    """One split of a prepared dataset, checked for consistency (DatasetError otherwise)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data_dir = os.path.join(workdir, "data")
+    path = os.path.join(data_dir, f"{split}.npz")
+    manifest_path = os.path.join(data_dir, "manifest.json")
+    if not (os.path.exists(path) and os.path.exists(manifest_path)):
+        raise DatasetError(
+            f"no prepared dataset in {workdir} ({path} is missing): run --mode=prepare first"
+        )
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        with np.load(path, allow_pickle=False) as z:
+            result = TokenSplit(z["tokens"], z["offsets"], z["names"])
+        vocab_size = int(manifest["vocab"]["size"])
+    except Exception as e:  # zip, json, key and dtype errors all mean the same thing here
+        raise DatasetError(
+            f"the dataset in {data_dir} is unreadable ({type(e).__name__}: {e}): "
+            "run --mode=prepare again"
+        ) from e
+    problem = _inconsistency(result, vocab_size) or _vocab_mismatch(workdir, manifest)
+    if problem:
+        raise DatasetError(
+            f"the {split} split in {data_dir} is inconsistent ({problem}): run --mode=prepare again"
+        )
+    return result
+
+
+def _inconsistency(s: TokenSplit, vocab_size: int) -> str:
+    if s.tokens.ndim != 1 or s.offsets.ndim != 1 or s.names.ndim != 1:
+        return "arrays are not 1-D"
+    if not np.issubdtype(s.tokens.dtype, np.integer) or not np.issubdtype(
+        s.offsets.dtype, np.integer
+    ):
+        return "tokens/offsets are not integers"
+    if s.offsets.size != s.names.size + 1 or s.offsets[0] != 0 or s.offsets[-1] != s.tokens.size:
+        return "offsets do not match tokens and names"
+    if np.any(np.diff(s.offsets) < 2):
+        return "a piece has fewer than 2 tokens"
+    if s.tokens.size and (s.tokens.min() < 0 or s.tokens.max() >= vocab_size):
+        return f"token ids outside the vocabulary [0, {vocab_size})"
+    if np.any(s.tokens[s.offsets[:-1]] != BOS) or np.any(s.tokens[s.offsets[1:] - 1] != EOS):
+        return "a piece does not start with BOS and end with EOS"
+    return ""
+
+
+def _vocab_mismatch(workdir: str, manifest: dict) -> str:
+    path = os.path.join(workdir, "vocab.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            vocab = json.load(f)
+    except (OSError, ValueError):
+        return f"{path} is missing or unreadable"
+    return "" if vocab == manifest["vocab"] else f"{path} does not match the dataset's vocabulary"

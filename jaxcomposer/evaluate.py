@@ -1,0 +1,143 @@
+"""`--mode=evaluate`: likelihood on held-out music; with --samples, musical statistics vs real.
+
+Per piece (keyed by file name) and overall: tokens, nll_nats, nats_per_token, bits_per_token,
+perplexity, accuracy, beats + nats_per_beat, and for the `frame` tokenizer frames +
+nats_per_frame = (sum of the NLLs of the tokens inside frames, FRAME_END included, i.e. every
+target but EOS) / number of frames, the unit of the classic piano-roll benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxcomposer import atomic, checkpoints, likelihood, sampler
+from jaxcomposer.tokenizers import EOS, Tokenizer, get_tokenizer
+
+
+def piece_metrics(
+    tokenizer: Tokenizer, tokens: np.ndarray, nll: np.ndarray, correct: np.ndarray
+) -> dict:
+    """Sums for one piece; `nll[i]` is the NLL of tokens[i + 1]."""
+    decoded = tokenizer.decode(tokens)
+    out = {
+        "tokens": int(nll.size),
+        "nll_nats": float(nll.sum()),
+        "correct": int(correct.sum()),
+        "beats": float(decoded.beats),
+    }
+    if tokenizer.name == "frame":
+        in_frames = tokens[1:] != EOS
+        out["frames"] = int(decoded.frames)
+        out["frame_nll_nats"] = float(nll[in_frames].sum())
+    return out
+
+
+def finish(sums: dict) -> dict:
+    """Adds the ratios to summed counts (a piece's or the whole set's)."""
+    out = dict(sums)
+    n = max(sums["tokens"], 1)
+    out["nats_per_token"] = sums["nll_nats"] / n
+    out["bits_per_token"] = out["nats_per_token"] / math.log(2)
+    out["perplexity"] = math.exp(out["nats_per_token"])
+    out["accuracy"] = sums["correct"] / n
+    if sums.get("beats", 0) > 0:
+        out["nats_per_beat"] = sums["nll_nats"] / sums["beats"]
+    if "frames" in sums and sums["frames"] > 0:
+        out["nats_per_frame"] = sums["frame_nll_nats"] / sums["frames"]
+    return out
+
+
+def total(per_piece: dict[str, dict]) -> dict:
+    sums: dict = {"pieces": len(per_piece)}
+    for metrics in per_piece.values():
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0) + value
+    return finish(sums)
+
+
+def score_pieces(
+    workdir: str, names: list[str], pieces: list[np.ndarray], *, progress: bool = True
+) -> dict:
+    """Loads the best checkpoint and scores pieces; returns {'pieces': {...}, 'overall': {...}}."""
+    config, vocab, variables, step = checkpoints.restore_for_inference(workdir, "best")
+    from jaxcomposer.model import build_model
+
+    tokenizer = get_tokenizer(config.tokenizer)
+    step_fn = sampler.make_step_fn(build_model(config.model, vocab.size))
+    bar = tqdm(total=len(pieces), desc="evaluate", unit="piece", disable=not progress)
+    kwargs = dict(
+        window=config.train.seq_len, batch_size=config.train.batch_size, progress=bar.update
+    )
+    if config.train.loss_on_last_only:  # the original's model predicts from a fixed window
+        scored = likelihood.sliding_window_nll(variables, step_fn, pieces, **kwargs)
+    else:
+        grammar = tokenizer.grammar if config.train.grammar_mask_loss else None
+        scored = likelihood.piece_token_nll(variables, step_fn, pieces, grammar=grammar, **kwargs)
+    bar.close()
+    per_piece = {
+        name: piece_metrics(tokenizer, tokens, nll, correct)
+        for name, tokens, (nll, correct) in zip(names, pieces, scored, strict=True)
+    }
+    return {
+        "checkpoint_step": step,
+        "tokenizer": tokenizer.name,
+        "overall": total(per_piece),
+        "pieces": {name: finish(m) for name, m in per_piece.items()},
+    }
+
+
+def format_table(result: dict, limit: int = 12) -> str:
+    cols = (
+        "tokens",
+        "nats_per_token",
+        "bits_per_token",
+        "perplexity",
+        "accuracy",
+        "nats_per_beat",
+        "nats_per_frame",
+    )
+    present = [c for c in cols if c in result["overall"]]
+    width = max([len(n) for n in list(result["pieces"])[:limit]] + [7])
+    lines = [f"{'piece':<{width}} " + " ".join(f"{c:>14}" for c in present)]
+    rows = list(result["pieces"].items())[:limit] + [("OVERALL", result["overall"])]
+    for name, m in rows:
+        lines.append(f"{name:<{width}} " + " ".join(_fmt(m.get(c)) for c in present))
+    if len(result["pieces"]) > limit:
+        lines.insert(-1, f"... {len(result['pieces']) - limit} more pieces in the JSON")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return f"{'-':>14}"
+    return f"{value:>14d}" if isinstance(value, int) else f"{value:>14.4f}"
+
+
+def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True) -> dict:
+    """Scores the validation split, or every readable MIDI file of `eval_dir`."""
+    from jaxcomposer import dataset
+
+    skipped: list[dict] = []
+    if eval_dir:
+        config = checkpoints.load_config(workdir)
+        split, skipped = dataset.encode_folder(config, eval_dir, progress=progress)
+        label = os.path.basename(os.path.normpath(eval_dir))
+    else:
+        split = dataset.load_split(workdir, "valid")
+        label = "valid"
+    pieces = [split.tokens[a:b] for a, b in zip(split.offsets[:-1], split.offsets[1:], strict=True)]
+    if not pieces:
+        raise ValueError(f"nothing to evaluate in {eval_dir or workdir}: no readable pieces")
+    result = score_pieces(workdir, list(split.names), pieces, progress=progress)
+    result.update(data=eval_dir or "valid split", skipped=skipped)
+    path = os.path.join(workdir, f"evaluation_{label}.json")
+    atomic.write_json(path, result)
+    print(format_table(result), flush=True)
+    for item in skipped:
+        print(f"skipped {item.get('name')}: {item.get('reason')}", flush=True)
+    print(f"evaluation written to {path}", flush=True)
+    return result

@@ -1,0 +1,130 @@
+"""Per-token negative log-likelihood of whole pieces, with the LSTM state carried across windows.
+
+A long piece is one sequence: it is cut into windows of the training length only to bound
+memory, and the carry of one window starts the next, so the result equals one long scan.
+Pieces are batched by length; padding has weight 0. The grammar mask is applied exactly as in
+training (`config.train.grammar_mask_loss`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcomposer.tokenizers.grammar import Grammar
+from jaxcomposer.tokenizers.vocab import PAD
+
+MASKED = -1e9
+
+
+def token_nll(logits_BxLxV, targets_BxL, allowed_BxLxV=None):
+    """(nll, correct) per position, in float32; `allowed` masks forbidden tokens first."""
+    logits = logits_BxLxV.astype(jnp.float32)
+    if allowed_BxLxV is not None:
+        logits = jnp.where(allowed_BxLxV, logits, MASKED)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
+    correct = jnp.argmax(logits, axis=-1) == targets_BxL
+    return nll, correct
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn",))
+def _window(variables, carry, inputs_BxL, targets_BxL, states_BxL, next_state_SxV, *, step_fn):
+    logits, carry = step_fn(variables, inputs_BxL, carry)
+    allowed = None if next_state_SxV is None else next_state_SxV[states_BxL] >= 0
+    nll, correct = token_nll(logits, targets_BxL, allowed)
+    return carry, nll, correct
+
+
+def _batches(pieces: list[np.ndarray], batch_size: int) -> Iterator[list[int]]:
+    order = np.argsort([-p.size for p in pieces], kind="stable")  # similar lengths together
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size].tolist()
+
+
+def piece_token_nll(
+    variables,
+    step_fn: Callable,
+    pieces: list[np.ndarray],
+    *,
+    window: int,
+    batch_size: int,
+    grammar: Grammar | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each piece ([BOS, ..., EOS]) the NLL (nats) and correctness of each of its targets
+    tokens[1:], predicted from all tokens before it."""
+    next_state = None if grammar is None else jnp.asarray(grammar.next_state)
+    results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pieces)
+    for ids in _batches(pieces, batch_size):
+        longest = max(pieces[i].size for i in ids) - 1
+        length = -(-longest // window) * window
+        inputs = np.full((batch_size, length), PAD, np.int32)
+        targets = np.full((batch_size, length), PAD, np.int32)
+        states = np.zeros((batch_size, length), np.int32)
+        for row, i in enumerate(ids):
+            body = pieces[i]
+            inputs[row, : body.size - 1] = body[:-1]
+            targets[row, : body.size - 1] = body[1:]
+            if grammar is not None:
+                states[row, : body.size - 1] = grammar.walk(body[1:])[0]
+        carry, nll_parts, correct_parts = None, [], []
+        for start in range(0, length, window):
+            cut = slice(start, start + window)
+            carry, nll, correct = _window(
+                variables,
+                carry,
+                inputs[:, cut],
+                targets[:, cut],
+                states[:, cut],
+                next_state,
+                step_fn=step_fn,
+            )
+            nll_parts.append(np.asarray(nll))
+            correct_parts.append(np.asarray(correct))
+        nll_all = np.concatenate(nll_parts, axis=1)
+        correct_all = np.concatenate(correct_parts, axis=1)
+        for row, i in enumerate(ids):
+            n = pieces[i].size - 1
+            results[i] = (nll_all[row, :n].astype(np.float64), correct_all[row, :n])
+        if progress:
+            progress(len(ids))
+    return results  # type: ignore[return-value]
+
+
+def sliding_window_nll(
+    variables,
+    step_fn: Callable,
+    pieces: list[np.ndarray],
+    *,
+    window: int,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For models that predict only the token after a fixed window (the original's): each target
+    is predicted from the `window` tokens before it, left-padded with PAD at a piece's start."""
+    results = []
+    for body in pieces:
+        padded = np.concatenate([np.full(window - 1, PAD, np.int32), body.astype(np.int32)])
+        index = np.arange(body.size - 1)[:, None] + np.arange(window)[None, :]
+        windows, targets = padded[index], body[1:]
+        nll_parts, correct_parts = [], []
+        for start in range(0, windows.shape[0], batch_size):
+            chunk = windows[start : start + batch_size]
+            pad_rows = batch_size - chunk.shape[0]  # keep one shape: one compile
+            chunk = np.pad(chunk, ((0, pad_rows), (0, 0)))
+            goal = np.pad(targets[start : start + batch_size], (0, pad_rows))[:, None]
+            _, nll, correct = _window(variables, None, chunk, goal, goal * 0, None, step_fn=step_fn)
+            keep = batch_size - pad_rows
+            nll_parts.append(np.asarray(nll)[:keep, -1])
+            correct_parts.append(np.asarray(correct)[:keep, -1])
+        results.append(
+            (np.concatenate(nll_parts).astype(np.float64), np.concatenate(correct_parts))
+        )
+        if progress:
+            progress(1)
+    return results

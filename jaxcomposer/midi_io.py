@@ -1,0 +1,225 @@
+"""The one module that reads and writes MIDI files.
+
+Reading parses the Standard MIDI File bytes directly (`_smf.py`): ticks divided by the file's
+resolution ARE quarter-note beats, so no tempo map is needed for note times, and the parser is
+~10x faster than pretty_midi (0.15-0.2 s vs 1.2-1.8 s for the 92-file corpus on 2 cores; it
+builds one Python object per event). Note pairing follows
+pretty_midi exactly (tests check the two agree on the whole corpus); the one deliberate difference
+is that tempo, time- and key-signature events are read from every track, not only the first.
+Writing goes through pretty_midi.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jaxcomposer import atomic
+from jaxcomposer._smf import MidiReadError, SmfFile, parse_smf
+from jaxcomposer.config_lib import DataConfig
+from jaxcomposer.notes import KeySignature, Notes, Piece, Tempo, TimeSignature
+
+__all__ = ["MidiReadError", "read_midi", "read_midi_bytes", "finish_piece", "write_midi"]
+
+DRUM_CHANNEL = 9  # General MIDI percussion (channel 10, 0-based 9)
+
+
+def read_midi(path: str, data: DataConfig, name: str | None = None) -> tuple[Piece, dict]:
+    """MIDI file -> (Piece in beats, stats). Raises MidiReadError naming the file and problem."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise MidiReadError(path, f"cannot read the file ({e.strerror or e})") from e
+    return read_midi_bytes(raw, data, path=path, name=name or os.path.basename(path))
+
+
+def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tuple[Piece, dict]:
+    """As `read_midi`, from bytes already read (`path` is only used in messages)."""
+    smf = parse_smf(raw, path, max_tracks=data.max_tracks, max_notes=data.max_notes)
+    _check_absurd(smf, data, path)
+    is_drum = smf.notes[:, 4] == DRUM_CHANNEL
+    n = smf.notes[~is_drum]
+    notes = Notes(
+        pitch=n[:, 2].astype(np.int16),
+        start=n[:, 0] / smf.resolution,
+        end=n[:, 1] / smf.resolution,
+        velocity=n[:, 3].astype(np.int16),
+        program=n[:, 5].astype(np.int16),
+        is_drum=np.zeros(len(n), bool),
+    )
+    stats = {
+        "tracks": smf.num_tracks,
+        "resolution": smf.resolution,
+        "drum_notes": int(is_drum.sum()),
+        "zero_length_notes": smf.zero_length,
+        "unterminated_notes": smf.unterminated,
+        "ignored_meta_events": smf.bad_meta,
+    }
+    if len(notes) == 0 and stats["drum_notes"]:
+        raise MidiReadError(
+            path, f"drum-only file ({stats['drum_notes']} drum notes, no pitched notes)"
+        )
+    piece = Piece(
+        name=name,
+        notes=notes,
+        tempos=_tempos(smf),
+        time_signatures=_dedupe(
+            TimeSignature(t / smf.resolution, num, den) for t, num, den in smf.time_signatures
+        ),
+        key_signatures=_dedupe(KeySignature(t / smf.resolution, k) for t, k in smf.key_signatures),
+    )
+    return finish_piece(piece, data, path, stats)
+
+
+def finish_piece(piece: Piece, data: DataConfig, path: str, stats: dict) -> tuple[Piece, dict]:
+    """Checks shared by every reader (MIDI, music21): program filter, zero-length, size limits."""
+    notes = piece.notes
+    if data.programs:
+        keep = np.isin(notes.program, np.asarray(data.programs))
+        stats["program_filtered_notes"] = int((~keep).sum())
+        notes = notes[keep]
+    else:
+        stats["program_filtered_notes"] = 0
+    positive = notes.end > notes.start
+    stats["zero_length_notes"] = stats.get("zero_length_notes", 0) + int((~positive).sum())
+    notes = notes[positive].sorted()
+    if len(notes) == 0:
+        raise MidiReadError(path, f"no pitched notes left ({_describe_losses(stats)})")
+    if len(notes) > data.max_notes:
+        raise MidiReadError(path, f"absurd: {len(notes)} notes (max_notes={data.max_notes})")
+    length = float(notes.end.max())
+    if length > data.max_beats:
+        raise MidiReadError(path, f"absurd: {length:.0f} beats long (max_beats={data.max_beats:g})")
+    stats["notes"] = len(notes)
+    stats["beats"] = length
+    return _replace_notes(piece, notes), stats
+
+
+def _replace_notes(piece: Piece, notes: Notes) -> Piece:
+    return Piece(piece.name, notes, piece.tempos, piece.time_signatures, piece.key_signatures)
+
+
+def _describe_losses(stats: dict) -> str:
+    parts = [
+        f"{stats[k]} {label}"
+        for k, label in (
+            ("drum_notes", "drum notes dropped"),
+            ("program_filtered_notes", "notes of other programs dropped"),
+            ("zero_length_notes", "zero-length notes dropped"),
+            ("unterminated_notes", "notes never ended"),
+        )
+        if stats.get(k)
+    ]
+    return ", ".join(parts) or "the file has no notes"
+
+
+def _check_absurd(smf: SmfFile, data: DataConfig, path: str) -> None:
+    if smf.notes.shape[0] > data.max_notes:
+        raise MidiReadError(
+            path, f"absurd: {smf.notes.shape[0]} notes (max_notes={data.max_notes})"
+        )
+    for tick, micros in smf.tempos:
+        qpm = 6e7 / micros if micros else float("inf")
+        if not data.min_qpm <= qpm <= data.max_qpm:
+            raise MidiReadError(
+                path,
+                f"absurd tempo {qpm:.4g} qpm at beat {tick / smf.resolution:g} "
+                f"(allowed [{data.min_qpm:g}, {data.max_qpm:g}])",
+            )
+
+
+def _tempos(smf: SmfFile) -> tuple[Tempo, ...]:
+    changes = sorted(smf.tempos, key=lambda e: e[0])  # stable: the later event at a tick wins
+    tempos: list[Tempo] = []
+    if not changes or changes[0][0] > 0:
+        tempos.append(Tempo(0.0, 120.0))  # the MIDI default until the first tempo event
+    for tick, micros in changes:
+        tempo = Tempo(tick / smf.resolution, 6e7 / micros)
+        if tempos and tempos[-1].beat == tempo.beat:
+            tempos[-1] = tempo
+        elif not tempos or tempos[-1].qpm != tempo.qpm:
+            tempos.append(tempo)
+    return tuple(tempos)
+
+
+def _dedupe(events) -> tuple:
+    """Sorted by beat; the last event at a beat wins; repeats of the previous value dropped."""
+    out: list = []
+    for event in sorted(events, key=lambda e: e.beat):
+        if out and out[-1].beat == event.beat:
+            out[-1] = event
+        else:
+            out.append(event)
+    kept = [e for i, e in enumerate(out) if i == 0 or _value(e) != _value(out[i - 1])]
+    return tuple(kept)
+
+
+def _value(event) -> tuple:
+    if isinstance(event, TimeSignature):
+        return (event.numerator, event.denominator)
+    return (event.key_number,)
+
+
+def write_midi(
+    path: str,
+    notes: Notes,
+    *,
+    qpm: float = 120.0,
+    time_signatures=(),
+    key_signatures=(),
+    split_hands_at: int | None = None,
+    program: int = 0,
+) -> None:
+    """Notes in beats -> a MIDI file at a constant tempo, written atomically.
+
+    `split_hands_at=60` writes two piano staves' worth of instruments (right hand: pitch >= 60,
+    left hand: below), which the sheet-music renderer turns into a grand staff.
+    """
+    import pretty_midi  # imported here: reading does not need it, and it costs ~0.3 s
+
+    if len(notes) and (np.any(notes.end <= notes.start) or np.any(notes.start < 0)):
+        raise ValueError(f"write_midi {path}: every note needs 0 <= start < end")
+    if len(notes) and (notes.pitch.min() < 0 or notes.pitch.max() > 127):
+        raise ValueError(f"write_midi {path}: pitches must lie in 0-127")
+    if not qpm > 0:
+        raise ValueError(f"write_midi {path}: qpm must be > 0, got {qpm}")
+    seconds_per_beat = 60.0 / qpm
+    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=qpm)
+    groups = _instrument_groups(notes, split_hands_at)
+    for label, mask, drum in groups:
+        inst = pretty_midi.Instrument(program=program, is_drum=drum, name=label)
+        for p, s, e, v in zip(
+            notes.pitch[mask], notes.start[mask], notes.end[mask], notes.velocity[mask], strict=True
+        ):
+            velocity = int(np.clip(v, 1, 127))
+            inst.notes.append(
+                pretty_midi.Note(velocity, int(p), s * seconds_per_beat, e * seconds_per_beat)
+            )
+        pm.instruments.append(inst)
+    for ts in time_signatures:
+        pm.time_signature_changes.append(
+            pretty_midi.TimeSignature(ts.numerator, ts.denominator, ts.beat * seconds_per_beat)
+        )
+    for ks in key_signatures:
+        pm.key_signature_changes.append(
+            pretty_midi.KeySignature(ks.key_number, ks.beat * seconds_per_beat)
+        )
+    with atomic.atomic_path(path) as tmp:
+        pm.write(tmp)
+
+
+def _instrument_groups(
+    notes: Notes, split_hands_at: int | None
+) -> list[tuple[str, np.ndarray, bool]]:
+    drum = np.asarray(notes.is_drum, bool)
+    groups = []
+    if split_hands_at is None:
+        groups.append(("Piano", ~drum, False))
+    else:
+        groups.append(("Right hand", ~drum & (notes.pitch >= split_hands_at), False))
+        groups.append(("Left hand", ~drum & (notes.pitch < split_hands_at), False))
+    if drum.any():
+        groups.append(("Drums", drum, True))
+    return groups

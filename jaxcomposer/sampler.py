@@ -1,0 +1,151 @@
+"""Autoregressive sampling as one jitted `lax.scan` that carries the LSTM state.
+
+Per step: the model's step function (the same `apply` that training uses, with L=1 and the
+previous carry) gives logits; a repetition penalty, the grammar mask and the decoder rule are
+applied; the chosen token and the grammar state advance. No window is re-read per step, which is
+what made the original project's generation slow (`model.predict` on 100 notes for every note).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcomposer.tokenizers.vocab import BOS, EOS
+
+NEG_INF = -1e9  # finite, so an all-masked row still gives a defined (uniform) softmax
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSettings:
+    """How logits become tokens. Hashable, so it is a static argument of the jitted sampler."""
+
+    decoder: str = "temperature"  # "argmax" | "temperature"
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off
+    grammar_mask: bool = True
+    allow_eos: bool = False  # length is the user's choice, so EOS is masked by default
+
+    def __post_init__(self):
+        if self.decoder not in ("argmax", "temperature"):
+            raise ValueError(f"decoder must be 'argmax' or 'temperature', got {self.decoder!r}")
+        if self.decoder == "temperature" and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
+            raise ValueError(f"bad decoder settings: {self}")
+
+
+def apply_repetition_penalty(logits_BxV, counts_BxV, penalty: float):
+    """CTRL-style: logits of tokens already emitted are divided (> 0) or multiplied by penalty."""
+    if penalty == 1.0:
+        return logits_BxV
+    seen = counts_BxV > 0
+    penalized = jnp.where(logits_BxV > 0, logits_BxV / penalty, logits_BxV * penalty)
+    return jnp.where(seen, penalized, logits_BxV)
+
+
+def top_k_filter(logits_BxV, k: int):
+    if k <= 0 or k >= logits_BxV.shape[-1]:
+        return logits_BxV
+    kth = jax.lax.top_k(logits_BxV, k)[0][..., -1:]
+    return jnp.where(logits_BxV >= kth, logits_BxV, NEG_INF)
+
+
+def top_p_filter(logits_BxV, p: float):
+    """Keeps the smallest set of most likely tokens whose probability reaches p."""
+    if p >= 1.0:
+        return logits_BxV
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_BxV, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < p  # the first token is always kept
+    threshold = jnp.min(jnp.where(keep, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits_BxV >= threshold, logits_BxV, NEG_INF)
+
+
+def choose_tokens(logits_BxV, rng, settings: DecoderSettings):
+    if settings.decoder == "argmax":
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits = logits_BxV / settings.temperature
+    logits = top_p_filter(top_k_filter(logits, settings.top_k), settings.top_p)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings: DecoderSettings):
+    logits = apply_repetition_penalty(
+        logits_BxV.astype(jnp.float32), counts_BxV, settings.repetition_penalty
+    )
+    if settings.grammar_mask:
+        logits = jnp.where(next_state_SxV[state_B] >= 0, logits, NEG_INF)
+    if not settings.allow_eos:
+        logits = logits.at[:, EOS].set(NEG_INF)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "num_steps", "settings"))
+def sample(
+    variables: Any,
+    primer_BxP: jax.Array,
+    grammar_state_B: jax.Array,
+    next_state_SxV: jax.Array,
+    rng: jax.Array,
+    *,
+    step_fn: Callable,
+    num_steps: int,
+    settings: DecoderSettings,
+) -> jax.Array:
+    """Generates `num_steps` tokens after a primer; returns them as int32 (B, num_steps).
+
+    `step_fn(variables, tokens_BxL, carry) -> (logits_BxLxV, carry)` is the model's apply;
+    `grammar_state_B` is the grammar state after the primer (from `Grammar.walk`).
+    """
+    vocab_size = next_state_SxV.shape[1]
+    batch = primer_BxP.shape[0]
+    logits_BxPxV, carry = step_fn(variables, primer_BxP, None)  # the whole primer in one scan
+    counts = jax.vmap(lambda row: jnp.bincount(row, length=vocab_size))(primer_BxP)
+
+    def body(loop, step_rng):
+        carry, logits_BxV, state_B, counts = loop
+        logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts, settings)
+        token_B = choose_tokens(logits, step_rng, settings)
+        nxt = next_state_SxV[state_B, token_B]
+        state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
+        counts = counts.at[jnp.arange(batch), token_B].add(1)
+        logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry)
+        return (carry, logits_Bx1xV[:, -1], state_B, counts), token_B
+
+    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts)
+    _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
+    return tokens_NxB.T
+
+
+def make_step_fn(model) -> Callable:
+    """The model's apply as a step function (inference mode)."""
+
+    def step_fn(variables, tokens_BxL, carry):
+        return model.apply(variables, tokens_BxL, carry, train=False)
+
+    return step_fn
+
+
+def grammar_states_after(grammar, primers: np.ndarray) -> np.ndarray:
+    """Grammar state after each primer row (rows start with BOS or at a clean boundary)."""
+    states = []
+    for row in np.asarray(primers):
+        body = row[1:] if row.size and row[0] == BOS else row
+        before, accepted = grammar.walk(body)
+        if body.size == 0:
+            states.append(grammar.bos_state)
+            continue
+        last = int(before[-1])
+        nxt = grammar.next_state[last, int(body[-1])] if accepted[-1] else last
+        states.append(int(nxt))
+    return np.asarray(states, np.int32)

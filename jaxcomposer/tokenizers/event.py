@@ -1,0 +1,265 @@
+"""`event` tokens: a REMI-like score, bar by bar (the default tokenizer).
+
+Per bar: BAR, TIMESIG(k) in the first bar and wherever the meter changes, then for each distinct
+onset step in the bar, ascending: POSITION(step within the bar), and per note there by ascending
+pitch: PITCH(p - pitch_min), DURATION(d - 1) (d grid steps, capped at max_duration_steps)
+[, VELOCITY(velocity * bins // 128)]. Bars run up to the one holding the last onset; empty bars are
+a lone BAR. Notes of one pitch with one grid onset collapse into one (longest capped duration,
+then highest velocity).
+
+Meter: the piece's time signatures (4/4 when it has none). The first one applies from beat 0 if
+it comes before the first (4/4) bar line; any other change takes effect at the first bar line at
+or after its (grid-rounded) beat, so a mid-bar change never truncates a bar. The TIMESIG range is
+TIME_SIGNATURES below: numerators 1-16 over denominators 2, 4, 8, 16, ordered by denominator
+then numerator, keeping those whose bar is at most max_bar_beats quarter beats and a whole
+number of grid steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxcomposer.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, grid_round
+from jaxcomposer.tokenizers.base import Decoded, EncodingError, Tokenizer
+from jaxcomposer.tokenizers.common import checked_grid, notes_from_steps, shift_pitch_index
+from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
+from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
+
+DENOMINATORS = (2, 4, 8, 16)
+MAX_NUMERATOR = 16
+DEFAULT_METER = (4, 4)
+
+
+def time_signature_table(max_bar_beats: int, steps_per_beat: int) -> tuple[tuple[int, int], ...]:
+    """The declared TIMESIG range: (numerator, denominator) by denominator, then numerator."""
+    return tuple(
+        (n, d)
+        for d in DENOMINATORS
+        for n in range(1, MAX_NUMERATOR + 1)
+        if n * 4 <= max_bar_beats * d and (n * 4 * steps_per_beat) % d == 0
+    )
+
+
+def velocity_centres(bins: int) -> np.ndarray:
+    """int64 (bins,): the middle MIDI velocity of each bin (bin = velocity * bins // 128), >= 1."""
+    b = np.arange(bins)
+    low = -(-b * 128 // bins)  # smallest velocity in the bin
+    high = -(-(b + 1) * 128 // bins) - 1  # largest
+    return np.maximum((low + high) // 2, 1)
+
+
+class EventTokenizer(Tokenizer):
+    name = "event"
+
+    def _build_vocab(self) -> Vocab:
+        c = self.config
+        if c.max_duration_steps < 1 or c.max_bar_beats < 1:
+            raise ValueError("max_duration_steps and max_bar_beats must be >= 1")
+        if not 0 <= c.num_velocity_bins <= 128:
+            raise ValueError(f"num_velocity_bins must be in [0, 128], got {c.num_velocity_bins}")
+        self.meters = time_signature_table(c.max_bar_beats, c.steps_per_beat)
+        self.meter_index = {m: i for i, m in enumerate(self.meters)}
+        self.positions = c.max_bar_beats * c.steps_per_beat
+        ranges = [
+            ("BAR", 1),
+            ("TIMESIG", len(self.meters)),
+            ("POSITION", self.positions),
+            ("PITCH", self.num_pitches),
+            ("DURATION", c.max_duration_steps),
+        ]
+        if c.num_velocity_bins:
+            ranges.append(("VELOCITY", c.num_velocity_bins))
+        return make_vocab(
+            self.name,
+            ranges,
+            pitch_min=c.pitch_min,
+            pitch_max=c.pitch_max,
+            steps_per_beat=c.steps_per_beat,
+            max_bar_beats=c.max_bar_beats,
+            max_duration_steps=c.max_duration_steps,
+            num_velocity_bins=c.num_velocity_bins,
+            time_signatures=[f"{n}/{d}" for n, d in self.meters],
+        )
+
+    def _build_grammar(self) -> Grammar:
+        # Positions at or past the current bar's length are grammatical (the grammar does not
+        # track meters); they never occur in encoded data and decode as onsets past the bar.
+        v, b = self.vocab, GrammarBuilder(self.vocab)
+        bar, pitch, duration = [v.token("BAR")], v.range_ids("PITCH"), v.range_ids("DURATION")
+        b.allow("BEGIN", bar, "HEAD")
+        allow_eos(b, "BEGIN")  # the empty piece
+        b.allow("HEAD", v.range_ids("TIMESIG"), "METER")
+        for state in ("HEAD", "METER"):
+            b.allow(state, bar, "HEAD")
+            allow_eos(b, state)
+            for q in range(self.positions):
+                b.allow(state, [v.token("POSITION", q)], f"POS_{q}")
+        for p in range(self.positions):
+            b.allow(f"POS_{p}", pitch, f"PITCH_{p}")
+            if self.config.num_velocity_bins:
+                b.allow(f"PITCH_{p}", duration, f"DURATION_{p}")
+                b.allow(f"DURATION_{p}", v.range_ids("VELOCITY"), f"DONE_{p}")
+            else:
+                b.allow(f"PITCH_{p}", duration, f"DONE_{p}")
+            b.allow(f"DONE_{p}", pitch, f"PITCH_{p}")
+            for q in range(p + 1, self.positions):
+                b.allow(f"DONE_{p}", [v.token("POSITION", q)], f"POS_{q}")
+            b.allow(f"DONE_{p}", bar, "HEAD")
+            allow_eos(b, f"DONE_{p}")
+        return b.build("BEGIN")
+
+    # --- encoding ----------------------------------------------------------------------------
+    def _notes(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(pitch, onset step, capped duration steps, velocity bin), one note per (onset, pitch),
+        sorted by onset then pitch."""
+        c = self.config
+        pitch, q_start, q_end = checked_grid(self, piece)
+        duration = np.minimum(q_end - q_start, c.max_duration_steps)
+        velocity = piece.notes.velocity.astype(np.int64)
+        if c.num_velocity_bins:
+            bad = (velocity < 0) | (velocity > 127)
+            if bad.any():
+                raise EncodingError(
+                    f"{piece.name}: velocity {int(velocity[bad][0])} is not in 0-127"
+                )
+        order = np.lexsort((-velocity, -duration, pitch, q_start))
+        pitch, q_start, duration, velocity = (
+            x[order] for x in (pitch, q_start, duration, velocity)
+        )
+        keep = np.ones(order.size, bool)
+        keep[1:] = (pitch[1:] != pitch[:-1]) | (q_start[1:] != q_start[:-1])
+        vbin = velocity * c.num_velocity_bins // 128  # all 0 (and unused) without bins
+        return pitch[keep], q_start[keep], duration[keep], vbin[keep]
+
+    def _meter_segments(self, piece: Piece, last_onset: int) -> list[tuple[int, tuple[int, int]]]:
+        """[(first step, (numerator, denominator))] of each stretch of constant meter."""
+        spb = self.config.steps_per_beat
+        bar_steps = lambda meter: meter[0] * 4 * spb // meter[1]
+        segments = [(0, DEFAULT_METER)]
+        events = sorted(piece.time_signatures, key=lambda ts: ts.beat)
+        for i, ts in enumerate(events):
+            step = int(grid_round(ts.beat, spb))
+            if step > last_onset:
+                break  # takes effect after the last onset, if ever
+            meter = (ts.numerator, ts.denominator)
+            if meter not in self.meter_index:
+                raise EncodingError(
+                    f"{piece.name}: time signature {meter[0]}/{meter[1]} at beat {ts.beat:g} "
+                    f"is not in the vocabulary (bars of at most {self.config.max_bar_beats} "
+                    f"beats and a whole number of the {spb} steps per beat)"
+                )
+            if i == 0 and step < bar_steps(DEFAULT_METER):
+                segments = [(0, meter)]  # the opening meter, a little late
+                continue
+            start, current = segments[-1]
+            # No bar line lies in [step, start) when step <= start: the change that opened the
+            # latest stretch came earlier in the same bar, so this one overrides it.
+            length = bar_steps(current)
+            at = start if step <= start else start + -(-(step - start) // length) * length
+            if at == start:
+                segments[-1] = (start, meter)
+                if len(segments) > 1 and segments[-2][1] == meter:
+                    segments.pop()
+            elif meter != current:
+                segments.append((at, meter))
+        if DEFAULT_METER not in self.meter_index and segments[0][1] == DEFAULT_METER:
+            raise EncodingError(f"{piece.name}: the default 4/4 meter is not in the vocabulary")
+        return segments
+
+    def _bars(self, piece: Piece, last_onset: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bar start steps, TIMESIG index or -1 where the meter does not change) per bar."""
+        spb = self.config.steps_per_beat
+        segments = [s for s in self._meter_segments(piece, last_onset) if s[0] <= last_onset]
+        starts, meters = [], []
+        for k, (start, meter) in enumerate(segments):
+            stop = segments[k + 1][0] if k + 1 < len(segments) else last_onset + 1
+            length = meter[0] * 4 * spb // meter[1]
+            count = -(-(stop - start) // length)
+            starts.append(start + length * np.arange(count))
+            meters.append(np.r_[self.meter_index[meter], np.full(count - 1, -1)])
+        return np.concatenate(starts), np.concatenate(meters).astype(np.int64)
+
+    def encode(self, piece: Piece) -> np.ndarray:
+        v = self.vocab
+        pitch, onset, duration, vbin = self._notes(piece)
+        if not onset.size:
+            return np.zeros(0, np.int32)
+        bar_start, bar_meter = self._bars(piece, int(onset[-1]))
+        changes = bar_meter >= 0
+        new_position = np.r_[True, onset[1:] != onset[:-1]]
+        position_step = onset[new_position]
+        bar_of = np.searchsorted(bar_start, position_step, side="right") - 1
+        note_tokens = [
+            v.offset("PITCH") + pitch - self.config.pitch_min,
+            v.offset("DURATION") + duration - 1,
+        ]
+        if self.config.num_velocity_bins:
+            note_tokens.append(v.offset("VELOCITY") + vbin)
+        # Every token gets a sort key (step, kind, pitch, slot); lexsort interleaves them.
+        parts = [  # (token ids, step, kind, pitch, slot)
+            (np.full(bar_start.size, v.token("BAR")), bar_start, 0, 0, 0),
+            (v.offset("TIMESIG") + bar_meter[changes], bar_start[changes], 1, 0, 0),
+            (v.offset("POSITION") + position_step - bar_start[bar_of], position_step, 2, 0, 0),
+        ] + [(tokens, onset, 3, pitch, slot) for slot, tokens in enumerate(note_tokens)]
+        ids, step, kind, pitch_key, slot = (
+            np.concatenate([np.broadcast_to(np.asarray(part[i]), part[1].shape) for part in parts])
+            for i in range(5)
+        )
+        return ids[np.lexsort((slot, pitch_key, kind, step))].astype(np.int32)
+
+    def quantize(self, piece: Piece) -> Notes:
+        """Grid onsets, capped durations, collapsed duplicates and binned velocities (no bars:
+        onsets do not depend on the meter)."""
+        pitch, onset, duration, vbin = self._notes(piece)
+        if self.config.num_velocity_bins:
+            velocity = velocity_centres(self.config.num_velocity_bins)[vbin]
+        else:
+            velocity = np.full(pitch.shape, DEFAULT_VELOCITY)
+        return notes_from_steps(
+            pitch, onset, onset + duration, self.config.steps_per_beat, velocity
+        )
+
+    # --- decoding ----------------------------------------------------------------------------
+    def _decode_body(self, tokens: np.ndarray, accepted: np.ndarray) -> Decoded:
+        c, v = self.config, self.vocab
+        names = [name for name, _ in v.ranges]
+        range_of, index_of = v.range_of(), v.index_of()
+        centres = velocity_centres(c.num_velocity_bins) if c.num_velocity_bins else None
+        meter, bar_start, onset, pitch, duration = None, None, 0, 0, 0
+        notes: list[tuple[int, int, int, int]] = []
+        changes: list[TimeSignature] = []
+        for token in tokens[accepted].tolist():
+            kind, index = names[range_of[token]], int(index_of[token])
+            if kind == "BAR":
+                length = self._bar_length(meter)
+                bar_start = 0 if bar_start is None else bar_start + length
+                onset = bar_start
+            elif kind == "TIMESIG":
+                if self.meters[index] != meter:
+                    n, d = self.meters[index]
+                    changes.append(TimeSignature(bar_start / c.steps_per_beat, n, d))
+                meter = self.meters[index]
+            elif kind == "POSITION":
+                onset = bar_start + index
+            elif kind == "PITCH":
+                pitch = c.pitch_min + index
+            elif kind == "DURATION":
+                duration = index + 1
+                if centres is None:
+                    notes.append((pitch, onset, onset + duration, DEFAULT_VELOCITY))
+            elif kind == "VELOCITY":
+                notes.append((pitch, onset, onset + duration, int(centres[index])))
+        arr = np.asarray(notes, np.int64).reshape(-1, 4)
+        decoded = notes_from_steps(arr[:, 0], arr[:, 1], arr[:, 2], c.steps_per_beat, arr[:, 3])
+        end = 0 if bar_start is None else bar_start + self._bar_length(meter)
+        return Decoded(decoded, 0, end / c.steps_per_beat, 0, tuple(changes))
+
+    def _bar_length(self, meter: tuple[int, int] | None) -> int:
+        n, d = DEFAULT_METER if meter is None else meter
+        return n * 4 * self.config.steps_per_beat // d
+
+    def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
+        if name == "PITCH":
+            moved = shift_pitch_index(index, shift, self.num_pitches)
+            return None if moved is None else (name, moved)
+        return name, index

@@ -1,0 +1,170 @@
+"""Checkpoint retention (latest + best K), restore_for_inference, and clear errors when a
+workdir's config.json / vocab.json / checkpoints do not fit together."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from jaxcomposer import checkpoints, config_lib, plots, train
+from jaxcomposer.dataset import TokenSplit
+from jaxcomposer.tokenizers import get_tokenizer
+
+TRAIN = dict(
+    lr_schedule="constant", num_steps=30, eval_every=5, checkpoint_every=3, log_every=5,
+    eval_batches=2, keep_best=2,
+)  # fmt: skip
+
+
+def tiny_config(**sections):
+    return config_lib.replace(config_lib.freeze(tiny.get_config()), **sections)
+
+
+def run_config(**train_fields):
+    return tiny_config(model={"dropout": 0.1}, train={**TRAIN, **train_fields})
+
+
+def random_split(seed, lengths, vocab_size):
+    rng = np.random.default_rng(seed)
+    bodies = [rng.integers(3, vocab_size, size=n).astype(np.int32) for n in lengths]
+    return TokenSplit.from_pieces([f"piece{i}" for i in range(len(lengths))], bodies)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """30 steps, validation every 5, a periodic checkpoint every 3 steps, keep_best=2."""
+    vocab_size = get_tokenizer(tiny_config().tokenizer).vocab.size
+    splits = random_split(0, [200, 90, 25, 140], vocab_size), random_split(1, [120, 30], vocab_size)
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    summary = train.fit(run_config(), workdir, *splits)
+    valid = {
+        r["step"]: r["loss"]
+        for r in plots.read_metrics(plots.metrics_path(workdir))
+        if r["kind"] == "valid"
+    }
+    return workdir, summary, valid
+
+
+def stored_steps(workdir):
+    folder = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+def copy_of(workdir, tmp_path):
+    target = str(tmp_path / "copy")
+    shutil.copytree(workdir, target)
+    return target
+
+
+def edit_json(path, edit):
+    with open(path) as f:
+        data = json.load(f)
+    edit(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def test_keeps_the_latest_and_the_best_k(trained):
+    workdir, summary, valid = trained
+    assert sorted(valid) == [5, 10, 15, 20, 25, 30]
+    best_two = sorted(valid, key=valid.get)[:2]
+    assert stored_steps(workdir) == sorted({30, *best_two})  # periodic 3, 6, 9, ... are gone
+    assert summary["best_step"] == best_two[0]
+    assert summary["best_val_loss"] == valid[best_two[0]]
+
+
+def test_restore_for_inference_picks_best_latest_or_a_step(trained):
+    workdir, _, valid = trained
+    best_step = min(valid, key=valid.get)
+    config, vocab, best_vars, step = checkpoints.restore_for_inference(workdir, "best")
+    assert step == best_step
+    assert vocab == get_tokenizer(config.tokenizer).vocab
+    assert set(best_vars) == {"params"}  # the LSTM has no batch statistics
+    _, _, latest_vars, latest = checkpoints.restore_for_inference(workdir, "latest")
+    assert latest == 30
+    _, _, same_vars, same = checkpoints.restore_for_inference(workdir, str(best_step))
+    assert same == best_step
+    for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(same_vars), strict=True):
+        np.testing.assert_array_equal(a, b)
+    if best_step != latest:
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(latest_vars), strict=True)
+        )
+    # The restored variables drive the model the config describes.
+    from jaxcomposer.model import build_model
+
+    model = build_model(config.model, vocab.size)
+    logits, _ = model.apply(best_vars, jnp.ones((2, 7), jnp.int32), train=False)
+    assert logits.shape[0] == 2 and logits.shape[-1] == vocab.size
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_unknown_checkpoint_choices_are_clear_errors(trained, tmp_path):
+    workdir, _, _ = trained
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at step 7"):
+        checkpoints.restore_for_inference(workdir, 7)
+    with pytest.raises(checkpoints.CheckpointError, match="'best', 'latest' or a step"):
+        checkpoints.restore_for_inference(workdir, "newest")
+    empty = str(tmp_path / "empty")
+    shutil.copytree(workdir, empty, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoints"):
+        checkpoints.restore_for_inference(empty, "best")
+
+
+def test_vocab_that_differs_from_the_config_is_named(trained, tmp_path):
+    workdir = copy_of(trained[0], tmp_path)
+    other = get_tokenizer(tiny_config(tokenizer={"name": "frame"}).tokenizer).vocab
+    with open(os.path.join(workdir, "vocab.json"), "w") as f:
+        f.write(other.to_json())
+    with pytest.raises(checkpoints.CheckpointError, match=r"vocab\.json: vocabulary \(frame"):
+        checkpoints.restore_for_inference(workdir)
+
+
+def test_config_whose_model_does_not_fit_the_checkpoint_is_named(trained, tmp_path):
+    workdir = copy_of(trained[0], tmp_path)
+    edit_json(os.path.join(workdir, "config.json"), lambda c: c["model"].update(hidden_size=48))
+    with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/\d+ params does not fit"):
+        checkpoints.restore_for_inference(workdir)
+
+
+def test_missing_or_broken_config_is_named(trained, tmp_path):
+    workdir = copy_of(trained[0], tmp_path)
+    os.remove(os.path.join(workdir, "config.json"))
+    with pytest.raises(checkpoints.CheckpointError, match=r"config\.json: missing"):
+        checkpoints.restore_for_inference(workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write('{"seed": 0}')
+    with pytest.raises(checkpoints.CheckpointError, match=r"config\.json: not a valid"):
+        checkpoints.restore_for_inference(workdir)
+
+
+def test_a_run_cannot_silently_mix_configs(trained, tmp_path):
+    workdir = copy_of(trained[0], tmp_path)
+    config = run_config()
+    vocab = get_tokenizer(config.tokenizer).vocab
+    # Fields that only steer the loop may change on resume; the file then records the new run.
+    longer = run_config(num_steps=50, log_every=7)
+    checkpoints.write_run_files(workdir, longer, vocab, resuming=True)
+    assert checkpoints.load_config(workdir) == longer
+    bigger = config_lib.replace(config, model={"hidden_size": 48})
+    with pytest.raises(
+        checkpoints.CheckpointError, match=r"config\.json: .*model\.hidden_size: 32 -> 48"
+    ):
+        checkpoints.write_run_files(workdir, bigger, vocab, resuming=True)
+    checkpoints.write_run_files(workdir, bigger, vocab, resuming=False)  # a fresh run may
+    other_data = config_lib.replace(config, data={"max_pieces": 3})
+    with pytest.raises(
+        checkpoints.CheckpointError, match=r"prepared with a different config .*max_pieces"
+    ):
+        checkpoints.write_run_files(workdir, other_data, vocab, resuming=False)
+    other_recipe = run_config(learning_rate=0.5)
+    with pytest.raises(checkpoints.CheckpointError, match="train.learning_rate"):
+        checkpoints.write_run_files(workdir, other_recipe, vocab, resuming=True)
