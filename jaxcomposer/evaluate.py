@@ -141,3 +141,58 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
         print(f"skipped {item.get('name')}: {item.get('reason')}", flush=True)
     print(f"evaluation written to {path}", flush=True)
     return result
+
+
+def _stats_with_copy(notes, steps_per_beat: int, copy_index) -> dict:
+    from jaxcomposer import musicstats
+
+    stats = musicstats.piece_stats(notes, steps_per_beat=steps_per_beat)
+    groups = musicstats.onset_groups(notes, steps_per_beat)
+    stats["longest_copy"] = float(musicstats.longest_copy(groups, copy_index))
+    return stats
+
+
+def compare_samples(workdir: str, samples_dir: str, *, progress: bool = True) -> dict:
+    """Musical statistics of the MIDI files in `samples_dir` against the held-out real pieces
+    (the validation split, decoded), with the longest stretch copied from the training set.
+    Writes report.json, report.md and plots into WORKDIR/reports/<samples folder name>/."""
+    from jaxcomposer import compare, dataset, midi_io, musicstats
+    from jaxcomposer.encoding import find_midi_files
+
+    config = checkpoints.load_config(workdir)
+    tokenizer = get_tokenizer(config.tokenizer)
+    spb = config.tokenizer.steps_per_beat
+    train_split = dataset.load_split(workdir, "train")
+    copy_index = musicstats.build_copy_index(
+        [musicstats.onset_groups(tokenizer.decode(p).notes, spb) for p in train_split.pieces()]
+    )
+    generated, skipped = [], []
+    for name, path in tqdm(find_midi_files(samples_dir), desc="samples", disable=not progress):
+        try:
+            generated.append(midi_io.read_midi(path, config.data, name)[0].notes)
+        except midi_io.MidiReadError as err:
+            skipped.append({"name": name, "reason": err.reason})
+            print(f"skipped {name}: {err.reason}", flush=True)
+    if not generated:
+        raise ValueError(f"no readable MIDI files in {samples_dir}")
+    real = [tokenizer.decode(p).notes for p in dataset.load_split(workdir, "valid").pieces()]
+    comparison = compare.compare_sets(
+        [_stats_with_copy(n, spb, copy_index) for n in generated],
+        [_stats_with_copy(n, spb, copy_index) for n in real],
+        note_lengths=(
+            [musicstats.note_length_histogram(n)[0] for n in generated],
+            [musicstats.note_length_histogram(n)[0] for n in real],
+        ),
+    )
+    comparison["skipped"] = skipped
+    label = os.path.basename(os.path.normpath(samples_dir))
+    out_dir = os.path.join(workdir, "reports", label)
+    compare.write_report(
+        out_dir, comparison, title=f"{label} vs held-out pieces",
+        generated_name=label, real_name="held-out",
+    )  # fmt: skip
+    for name, s in comparison["statistics"].items():
+        print(f"{name:<22} generated {s['generated']['mean']:9.3f}  real {s['real']['mean']:9.3f}"
+              f"  overlap {s['overlap_area']:.3f}", flush=True)  # fmt: skip
+    print(f"report written to {out_dir}/report.md", flush=True)
+    return comparison

@@ -129,15 +129,13 @@ def generate(
     settings = decoder_settings(sample)
     states = sampler.grammar_states_after(tokenizer.grammar, primers)
     started = time.perf_counter()
-    tokens = sampler.sample(
-        variables,
-        primers,
-        states,
-        tokenizer.grammar.next_state,
-        jax.random.key(seed),
-        step_fn=sampler.make_step_fn(model),
-        num_steps=num_steps,
-        settings=settings,
+    kwargs = dict(step_fn=sampler.make_step_fn(model), num_steps=num_steps, settings=settings)
+    if config.train.loss_on_last_only:  # trained on fixed windows: generate as the original did
+        run, kwargs["window"] = sampler.sample_sliding, config.train.seq_len
+    else:
+        run = sampler.sample
+    tokens = run(
+        variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed), **kwargs
     )
     tokens = np.asarray(jax.device_get(tokens))
     sample_seconds = time.perf_counter() - started

@@ -90,6 +90,20 @@ def masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings: Dec
     return logits
 
 
+def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings):
+    """Masks, chooses the next token and advances the grammar state and token counts."""
+    logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
+    token_B = choose_tokens(logits, rng, settings)
+    nxt = next_state_SxV[state_B, token_B]
+    state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
+    counts_BxV = counts_BxV.at[jnp.arange(token_B.shape[0]), token_B].add(1)
+    return token_B, state_B, counts_BxV
+
+
+def _token_counts(tokens_BxP, vocab_size: int):
+    return jax.vmap(lambda row: jnp.bincount(row, length=vocab_size))(tokens_BxP)
+
+
 @functools.partial(jax.jit, static_argnames=("step_fn", "num_steps", "settings"))
 def sample(
     variables: Any,
@@ -107,22 +121,51 @@ def sample(
     `step_fn(variables, tokens_BxL, carry) -> (logits_BxLxV, carry)` is the model's apply;
     `grammar_state_B` is the grammar state after the primer (from `Grammar.walk`).
     """
-    vocab_size = next_state_SxV.shape[1]
-    batch = primer_BxP.shape[0]
     logits_BxPxV, carry = step_fn(variables, primer_BxP, None)  # the whole primer in one scan
-    counts = jax.vmap(lambda row: jnp.bincount(row, length=vocab_size))(primer_BxP)
 
     def body(loop, step_rng):
         carry, logits_BxV, state_B, counts = loop
-        logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts, settings)
-        token_B = choose_tokens(logits, step_rng, settings)
-        nxt = next_state_SxV[state_B, token_B]
-        state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
-        counts = counts.at[jnp.arange(batch), token_B].add(1)
+        token_B, state_B, counts = _advance(
+            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings
+        )
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry)
         return (carry, logits_Bx1xV[:, -1], state_B, counts), token_B
 
+    counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
     init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts)
+    _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
+    return tokens_NxB.T
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "num_steps", "settings", "window"))
+def sample_sliding(
+    variables: Any,
+    primer_BxP: jax.Array,
+    grammar_state_B: jax.Array,
+    next_state_SxV: jax.Array,
+    rng: jax.Array,
+    *,
+    step_fn: Callable,
+    num_steps: int,
+    settings: DecoderSettings,
+    window: int,
+) -> jax.Array:
+    """The original project's procedure, for models trained on fixed windows (seed_replica):
+    every step re-reads the last `window` tokens from a zero state (left-padded with PAD)."""
+    pad = jnp.zeros((primer_BxP.shape[0], max(window - primer_BxP.shape[1], 0)), jnp.int32)
+    buffer_BxW = jnp.concatenate([pad, primer_BxP.astype(jnp.int32)], axis=1)[:, -window:]
+
+    def body(loop, step_rng):
+        buffer_BxW, state_B, counts = loop
+        logits_BxWxV, _ = step_fn(variables, buffer_BxW, None)
+        token_B, state_B, counts = _advance(
+            logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings
+        )
+        buffer_BxW = jnp.concatenate([buffer_BxW[:, 1:], token_B[:, None]], axis=1)
+        return (buffer_BxW, state_B, counts), token_B
+
+    counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
+    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts)
     _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
     return tokens_NxB.T
 

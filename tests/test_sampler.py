@@ -139,16 +139,16 @@ def test_argmax_equals_python_loop_over_single_steps(tiny_model):
     primer = np.asarray([[BOS, *tokenizer.encode(piece).tolist()]], np.int32)
     s = sampler.DecoderSettings(decoder="argmax", grammar_mask=False, allow_eos=True)
     scanned = sample_real(tiny_model, s, batch=1, steps=25, primer=primer)[0]
-    # The plain loop: one model.apply per token, carry passed by hand, argmax in numpy.
-    carry, tokens = None, list(primer[0])
-    logits = None
-    for t in tokens:
-        logits, carry = model.apply(variables, jnp.asarray([[t]]), carry, train=False)
+    # The plain loop: one (jitted) model.apply per token, carry passed by hand, argmax in numpy.
+    apply = jax.jit(lambda v, t, c: model.apply(v, t, c, train=False))
+    carry = model.initial_carry(1)
+    for t in primer[0]:
+        logits, carry = apply(variables, jnp.asarray([[t]]), carry)
     looped = []
     for _ in range(25):
         nxt = int(np.argmax(np.asarray(logits[0, -1])))
         looped.append(nxt)
-        logits, carry = model.apply(variables, jnp.asarray([[nxt]]), carry, train=False)
+        logits, carry = apply(variables, jnp.asarray([[nxt]]), carry)
     assert scanned.tolist() == looped
 
 
@@ -212,3 +212,23 @@ def test_without_the_mask_an_untrained_model_writes_ungrammatical_tokens():
     )
     rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
     assert sum(tokenizer.decode(row).skipped for row in rows) > 0
+
+
+def test_sliding_window_sampler_equals_rereading_loop(tiny_model):
+    """The original's generation: each step re-reads the last W tokens from a zero state."""
+    _, tokenizer, model, variables, step_fn = tiny_model
+    window, steps = 5, 12
+    primer = np.asarray([[BOS, 7, 9]], np.int32)
+    s = sampler.DecoderSettings(decoder="argmax", grammar_mask=False, allow_eos=True)
+    states = jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primer))
+    table = jnp.asarray(tokenizer.grammar.next_state)
+    out = sampler.sample_sliding(
+        variables, jnp.asarray(primer), states, table, jax.random.key(0),
+        step_fn=step_fn, num_steps=steps, settings=s, window=window,
+    )  # fmt: skip
+    history = [0, 0, *primer[0].tolist()]  # left-padded with PAD (0) to the window
+    apply = jax.jit(lambda v, t: model.apply(v, t, None, train=False)[0])
+    for _ in range(steps):
+        logits = apply(variables, jnp.asarray([history[-window:]]))
+        history.append(int(np.argmax(np.asarray(logits[0, -1]))))
+    assert np.asarray(out)[0].tolist() == history[-steps:]

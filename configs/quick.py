@@ -1,0 +1,30 @@
+"""The README's main job: a small model trained for a few minutes on 2 CPU cores, then samples.
+
+Same recipe as default.py (event tokens, every-position loss, AdamW, warmup + cosine,
+transposition), smaller and shorter so a first run finishes quickly on a laptop.
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = default.get_config()
+    c.model.embed_dim = 128  # units
+    c.model.hidden_size = 256  # units per layer
+    c.model.num_layers = 2
+    c.model.dropout = 0.1  # rate
+    c.train.batch_size = 32  # windows
+    c.train.seq_len = 128  # tokens
+    c.train.num_steps = 1500  # steps
+    c.train.learning_rate = 3e-3  # peak
+    c.train.warmup_steps = 100  # steps
+    c.train.eval_every = 250  # steps
+    c.train.checkpoint_every = 250  # steps
+    c.train.log_every = 50  # steps
+    c.train.max_wall_seconds = 300.0  # seconds: stop (with a checkpoint) after 5 minutes
+    c.sample.num_samples = 4
+    c.sample.num_bars = 16  # bars per sample
+    c.sample.top_p = 0.9
+    return c
