@@ -105,10 +105,8 @@ def generate(
     base = checkpoints.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
     sample = config.sample
-    config_obj, vocab, variables, step = checkpoints.restore_for_inference(
-        workdir, sample.checkpoint
-    )
-    del config_obj  # equal to `base` (checked there); sample settings come from `config`
+    # The restored config equals `base` (checked there); sampling settings come from `config`.
+    _, vocab, variables, step = checkpoints.restore_for_inference(workdir, sample.checkpoint)
     tokenizer = get_tokenizer(config.tokenizer)
     seed = config.seed if seed is None else seed
     out_dir = os.path.abspath(out_dir or os.path.join(workdir, "samples"))

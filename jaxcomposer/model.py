@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomposer.config_lib import ModelConfig
-from jaxcomposer.lstm import LSTMCarry, LSTMLayer
+from jaxcomposer.lstm import LSTMCarry, LSTMLayer, TokenInputs
 
 Carry = tuple[LSTMCarry, ...]
 
@@ -66,14 +66,17 @@ def _lstm_stack(module: nn.Module, x_LxBxD, carry: Carry, train: bool, between=N
     return x_LxBxD, tuple(new_carry)
 
 
-def _inputs_time_major(features_BxLxF, cond_BxLxC, dtype):
+def _check_cond(tokens_BxL, cond_BxLxC) -> None:
+    if cond_BxLxC is not None and cond_BxLxC.shape[:2] != tokens_BxL.shape[:2]:
+        raise ValueError(
+            f"cond_BxLxC has leading shape {cond_BxLxC.shape[:2]}, the tokens {tokens_BxL.shape}"
+        )
+
+
+def _inputs_time_major(tokens_BxL, features_BxLxF, cond_BxLxC, dtype):
     """[X; M]: the per-step conditioning vector concatenated to the per-step features."""
+    _check_cond(tokens_BxL, cond_BxLxC)
     if cond_BxLxC is not None:
-        if cond_BxLxC.shape[:2] != features_BxLxF.shape[:2]:
-            raise ValueError(
-                f"cond_BxLxC leading shape {cond_BxLxC.shape[:2]} does not match the tokens "
-                f"{features_BxLxF.shape[:2]}"
-            )
         features_BxLxF = jnp.concatenate(
             [features_BxLxF.astype(dtype), cond_BxLxC.astype(dtype)], axis=-1
         )
@@ -109,7 +112,13 @@ class ComposerLM(nn.Module):
         carry = initial_carry(config, batch) if carry is None else tuple(carry)
         _check_carry(carry, config, batch)
         embed = nn.Embed(self.vocab_size, config.embed_dim, dtype=dtype, name="embed")
-        x_LxBxD = _inputs_time_major(embed(tokens_BxL), cond_BxLxC, dtype)
+        _check_cond(tokens_BxL, cond_BxLxC)
+        # The first layer gets lookups, so it can project the (V, E) table instead of B*L rows.
+        x_LxBxD = TokenInputs(
+            embed.embedding,
+            tokens_BxL.T,
+            None if cond_BxLxC is None else jnp.swapaxes(cond_BxLxC, 0, 1),
+        )
 
         def between(layer, y):
             y = nn.Dropout(config.dropout, deterministic=not train)(y)
@@ -155,7 +164,7 @@ class SeedReplica(nn.Module):
         carry = initial_carry(config, batch) if carry is None else tuple(carry)
         _check_carry(carry, config, batch)
         scalar_BxLx1 = (tokens_BxL.astype(jnp.float32) / self.vocab_size)[..., None]
-        x_LxBxD = _inputs_time_major(scalar_BxLx1, cond_BxLxC, dtype)
+        x_LxBxD = _inputs_time_major(tokens_BxL, scalar_BxLx1, cond_BxLxC, dtype)
         y_LxBxH, new_carry = _lstm_stack(self, x_LxBxD, carry, train)
         norm = lambda name: nn.BatchNorm(
             use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype, name=name

@@ -5,7 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcomposer.lstm import LSTMCarry, LSTMLayer, lstm_cell, lstm_scan, recurrent_dropout_mask
+from jaxcomposer.lstm import (
+    LSTMCarry,
+    LSTMLayer,
+    TokenInputs,
+    lstm_cell,
+    lstm_scan,
+    recurrent_dropout_mask,
+)
 
 B, L, D, H = 3, 6, 4, 5
 
@@ -171,3 +178,28 @@ def test_forget_gate_bias_starts_at_one():
     bias = np.asarray(params["params"]["b"])
     np.testing.assert_array_equal(bias[H : 2 * H], 1.0)
     np.testing.assert_array_equal(np.delete(bias, np.s_[H : 2 * H]), 0.0)
+
+
+def test_token_table_projection_equals_projecting_looked_up_rows():
+    rng = np.random.default_rng(5)
+    vocab, embed, extra_dim = 9, 3, 2
+    table = jnp.asarray(rng.normal(size=(vocab, embed)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, vocab, (B, L)))
+    extra = jnp.asarray(rng.normal(size=(B, L, extra_dim)), jnp.float32)
+    carry = LSTMCarry(*(jnp.asarray(rng.normal(size=(B, H)), jnp.float32) for _ in range(2)))
+    r = jnp.asarray(rng.normal(size=(B, L, H)), jnp.float32)
+    fast, plain = LSTMLayer(H), LSTMLayer(H, token_table=False)
+    params = fast.init(jax.random.key(0), TokenInputs(table, tokens, extra), carry)["params"]
+    assert params["w_ih"].shape == (embed + extra_dim, 4 * H)
+
+    def loss(layer, p, table, extra):
+        y, last = layer.apply({"params": p}, TokenInputs(table, tokens, extra), carry)
+        return jnp.sum(y * r) + jnp.sum(last.c)
+
+    grads = jax.jit(lambda p, t, e: [jax.grad(loss, (1, 2, 3))(m, p, t, e) for m in (fast, plain)])
+    got, want = grads(params, table, extra)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    y_fast, _ = fast.apply({"params": params}, TokenInputs(table, tokens, extra), carry)
+    y_plain, _ = plain.apply({"params": params}, jnp.concatenate([table[tokens], extra], -1), carry)
+    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-5, atol=1e-6)

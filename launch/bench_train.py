@@ -1,0 +1,352 @@
+"""Training-step throughput of the JAX LSTM vs PyTorch nn.LSTM on this machine (prints JSON lines).
+
+One step = forward + backward + Adam update of Embedding(329, 512) -> 3 x LSTM(512) ->
+Linear(512, 329) on a (batch, 100) window with cross-entropy at every position: the shapes of
+/work/shared/bench/peer_torch_lstm.py, which runs in a subprocess (when torch is importable) so
+both figures come from the same run. Also printed: the achieved GFLOP/s of the JAX step (LSTM and
+projection matmul FLOPs, x3 for forward + backward) against the fp32 matmul rate XLA reaches on a
+large matmul here, and the load other processes put on the CPUs during the run (timings on a
+shared machine are only comparable when that is ~0).
+
+  python launch/bench_train.py                    # batches 64,128, 10 reps, 2 threads
+  python launch/bench_train.py --quick            # tiny shapes: checks the script works
+  python launch/bench_train.py --epoch            # seed_replica model: time per corpus epoch
+  python launch/bench_train.py --variants         # implementation options side by side
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TORCH_SCRIPT = ROOT.parent / "shared" / "bench" / "peer_torch_lstm.py"
+QUIET = 0.15  # cores used by other processes below which a run counts as undisturbed
+KERAS_RECORDED = {"seconds_per_epoch": 1040, "windows_per_s": 43.8, "recurrent_dropout": 0.3}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--batches", default="64,128", help="comma-separated batch sizes")
+    ap.add_argument("--reps", type=int, default=10, help="timed steps per measurement (median)")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat JAX + torch this many times")
+    ap.add_argument("--threads", type=int, default=2, help="CPU cores to use (affinity)")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 reps: a smoke test")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    ap.add_argument("--epoch", action="store_true", help="seed_replica epoch time instead")
+    ap.add_argument("--epoch-windows", type=int, default=83_600, help="windows in one epoch")
+    ap.add_argument(
+        "--epoch-hoist",
+        choices=["config", "on", "off"],
+        default="config",
+        help="--epoch: input projection hoisted out of the scan (config = seed_replica.py's)",
+    )
+    ap.add_argument("--variants", action="store_true", help="also time implementation options")
+    ap.add_argument("--vocab", type=int, default=329)
+    ap.add_argument("--seq", type=int, default=100)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--embed", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=3)
+    args = ap.parse_args()
+    if args.quick:
+        args.batches, args.reps, args.seq = "8", 2, 20
+        args.hidden = args.embed = 64
+        args.epoch_windows = 1000
+    return args
+
+
+def pin_threads(threads: int) -> None:
+    """Restricts this process (and children) to `threads` cores; XLA sizes its pool from this."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus[: max(1, threads)])
+
+
+class LoadMeter:
+    """CPU time used by other processes during a block, in cores (from /proc/stat)."""
+
+    def __enter__(self):
+        self.start = (self._busy_jiffies(), os.times(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy0, own0, t0 = self.start
+        own1, t1 = os.times(), time.perf_counter()
+        busy = (self._busy_jiffies() - busy0) / os.sysconf("SC_CLK_TCK")
+        own = (own1.user + own1.system + own1.children_user + own1.children_system) - (
+            own0.user + own0.system + own0.children_user + own0.children_system
+        )
+        self.other_cores = max(0.0, (busy - own) / (t1 - t0))
+
+    @staticmethod
+    def _busy_jiffies() -> int:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return f"{names[0] if names else 'unknown'} ({os.cpu_count()} cores on the machine)"
+
+
+def lstm_flops_per_token(args: argparse.Namespace) -> float:
+    """Matmul FLOPs per predicted token, forward only: input + recurrent gates and the head."""
+    h, flops, d = args.hidden, 0.0, args.embed
+    for _ in range(args.layers):
+        flops += 2 * (d + h) * 4 * h
+        d = h
+    return flops + 2 * h * args.vocab
+
+
+def time_steps(step, state, reps: int, batch_tokens: int, digits: int = 0) -> dict:
+    for _ in range(3):  # compile + warm-up
+        state = step(*state)
+    _block(state)
+    rates = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        state = step(*state)
+        _block(state)
+        rates.append(batch_tokens / (time.perf_counter() - t0))
+    rnd = lambda v: round(v, digits) if digits else round(v)
+    return {
+        "tokens_per_s": rnd(statistics.median(rates)),
+        "min": rnd(min(rates)),
+        "max": rnd(max(rates)),
+    }
+
+
+def _block(tree) -> None:
+    import jax
+
+    jax.block_until_ready(tree)
+
+
+def lm_config(args: argparse.Namespace, **changes):
+    from configs import default
+    from jaxcomposer import config_lib
+
+    model = config_lib.freeze(default.get_config()).model
+    return dataclasses.replace(
+        model,
+        embed_dim=args.embed,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        layer_norm=False,
+        tie_embeddings=False,
+        **changes,
+    )
+
+
+def make_lm_step(config, vocab: int, batch: int, seq: int, layer_options: dict | None = None):
+    """Jitted Adam train step of ComposerLM on random tokens (same maths as the torch script)."""
+    import jax
+    import optax
+
+    from jaxcomposer import model
+
+    layer_cls = model.LSTMLayer
+    if layer_options:  # implementation options not in ModelConfig (benchmark only)
+        model.LSTMLayer = lambda **kw: layer_cls(**{**kw, **layer_options})
+    try:
+        net = model.build_model(config, vocab)
+        tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, vocab)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        params = jax.jit(net.init)(jax.random.key(0), inputs)["params"]
+
+        def loss_fn(p):
+            logits, _ = net.apply({"params": p}, inputs)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+        opt = optax.adam(1e-3)
+
+        @jax.jit
+        def step(p, s):
+            grads = jax.grad(loss_fn)(p)
+            updates, s = opt.update(grads, s, p)
+            return optax.apply_updates(p, updates), s
+
+        compiled = step.lower(params, opt.init(params)).compile()  # traced with the patch
+    finally:
+        model.LSTMLayer = layer_cls
+    return compiled, (params, opt.init(params))
+
+
+def xla_matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def run_torch(args: argparse.Namespace) -> list[dict]:
+    if args.no_torch or importlib.util.find_spec("torch") is None or not TORCH_SCRIPT.exists():
+        why = "disabled" if args.no_torch else "torch not importable or script missing"
+        print(json.dumps({"system": "torch", "skipped": why}), flush=True)
+        return []
+    cmd = [sys.executable, str(TORCH_SCRIPT), "--batches", args.batches, "--reps", str(args.reps)]
+    cmd += ["--threads", str(args.threads), "--vocab", str(args.vocab), "--seq", str(args.seq)]
+    cmd += ["--embed", str(args.embed), "--hidden", str(args.hidden), "--layers", str(args.layers)]
+    with LoadMeter() as load:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(json.dumps({"system": "torch", "error": out.stderr.strip()[-500:]}), flush=True)
+        return []
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    for row in rows:
+        row["other_load_cores"] = round(load.other_cores, 2)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def bench_lm(args: argparse.Namespace) -> None:
+    import jax
+
+    peak = xla_matmul_gflops(512 if args.quick else 2048)
+    print(json.dumps({"xla_fp32_matmul_gflops": round(peak, 1), "jax": jax.__version__}))
+    flops = 3 * lstm_flops_per_token(args)
+    variants = {"default": {}}
+    if args.variants:
+        variants |= {
+            "in_loop_projection": {"hoist_input_projection": False},
+            "no_token_table": {"token_table": False},
+            "autodiff_scan": {"batched_weight_grads": False},
+            "unroll_2": {"unroll": 2},
+        }
+    steps = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        for name, variant in variants.items():
+            options = dict(variant)
+            hoist = options.pop("hoist_input_projection", True)
+            config = lm_config(args, hoist_input_projection=hoist)
+            steps[(name, batch)] = make_lm_step(config, args.vocab, batch, args.seq, options)
+    runs = {}  # (system, batch) -> [(other_load_cores, tokens/s), ...] over rounds
+    for round_ in range(args.rounds):
+        for (name, batch), (step, state) in steps.items():
+            with LoadMeter() as load:
+                row = time_steps(step, state, args.reps, batch * args.seq)
+            row = {"system": f"jax {name}", "batch": batch, "seq": args.seq, **row}
+            row["gflops"] = round(row["tokens_per_s"] * flops / 1e9, 1)
+            row["of_xla_matmul"] = round(row["tokens_per_s"] * flops / 1e9 / peak, 2)
+            row |= {"other_load_cores": round(load.other_cores, 2), "round": round_}
+            runs.setdefault((row["system"], batch), []).append((load.other_cores, row))
+            print(json.dumps(row), flush=True)
+        for row in run_torch(args):
+            runs.setdefault(("torch", row["batch"]), []).append((row["other_load_cores"], row))
+    print_summary(runs)
+
+
+def print_summary(runs: dict) -> None:
+    """Per system and batch the quietest round (least CPU used by others), and jax/torch."""
+    quietest = {
+        key: min(rows, key=lambda r: (r[0] if r[0] > QUIET else 0.0, -r[1]["tokens_per_s"]))
+        for key, rows in runs.items()
+    }
+    for (system, batch), (load, row) in quietest.items():
+        summary = {"summary": system, "batch": batch, "tokens_per_s": row["tokens_per_s"]}
+        summary["other_load_cores"] = round(load, 2)
+        torch = quietest.get(("torch", batch))
+        if torch and system != "torch":
+            summary["ratio_over_torch"] = round(row["tokens_per_s"] / torch[1]["tokens_per_s"], 3)
+        if max(load, torch[0] if torch else 0.0) > QUIET:
+            summary["warning"] = "other processes used the CPU: rerun on a quiet machine"
+        print(json.dumps(summary), flush=True)
+
+
+def bench_epoch(args: argparse.Namespace) -> None:
+    """The seed_replica model at its training shapes: windows/s and one epoch extrapolated."""
+    import jax
+    import optax
+
+    from configs import seed_replica
+    from jaxcomposer import config_lib, model
+
+    config = config_lib.freeze(seed_replica.get_config())
+    mconf = config.model
+    if args.epoch_hoist != "config":
+        mconf = dataclasses.replace(mconf, hoist_input_projection=args.epoch_hoist == "on")
+    if args.quick:
+        mconf = dataclasses.replace(mconf, hidden_size=args.hidden, dense_size=32)
+    batch, seq = (8, args.seq) if args.quick else (config.train.batch_size, config.train.seq_len)
+    net = model.build_model(mconf, args.vocab)
+    tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, args.vocab)
+    inputs, target = tokens[:, :-1], tokens[:, -1]
+    variables = jax.jit(net.init)(jax.random.key(0), inputs)
+    opt = optax.rmsprop(config.train.learning_rate)
+
+    @jax.jit
+    def step(params, batch_stats, opt_state, key):
+        def loss_fn(p):
+            (logits, _), new = net.apply(
+                {"params": p, "batch_stats": batch_stats},
+                inputs,
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, -1], target).mean()
+            return loss, new["batch_stats"]
+
+        grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, key
+
+    state = (variables["params"], variables["batch_stats"], opt.init(variables["params"]))
+    state = (*state, jax.random.key(2))
+    with LoadMeter() as load:
+        row = time_steps(step, state, args.reps, batch, digits=1)
+    windows_per_s = row.pop("tokens_per_s")
+    print(
+        json.dumps(
+            {
+                "system": "jax seed_replica",
+                "batch": batch,
+                "seq": seq,
+                "recurrent_dropout": mconf.recurrent_dropout,
+                "hoist_input_projection": mconf.hoist_input_projection,
+                "windows_per_s": windows_per_s,
+                "min": row["min"],
+                "max": row["max"],
+                "seconds_per_epoch": round(args.epoch_windows / windows_per_s, 1),
+                "epoch_windows": args.epoch_windows,
+                "other_load_cores": round(load.other_cores, 2),
+            }
+        )
+    )
+    print(
+        json.dumps({"system": "keras seed model (recorded, not measured here)", **KERAS_RECORDED})
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    pin_threads(args.threads)
+    sys.path.insert(0, str(ROOT))
+    print(json.dumps({"cpu": cpu_model(), "cores_used": len(os.sched_getaffinity(0))}))
+    if args.epoch:
+        bench_epoch(args)
+    else:
+        bench_lm(args)
+
+
+if __name__ == "__main__":
+    main()
