@@ -28,6 +28,9 @@ import jax
 import jax.numpy as jnp
 
 
+ACT_FUSED = True
+
+
 class LSTMCarry(NamedTuple):
     h: jax.Array  # (B, H) hidden state h_t
     c: jax.Array  # (B, H) cell state C_t
@@ -53,7 +56,6 @@ def lstm_cell(carry: LSTMCarry, x_proj_Bx4H: jax.Array, w_hh_Hx4H: jax.Array) ->
     return LSTMCarry(h, c)
 
 
-_identity = lambda x_t: x_t
 _read = lambda buf, t: jax.lax.dynamic_index_in_dim(buf, t, keepdims=False)
 _write = lambda buf, value, t: jax.lax.dynamic_update_index_in_dim(buf, value, t, 0)
 
@@ -63,19 +65,28 @@ def _rows(a_LxBxD: jax.Array) -> jax.Array:
     return a_LxBxD.reshape(-1, a_LxBxD.shape[-1])
 
 
-def _scan_forward(xs, project_t, w_hh, h0, c0, mask_BxH, unroll):
+def _scan_forward(xs, project_t, w_hh, h0, c0, mask_BxH, unroll, in_place=False):
     """Forward scan; also returns C_t and the activated gates (i, f, g, o) for the backward."""
 
     def step(carry, x_t):
         h, c = carry
         h_in = h if mask_BxH is None else h * mask_BxH
-        i, f, g, o = jnp.split(project_t(x_t) + h_in @ w_hh, 4, axis=-1)
-        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        z = project_t(x_t) + h_in @ w_hh
+        if ACT_FUSED:
+            hidden = z.shape[-1] // 4
+            is_g = (jnp.arange(4 * hidden) // hidden) == 2
+            scale = jnp.where(is_g, 2.0, 1.0).astype(z.dtype)
+            acts = jax.nn.sigmoid(z * scale) * scale - is_g.astype(z.dtype)
+            i, f, g, o = jnp.split(acts, 4, axis=-1)
+        else:
+            i, f, g, o = jnp.split(z, 4, axis=-1)
+            i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+            acts = jnp.concatenate([i, f, g, o], axis=-1)
         c = f * c + i * g
         h = o * jnp.tanh(c)
-        return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+        return (h, c), (h, c, acts)
 
-    if project_t is not _identity:
+    if not in_place:
         (h, c), (h_LxBxH, c_LxBxH, acts_LxBx4H) = jax.lax.scan(step, (h0, c0), xs, unroll=unroll)
         return h_LxBxH, LSTMCarry(h, c), c_LxBxH, acts_LxBx4H
 
@@ -133,20 +144,25 @@ def _scan_backward(residuals, cotangents, w_hh, unroll):
     return d_gates_LxBx4H, d_w_hh, dh0, dc0
 
 
+# The bias is added inside the step (fused with the gate maths) rather than in an extra pass over
+# the (L, B, 4H) projections.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence_projected(unroll, xp_LxBx4H, w_hh, h0, c0, mask_BxH):
-    return _scan_forward(xp_LxBx4H, _identity, w_hh, h0, c0, mask_BxH, unroll)[:2]
+def _recurrence_projected(unroll, xp_LxBx4H, b, w_hh, h0, c0, mask_BxH):
+    return _recurrence_projected_fwd(unroll, xp_LxBx4H, b, w_hh, h0, c0, mask_BxH)[0]
 
 
-def _recurrence_projected_fwd(unroll, xp_LxBx4H, w_hh, h0, c0, mask_BxH):
-    h_seq, last, c_seq, acts = _scan_forward(xp_LxBx4H, _identity, w_hh, h0, c0, mask_BxH, unroll)
+def _recurrence_projected_fwd(unroll, xp_LxBx4H, b, w_hh, h0, c0, mask_BxH):
+    add_bias = lambda xp_t: xp_t + b
+    h_seq, last, c_seq, acts = _scan_forward(
+        xp_LxBx4H, add_bias, w_hh, h0, c0, mask_BxH, unroll, in_place=True
+    )
     return (h_seq, last), (w_hh, (h0, c0, mask_BxH, h_seq, c_seq, acts))
 
 
 def _recurrence_projected_bwd(unroll, saved, cotangents):
     w_hh, residuals = saved
     d_gates, d_w_hh, dh0, dc0 = _scan_backward(residuals, cotangents, w_hh, unroll)
-    return d_gates, d_w_hh, dh0, dc0, None
+    return d_gates, d_gates.sum(axis=(0, 1)), d_w_hh, dh0, dc0, None
 
 
 _recurrence_projected.defvjp(_recurrence_projected_fwd, _recurrence_projected_bwd)
@@ -193,13 +209,17 @@ def lstm_recurrence(
     carry: LSTMCarry,
     mask_BxH: jax.Array | None = None,
     *,
+    b: jax.Array | None = None,
     batched_weight_grads: bool = True,
     unroll: int = 1,
 ) -> tuple[jax.Array, LSTMCarry]:
-    """Time-major LSTM on already projected inputs xp_t = x_t W_x + b: (h_LxBxH, final carry)."""
+    """Time-major LSTM on projected inputs xp_t = x_t W_x (+ b, if given): (h_LxBxH, carry)."""
+    if b is None:
+        b = jnp.zeros(xp_LxBx4H.shape[-1], xp_LxBx4H.dtype)
     if batched_weight_grads:
-        return _recurrence_projected(unroll, xp_LxBx4H, w_hh, carry.h, carry.c, mask_BxH)
-    return _recurrence_autodiff(xp_LxBx4H, _identity, w_hh, carry.h, carry.c, mask_BxH, unroll)
+        return _recurrence_projected(unroll, xp_LxBx4H, b, w_hh, carry.h, carry.c, mask_BxH)
+    add_bias = lambda xp_t: xp_t + b
+    return _recurrence_autodiff(xp_LxBx4H, add_bias, w_hh, carry.h, carry.c, mask_BxH, unroll)
 
 
 def lstm_scan(
@@ -220,9 +240,9 @@ def lstm_scan(
     batched_weight_grads: custom backward with one matmul per weight gradient (else autodiff).
     """
     if hoisted:
-        xp = (_rows(x_LxBxD) @ w_ih + b).reshape(*x_LxBxD.shape[:2], -1)
+        xp = (_rows(x_LxBxD) @ w_ih).reshape(*x_LxBxD.shape[:2], -1)
         opts = {"batched_weight_grads": batched_weight_grads, "unroll": unroll}
-        return lstm_recurrence(xp, w_hh, carry, mask_BxH, **opts)
+        return lstm_recurrence(xp, w_hh, carry, mask_BxH, b=b, **opts)
     if batched_weight_grads:
         return _recurrence_in_loop(unroll, x_LxBxD, w_ih, b, w_hh, carry.h, carry.c, mask_BxH)
     project_t = lambda x_t: x_t @ w_ih + b
@@ -311,11 +331,12 @@ class LSTMLayer(nn.Module):
         opts = {"batched_weight_grads": self.batched_weight_grads, "unroll": self.unroll}
         if from_tokens:
             w_ih = cast(w_ih)
-            table_Vx4H = cast(x_BxLxD.table_VxE) @ w_ih[:embed_dim] + cast(b)
+            table_Vx4H = cast(x_BxLxD.table_VxE) @ w_ih[:embed_dim]
             xp = table_Vx4H[to_time_major(x_BxLxD.tokens)]
             if extra is not None:
                 xp = xp + to_time_major(cast(extra)) @ w_ih[embed_dim:]
-            y_LxBxH, new = lstm_recurrence(xp, cast(w_hh), state, cast(h_mask_BxH), **opts)
+            mask = cast(h_mask_BxH)
+            y_LxBxH, new = lstm_recurrence(xp, cast(w_hh), state, mask, b=cast(b), **opts)
         else:
             x_LxBxD = cast(to_time_major(x_BxLxD))
             y_LxBxH, new = lstm_scan(

@@ -36,6 +36,11 @@ def initial_carry(config: ModelConfig, batch_size: int) -> Carry:
     return tuple(LSTMCarry(zeros, zeros) for _ in range(config.num_layers))
 
 
+def _as_carry(carry) -> Carry:
+    """Accepts any sequence of (h, c) pairs, e.g. a carry restored as plain lists or tuples."""
+    return tuple(LSTMCarry(*state) for state in carry)
+
+
 def _check_carry(carry: Carry, config: ModelConfig, batch_size: int) -> None:
     if len(carry) != config.num_layers:
         raise ValueError(f"carry has {len(carry)} layers, the model has {config.num_layers}")
@@ -109,7 +114,7 @@ class ComposerLM(nn.Module):
                 f"embed_dim={config.embed_dim}, hidden_size={config.hidden_size}"
             )
         batch = tokens_BxL.shape[0]
-        carry = initial_carry(config, batch) if carry is None else tuple(carry)
+        carry = initial_carry(config, batch) if carry is None else _as_carry(carry)
         _check_carry(carry, config, batch)
         embed = nn.Embed(self.vocab_size, config.embed_dim, dtype=dtype, name="embed")
         _check_cond(tokens_BxL, cond_BxLxC)
@@ -161,7 +166,7 @@ class SeedReplica(nn.Module):
         config = self.config
         dtype = compute_dtype(config)
         batch = tokens_BxL.shape[0]
-        carry = initial_carry(config, batch) if carry is None else tuple(carry)
+        carry = initial_carry(config, batch) if carry is None else _as_carry(carry)
         _check_carry(carry, config, batch)
         scalar_BxLx1 = (tokens_BxL.astype(jnp.float32) / self.vocab_size)[..., None]
         x_LxBxD = _inputs_time_major(tokens_BxL, scalar_BxLx1, cond_BxLxC, dtype)

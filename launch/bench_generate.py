@@ -84,9 +84,11 @@ def time_sampling(config, batch: int, steps: int, reps: int) -> dict:
     }
 
 
-def keras_peer(steps: int) -> dict:
+def keras_peer(steps: int, python: str | None) -> dict:
+    """The original's loop, run by `python` (e.g. a separate venv with tensorflow-cpu)."""
     script = os.path.join(SHARED_BENCH, "peer_seed_keras.py")
-    if importlib.util.find_spec("tensorflow") is None or not os.path.exists(script):
+    has_tf = python is not None or importlib.util.find_spec("tensorflow") is not None
+    if not has_tf or not os.path.exists(script):
         return {
             "system": "keras seed model (recorded, TensorFlow not installed)",
             "batch": 1,
@@ -94,7 +96,7 @@ def keras_peer(steps: int) -> dict:
             "seconds": KERAS_RECORDED_S,
         }
     out = subprocess.run(
-        [sys.executable, script, "--generate", str(steps)],
+        [python or sys.executable, script, "--generate", str(steps)],
         capture_output=True,
         text=True,
         check=True,
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--keras_python", default=None, help="a python with tensorflow-cpu")
     args = parser.parse_args()
     config = load_config(args.config)
     print(
@@ -130,7 +133,7 @@ def main() -> None:
     results = [
         time_sampling(config, int(b), args.steps, args.reps) for b in args.batches.split(",")
     ]
-    peer = keras_peer(args.steps)
+    peer = keras_peer(args.steps, args.keras_python)
     for r in results:
         r["speedup_vs_keras_per_sample"] = round(peer["seconds"] * r["batch"] / r["seconds"], 1)
         print(json.dumps(r), flush=True)
