@@ -50,6 +50,9 @@ def parse_args() -> argparse.Namespace:
         help="--epoch: input projection hoisted out of the scan (config = seed_replica.py's)",
     )
     ap.add_argument("--variants", action="store_true", help="also time implementation options")
+    ap.add_argument(
+        "--recurrent-dropout", type=float, default=None, help="--epoch: override the config's rate"
+    )
     ap.add_argument("--vocab", type=int, default=329)
     ap.add_argument("--seq", type=int, default=100)
     ap.add_argument("--hidden", type=int, default=512)
@@ -284,6 +287,8 @@ def bench_epoch(args: argparse.Namespace) -> None:
     mconf = config.model
     if args.epoch_hoist != "config":
         mconf = dataclasses.replace(mconf, hoist_input_projection=args.epoch_hoist == "on")
+    if args.recurrent_dropout is not None:
+        mconf = dataclasses.replace(mconf, recurrent_dropout=args.recurrent_dropout)
     if args.quick:
         mconf = dataclasses.replace(mconf, hidden_size=args.hidden, dense_size=32)
     batch, seq = (8, args.seq) if args.quick else (config.train.batch_size, config.train.seq_len)

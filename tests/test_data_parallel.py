@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import jax
     import numpy as np
     from configs import tiny
-    from jaxcomposer import config_lib, plots, train
+    from jaxcomposer import config_lib, plots, train, train_step
     from jaxcomposer.dataset import TokenSplit
     from jaxcomposer.tokenizers import get_tokenizer
 
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent(
     summary = train.fit(config, workdir, train_split, valid_split, progress=False)
     records = plots.read_metrics(plots.metrics_path(workdir))
     try:
-        train.make_mesh(6)
+        train_step.make_mesh(6)
         divisible_error = ""
     except ValueError as e:
         divisible_error = str(e)

@@ -158,6 +158,27 @@ def test_temperature_to_zero_is_argmax(tiny_model):
     np.testing.assert_array_equal(greedy, cold)
 
 
+def skipped_per_sample(tok_overrides: dict, settings, batch: int) -> list[int]:
+    """Samples an untrained tiny model from BOS and counts each sample's skipped tokens."""
+    config = config_lib.freeze(tiny.get_config())
+    tokenizer = get_tokenizer(dataclasses.replace(config.tokenizer, **tok_overrides))
+    model = build_model(config.model, tokenizer.vocab.size)
+    variables = {"params": model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]}
+    primers = np.full((batch, 1), BOS, np.int32)
+    tokens = sampler.sample(
+        variables,
+        jnp.asarray(primers),
+        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
+        jnp.asarray(tokenizer.grammar.next_state),
+        jax.random.key(2),
+        step_fn=sampler.make_step_fn(model),
+        num_steps=60,
+        settings=settings,
+    )
+    rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
+    return [tokenizer.decode(row).skipped for row in rows]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -170,48 +191,13 @@ def test_temperature_to_zero_is_argmax(tiny_model):
     ],
 )
 def test_grammar_mask_gives_zero_skips(overrides):
-    config = config_lib.freeze(tiny.get_config())
-    tok_config = dataclasses.replace(config.tokenizer, **overrides)
-    tokenizer = get_tokenizer(tok_config)
-    model = build_model(config.model, tokenizer.vocab.size)
-    variables = {"params": model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]}
-    batch = 100
-    primers = np.full((batch, 1), BOS, np.int32)
-    tokens = sampler.sample(
-        variables,
-        jnp.asarray(primers),
-        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
-        jnp.asarray(tokenizer.grammar.next_state),
-        jax.random.key(2),
-        step_fn=sampler.make_step_fn(model),
-        num_steps=60,
-        settings=sampler.DecoderSettings(temperature=1.5),
-    )
-    skipped = [
-        tokenizer.decode(np.concatenate([p, t])).skipped
-        for p, t in zip(primers, np.asarray(tokens), strict=True)
-    ]
-    assert skipped == [0] * batch
+    skipped = skipped_per_sample(overrides, sampler.DecoderSettings(temperature=1.5), batch=100)
+    assert skipped == [0] * 100
 
 
 def test_without_the_mask_an_untrained_model_writes_ungrammatical_tokens():
-    config = config_lib.freeze(tiny.get_config())
-    tokenizer = get_tokenizer(config.tokenizer)
-    model = build_model(config.model, tokenizer.vocab.size)
-    variables = {"params": model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]}
-    primers = np.full((20, 1), BOS, np.int32)
-    tokens = sampler.sample(
-        variables,
-        jnp.asarray(primers),
-        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
-        jnp.asarray(tokenizer.grammar.next_state),
-        jax.random.key(2),
-        step_fn=sampler.make_step_fn(model),
-        num_steps=60,
-        settings=sampler.DecoderSettings(temperature=1.5, grammar_mask=False),
-    )
-    rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
-    assert sum(tokenizer.decode(row).skipped for row in rows) > 0
+    unmasked = sampler.DecoderSettings(temperature=1.5, grammar_mask=False)
+    assert sum(skipped_per_sample({}, unmasked, batch=20)) > 0
 
 
 def test_sliding_window_sampler_equals_rereading_loop(tiny_model):

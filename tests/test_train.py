@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcomposer import batching, checkpoints, config_lib, plots, train
+from jaxcomposer import batching, checkpoints, config_lib, plots, train, train_step
 from jaxcomposer.tokenizers import BOS, EOS, NAMES, PAD, get_tokenizer
 from jaxcomposer.tokenizers.grammar import START_STATE
 
@@ -242,13 +242,13 @@ def test_loss_matches_float64_numpy_with_and_without_grammar_mask():
         return (nll * weights).sum(), (correct * weights).sum(), weights.sum()
 
     for mask in (False, True):
-        got = train.token_loss_sums(
+        got = train_step.token_loss_sums(
             jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights),
             jnp.asarray(states) if mask else None, next_state if mask else None,
         )  # fmt: skip
         np.testing.assert_allclose(np.array(got, float), reference(mask), rtol=1e-5)
     # A model scoring only the last position (SeedReplica) is compared with the last targets.
-    last = train.token_loss_sums(
+    last = train_step.token_loss_sums(
         jnp.asarray(logits[:, -1:]), jnp.asarray(targets), jnp.asarray(weights)
     )
     np.testing.assert_allclose(float(last[2]), weights[:, -1].sum())
@@ -287,11 +287,11 @@ def latest_variables(workdir):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, splits):
     """20 uninterrupted steps; records how often the step functions were traced."""
-    train._STEP_CACHE.clear()
-    before = dict(train.TRACE_COUNTS)
+    train_step._STEP_CACHE.clear()
+    before = dict(train_step.TRACE_COUNTS)
     workdir = str(tmp_path_factory.mktemp("straight"))
     summary = train.fit(loop_config(), workdir, *splits)
-    traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_step")}
+    traces = {k: train_step.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_step")}
     return workdir, summary, traces
 
 
