@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.recurrent_dropout = 0.0  # rate; > 0 costs speed (see README)
     c.model.layer_norm = False
     c.model.tie_embeddings = False
-    c.model.hoist_input_projection = True  # see model.py: measured faster on CPU
+    c.model.hoist_input_projection = True  # see model/lstm.py: measured faster on CPU
     c.model.dense_size = 256  # seed_replica only
     c.model.dtype = "float32"
 

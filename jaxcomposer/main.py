@@ -77,23 +77,23 @@ def main(argv: list[str]) -> None:
     logging.info("mode=%s workdir=%s", mode, workdir)
 
     if mode in ("prepare", "all"):
-        from jaxcomposer import dataset
+        from jaxcomposer.data import dataset
 
         manifest = dataset.prepare(config, workdir, progress=FLAGS.progress)
         print(dataset.summarize(manifest), flush=True)
     if mode in ("train", "all"):
-        from jaxcomposer import train
+        from jaxcomposer.train import loop
 
-        train.train(config, workdir)
+        loop.train(config, workdir)
     if mode in ("generate", "all"):
-        from jaxcomposer import generate
+        from jaxcomposer.sample import generate
 
         paths = generate.generate(
             workdir, out_dir=FLAGS.out_dir, seed=FLAGS.seed, overrides=sample_overrides()
         )
         print(f"samples: {paths['index']}", flush=True)
     if mode in ("evaluate", "all"):
-        from jaxcomposer import evaluate
+        from jaxcomposer.evaluation import evaluate
 
         if FLAGS.samples:
             evaluate.compare_samples(workdir, FLAGS.samples, progress=FLAGS.progress)

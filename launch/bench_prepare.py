@@ -36,7 +36,8 @@ FRESH_PROCESS = """
 import sys, tempfile, time
 sys.path.insert(0, {repo!r})
 from configs import default
-from jaxcomposer import config_lib, dataset
+from jaxcomposer import config_lib
+from jaxcomposer.data import dataset
 config = config_lib.replace(config_lib.freeze(default.get_config()),
                             data={{"midi_dir": {midi_dir!r}, "cache_dir": {cache!r}}})
 dataset.prepare(config, tempfile.mkdtemp(), progress=False)

@@ -177,13 +177,13 @@ def make_lm_step(config, vocab: int, batch: int, seq: int, layer_options: dict |
     import jax
     import optax
 
-    from jaxcomposer import model
+    from jaxcomposer.model import lm
 
-    layer_cls = model.LSTMLayer
+    layer_cls = lm.LSTMLayer
     if layer_options:  # implementation options not in ModelConfig (benchmark only)
-        model.LSTMLayer = lambda **kw: layer_cls(**{**kw, **layer_options})
+        lm.LSTMLayer = lambda **kw: layer_cls(**{**kw, **layer_options})
     try:
-        net = model.build_model(config, vocab)
+        net = lm.build_model(config, vocab)
         tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, vocab)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         params = jax.jit(net.init)(jax.random.key(0), inputs)["params"]
@@ -202,7 +202,7 @@ def make_lm_step(config, vocab: int, batch: int, seq: int, layer_options: dict |
 
         compiled = step.lower(params, opt.init(params)).compile()  # traced with the patch
     finally:
-        model.LSTMLayer = layer_cls
+        lm.LSTMLayer = layer_cls
     return compiled, (params, opt.init(params))
 
 
@@ -304,7 +304,8 @@ def bench_epoch(args: argparse.Namespace) -> None:
     import optax
 
     from configs import seed_replica
-    from jaxcomposer import config_lib, model
+    from jaxcomposer import config_lib
+    from jaxcomposer.model import lm
 
     config = config_lib.freeze(seed_replica.get_config())
     mconf = config.model
@@ -315,7 +316,7 @@ def bench_epoch(args: argparse.Namespace) -> None:
     if args.quick:
         mconf = dataclasses.replace(mconf, hidden_size=args.hidden, dense_size=32)
     batch, seq = (8, args.seq) if args.quick else (config.train.batch_size, config.train.seq_len)
-    net = model.build_model(mconf, args.vocab)
+    net = lm.build_model(mconf, args.vocab)
     tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, args.vocab)
     inputs, target = tokens[:, :-1], tokens[:, -1]
     variables = jax.jit(net.init)(jax.random.key(0), inputs)

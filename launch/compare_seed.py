@@ -51,7 +51,8 @@ def run_configs(minutes: float, midi_dir: str) -> dict[str, config_lib.Config]:
 def sample_and_compare(
     workdir: str, name: str, decoder: dict, num_samples: int, tokens: int
 ) -> dict:
-    from jaxcomposer import evaluate, generate
+    from jaxcomposer.evaluation import evaluate
+    from jaxcomposer.sample import generate
 
     out_dir = os.path.join(workdir, f"samples_{name}")
     overrides = {"num_samples": num_samples, "num_steps": tokens, "num_bars": 0, **decoder}
@@ -68,12 +69,14 @@ def sample_and_compare(
 
 
 def one_run(root: str, name: str, config: config_lib.Config, num_samples: int) -> dict:
-    from jaxcomposer import dataset, evaluate, train
+    from jaxcomposer.data import dataset
+    from jaxcomposer.evaluation import evaluate
+    from jaxcomposer.train import loop
 
     workdir = os.path.join(root, name)
     dataset.prepare(config, workdir, progress=False)
     started = time.perf_counter()
-    summary = train.train(config, workdir, progress=False)
+    summary = loop.train(config, workdir, progress=False)
     wall = time.perf_counter() - started
     nll = evaluate.evaluate(workdir, progress=False)["overall"]
     tokens = 500 if config.tokenizer.name == "chord" else 1000  # 500 notes, as the original

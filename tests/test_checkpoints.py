@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcomposer import checkpoints, config_lib, plots, train
-from jaxcomposer.dataset import TokenSplit
+from jaxcomposer import config_lib, workdir_lib
+from jaxcomposer.data.dataset import TokenSplit
 from jaxcomposer.tokenizers import get_tokenizer
+from jaxcomposer.train import loop, reporting
 
 TRAIN = dict(
     lr_schedule="constant", num_steps=30, eval_every=5, checkpoint_every=3, log_every=5,
@@ -43,17 +44,17 @@ def trained(tmp_path_factory):
     vocab_size = get_tokenizer(tiny_config().tokenizer).vocab.size
     splits = random_split(0, [200, 90, 25, 140], vocab_size), random_split(1, [120, 30], vocab_size)
     workdir = str(tmp_path_factory.mktemp("trained"))
-    summary = train.fit(run_config(), workdir, *splits)
+    summary = loop.fit(run_config(), workdir, *splits)
     valid = {
         r["step"]: r["loss"]
-        for r in plots.read_metrics(plots.metrics_path(workdir))
+        for r in reporting.read_metrics(reporting.metrics_path(workdir))
         if r["kind"] == "valid"
     }
     return workdir, summary, valid
 
 
 def stored_steps(workdir):
-    folder = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    folder = os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
 
 
@@ -83,13 +84,13 @@ def test_keeps_the_latest_and_the_best_k(trained):
 def test_restore_for_inference_picks_best_latest_or_a_step(trained):
     workdir, _, valid = trained
     best_step = min(valid, key=valid.get)
-    config, vocab, best_vars, step = checkpoints.restore_for_inference(workdir, "best")
+    config, vocab, best_vars, step = workdir_lib.restore_for_inference(workdir, "best")
     assert step == best_step
     assert vocab == get_tokenizer(config.tokenizer).vocab
     assert set(best_vars) == {"params"}  # the LSTM has no batch statistics
-    _, _, latest_vars, latest = checkpoints.restore_for_inference(workdir, "latest")
+    _, _, latest_vars, latest = workdir_lib.restore_for_inference(workdir, "latest")
     assert latest == 30
-    _, _, same_vars, same = checkpoints.restore_for_inference(workdir, str(best_step))
+    _, _, same_vars, same = workdir_lib.restore_for_inference(workdir, str(best_step))
     assert same == best_step
     for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(same_vars), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -99,7 +100,7 @@ def test_restore_for_inference_picks_best_latest_or_a_step(trained):
             for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(latest_vars), strict=True)
         )
     # The restored variables drive the model the config describes.
-    from jaxcomposer.model import build_model
+    from jaxcomposer.model.lm import build_model
 
     model = build_model(config.model, vocab.size)
     logits, _ = model.apply(best_vars, jnp.ones((2, 7), jnp.int32), train=False)
@@ -109,14 +110,14 @@ def test_restore_for_inference_picks_best_latest_or_a_step(trained):
 
 def test_unknown_checkpoint_choices_are_clear_errors(trained, tmp_path):
     workdir, _, _ = trained
-    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at step 7"):
-        checkpoints.restore_for_inference(workdir, 7)
-    with pytest.raises(checkpoints.CheckpointError, match="'best', 'latest' or a step"):
-        checkpoints.restore_for_inference(workdir, "newest")
+    with pytest.raises(workdir_lib.CheckpointError, match="no checkpoint at step 7"):
+        workdir_lib.restore_for_inference(workdir, 7)
+    with pytest.raises(workdir_lib.CheckpointError, match="'best', 'latest' or a step"):
+        workdir_lib.restore_for_inference(workdir, "newest")
     empty = str(tmp_path / "empty")
     shutil.copytree(workdir, empty, ignore=shutil.ignore_patterns("checkpoints"))
-    with pytest.raises(checkpoints.CheckpointError, match="no checkpoints"):
-        checkpoints.restore_for_inference(empty, "best")
+    with pytest.raises(workdir_lib.CheckpointError, match="no checkpoints"):
+        workdir_lib.restore_for_inference(empty, "best")
 
 
 def test_vocab_that_differs_from_the_config_is_named(trained, tmp_path):
@@ -124,26 +125,26 @@ def test_vocab_that_differs_from_the_config_is_named(trained, tmp_path):
     other = get_tokenizer(tiny_config(tokenizer={"name": "frame"}).tokenizer).vocab
     with open(os.path.join(workdir, "vocab.json"), "w") as f:
         f.write(other.to_json())
-    with pytest.raises(checkpoints.CheckpointError, match=r"vocab\.json: vocabulary \(frame"):
-        checkpoints.restore_for_inference(workdir)
+    with pytest.raises(workdir_lib.CheckpointError, match=r"vocab\.json: vocabulary \(frame"):
+        workdir_lib.restore_for_inference(workdir)
 
 
 def test_config_whose_model_does_not_fit_the_checkpoint_is_named(trained, tmp_path):
     workdir = copy_of(trained[0], tmp_path)
     edit_json(os.path.join(workdir, "config.json"), lambda c: c["model"].update(hidden_size=48))
-    with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/\d+ params does not fit"):
-        checkpoints.restore_for_inference(workdir)
+    with pytest.raises(workdir_lib.CheckpointError, match=r"checkpoints/\d+ params does not fit"):
+        workdir_lib.restore_for_inference(workdir)
 
 
 def test_missing_or_broken_config_is_named(trained, tmp_path):
     workdir = copy_of(trained[0], tmp_path)
     os.remove(os.path.join(workdir, "config.json"))
-    with pytest.raises(checkpoints.CheckpointError, match=r"config\.json: missing"):
-        checkpoints.restore_for_inference(workdir)
+    with pytest.raises(workdir_lib.CheckpointError, match=r"config\.json: missing"):
+        workdir_lib.restore_for_inference(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write('{"seed": 0}')
-    with pytest.raises(checkpoints.CheckpointError, match=r"config\.json: not a valid"):
-        checkpoints.restore_for_inference(workdir)
+    with pytest.raises(workdir_lib.CheckpointError, match=r"config\.json: not a valid"):
+        workdir_lib.restore_for_inference(workdir)
 
 
 def test_a_run_cannot_silently_mix_configs(trained, tmp_path):
@@ -152,19 +153,19 @@ def test_a_run_cannot_silently_mix_configs(trained, tmp_path):
     vocab = get_tokenizer(config.tokenizer).vocab
     # Fields that only steer the loop may change on resume; the file then records the new run.
     longer = run_config(num_steps=50, log_every=7)
-    checkpoints.write_run_files(workdir, longer, vocab, resuming=True)
-    assert checkpoints.load_config(workdir) == longer
+    workdir_lib.write_run_files(workdir, longer, vocab, resuming=True)
+    assert workdir_lib.load_config(workdir) == longer
     bigger = config_lib.replace(config, model={"hidden_size": 48})
     with pytest.raises(
-        checkpoints.CheckpointError, match=r"config\.json: .*model\.hidden_size: 32 -> 48"
+        workdir_lib.CheckpointError, match=r"config\.json: .*model\.hidden_size: 32 -> 48"
     ):
-        checkpoints.write_run_files(workdir, bigger, vocab, resuming=True)
-    checkpoints.write_run_files(workdir, bigger, vocab, resuming=False)  # a fresh run may
+        workdir_lib.write_run_files(workdir, bigger, vocab, resuming=True)
+    workdir_lib.write_run_files(workdir, bigger, vocab, resuming=False)  # a fresh run may
     other_data = config_lib.replace(config, data={"max_pieces": 3})
     with pytest.raises(
-        checkpoints.CheckpointError, match=r"prepared with a different config .*max_pieces"
+        workdir_lib.CheckpointError, match=r"prepared with a different config .*max_pieces"
     ):
-        checkpoints.write_run_files(workdir, other_data, vocab, resuming=False)
+        workdir_lib.write_run_files(workdir, other_data, vocab, resuming=False)
     other_recipe = run_config(learning_rate=0.5)
-    with pytest.raises(checkpoints.CheckpointError, match="train.learning_rate"):
-        checkpoints.write_run_files(workdir, other_recipe, vocab, resuming=True)
+    with pytest.raises(workdir_lib.CheckpointError, match="train.learning_rate"):
+        workdir_lib.write_run_files(workdir, other_recipe, vocab, resuming=True)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from jaxcomposer import compare
-from jaxcomposer import musicstats as ms
+from jaxcomposer.evaluation import compare
+from jaxcomposer.evaluation import musicstats as ms
 from jaxcomposer.notes import make_notes
 
 

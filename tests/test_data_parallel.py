@@ -1,7 +1,7 @@
 """Data parallelism: 4 forced CPU devices train exactly like one device (same losses to 1e-5).
 
 XLA_FLAGS must be set before jax starts, so each device count runs in its own subprocess; both
-run the whole `train.fit` path (sharded batches, replicated state, checkpoints)."""
+run the whole `loop.fit` path (sharded batches, replicated state, checkpoints)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ SCRIPT = textwrap.dedent(
     import jax
     import numpy as np
     from configs import tiny
-    from jaxcomposer import config_lib, plots, train, train_step
-    from jaxcomposer.dataset import TokenSplit
+    from jaxcomposer import config_lib
+    from jaxcomposer.train import reporting
+    from jaxcomposer.train import loop
+    from jaxcomposer.train import train_step
+    from jaxcomposer.data.dataset import TokenSplit
     from jaxcomposer.tokenizers import get_tokenizer
 
     assert len(jax.devices()) == devices, jax.devices()
@@ -41,8 +44,8 @@ SCRIPT = textwrap.dedent(
         bodies = [rng.integers(3, vocab_size, size=n) for n in lengths]
         return TokenSplit.from_pieces([str(i) for i in range(len(lengths))], bodies)
     train_split, valid_split = split(0, [200, 90, 25]), split(1, [120, 30])
-    summary = train.fit(config, workdir, train_split, valid_split, progress=False)
-    records = plots.read_metrics(plots.metrics_path(workdir))
+    summary = loop.fit(config, workdir, train_split, valid_split, progress=False)
+    records = reporting.read_metrics(reporting.metrics_path(workdir))
     try:
         train_step.make_mesh(6)
         divisible_error = ""

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcomposer import atomic, config_lib, dataset, encoding, midi_io
-from jaxcomposer.dataset import DatasetError, PrepareError
+from jaxcomposer import atomic, config_lib
+from jaxcomposer.data import dataset, ingest, midi_io
+from jaxcomposer.data.dataset import DatasetError, PrepareError
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
 GOOD = ("a.mid", "b.mid", "c.MID", "sub/d.midi", "sub/deeper/e.mid", "f.mid", "g.mid")
@@ -95,7 +96,7 @@ def test_second_prepare_hits_the_cache_and_a_new_tokenizer_misses(tmp_path, midi
 def test_a_damaged_cache_entry_is_a_miss(tmp_path, midi_dir):
     config = make_config(tmp_path, midi_dir)
     dataset.prepare(config, str(tmp_path / "w1"), progress=False)
-    entries = sorted((tmp_path / "cache" / encoding.CACHE_SUBDIR).iterdir())
+    entries = sorted((tmp_path / "cache" / ingest.CACHE_SUBDIR).iterdir())
     assert len(entries) == 8
     entries[0].write_bytes(b"garbage")
     again = dataset.prepare(config, str(tmp_path / "w2"), progress=False)
@@ -286,7 +287,7 @@ def test_bach_chorales_become_pieces(tmp_path):
     Tie-stripping must keep each pitch's total sounding time, which music21's raw notes give."""
     from music21 import converter
 
-    from jaxcomposer import corpus
+    from jaxcomposer.data import corpus
 
     sources = corpus.bach_chorale_sources(str(tmp_path / "cache"))
     assert len(sources) > 300 and all(n.startswith("bach/") for n, _ in sources)

@@ -9,7 +9,8 @@ import pytest
 from midi_factory import pretty_midi_beats
 
 from configs import tiny
-from jaxcomposer import config_lib, dataset, encoding, midi_io
+from jaxcomposer import config_lib
+from jaxcomposer.data import dataset, ingest, midi_io
 from jaxcomposer.tokenizers import get_tokenizer
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
@@ -46,7 +47,7 @@ def pieces(prepared):
 
 def test_every_file_is_prepared_or_skipped_with_a_reason(prepared):
     _, manifest, _ = prepared
-    names = [n for n, _ in encoding.find_midi_files(str(CORPUS))]
+    names = [n for n, _ in ingest.find_midi_files(str(CORPUS))]
     used = [f["name"] for f in manifest["files"]]
     skipped = {s["name"]: s["reason"] for s in manifest["skipped"]}
     assert sorted(used + list(skipped)) == names

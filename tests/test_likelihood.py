@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcomposer import config_lib, evaluate, likelihood, sampler
-from jaxcomposer.model import build_model
+from jaxcomposer import config_lib
+from jaxcomposer.evaluation import evaluate, likelihood
+from jaxcomposer.model.lm import build_model
+from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
 V = 6

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcomposer.lstm import (
+from jaxcomposer.model.lstm import (
     LSTMCarry,
     LSTMLayer,
     TokenInputs,

@@ -10,8 +10,9 @@ import pytest
 from midi_factory import pretty_midi_beats
 
 from configs import tiny
-from jaxcomposer import config_lib, midi_io
-from jaxcomposer.midi_io import MidiReadError
+from jaxcomposer import config_lib
+from jaxcomposer.data import midi_io
+from jaxcomposer.data.midi_io import MidiReadError
 from jaxcomposer.notes import KeySignature, TimeSignature, make_notes
 
 DATA = config_lib.freeze(tiny.get_config()).data

@@ -10,8 +10,8 @@ import pytest
 
 from configs import seed_replica, tiny
 from jaxcomposer import config_lib
-from jaxcomposer.lstm import LSTMCarry, lstm_scan
-from jaxcomposer.model import ComposerLM, SeedReplica, build_model, initial_carry
+from jaxcomposer.model.lm import ComposerLM, SeedReplica, build_model, initial_carry
+from jaxcomposer.model.lstm import LSTMCarry, lstm_scan
 
 V, B, L, C = 23, 2, 7, 3
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxcomposer import musicstats as ms
+from jaxcomposer.evaluation import musicstats as ms
 from jaxcomposer.notes import make_notes
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71]

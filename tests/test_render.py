@@ -12,8 +12,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from jaxcomposer import audio, gallery, render, score
 from jaxcomposer.notes import Notes, concat, make_notes
+from jaxcomposer.render import audio, gallery, outputs, score
 
 QPM = 120.0
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11, 12)
@@ -43,10 +43,10 @@ def rendered(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("samples"))
     scale = scale_piece()
     infos = {
-        "scale": render.render_sample(
+        "scale": outputs.render_sample(
             out_dir, "scale", scale, title='Scale <in D> & "co"', qpm=QPM, time_signature=(3, 4)
         ),
-        "random": render.render_sample(out_dir, "random", random_piece(), title="Random", qpm=QPM),
+        "random": outputs.render_sample(out_dir, "random", random_piece(), title="Random", qpm=QPM),
     }
     return out_dir, {"scale": scale, "random": random_piece()}, infos
 
@@ -307,7 +307,7 @@ def test_failing_stage_is_recorded_and_the_rest_still_written(tmp_path, monkeypa
         raise ValueError("music21 choked")
 
     monkeypatch.setattr(score, "build_score", broken)
-    info = render.render_sample(out_dir, "x", scale_piece(), title="x", qpm=QPM)
+    info = outputs.render_sample(out_dir, "x", scale_piece(), title="x", qpm=QPM)
     assert info["errors"]["musicxml"] == "ValueError: music21 choked"
     assert set(info["errors"]) == {"musicxml", "svg", "png"}
     assert info["errors"]["png"].startswith("skipped")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcomposer import config_lib, sampler
-from jaxcomposer.model import build_model
+from jaxcomposer import config_lib
+from jaxcomposer.model.lm import build_model
 from jaxcomposer.notes import Piece, make_notes
+from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 
 V = 12

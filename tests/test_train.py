@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcomposer import batching, checkpoints, config_lib, plots, train, train_step
+from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.tokenizers import BOS, EOS, NAMES, PAD, get_tokenizer
 from jaxcomposer.tokenizers.grammar import START_STATE
+from jaxcomposer.train import batching, loop, reporting, train_step
 
 
 def tiny_config(**sections):
@@ -266,7 +267,7 @@ def loop_config(**train_fields):
 
 
 def random_split(seed, lengths, vocab_size):
-    from jaxcomposer.dataset import TokenSplit
+    from jaxcomposer.data.dataset import TokenSplit
 
     rng = np.random.default_rng(seed)
     bodies = [rng.integers(3, vocab_size, size=n).astype(np.int32) for n in lengths]
@@ -280,7 +281,7 @@ def splits():
 
 
 def latest_variables(workdir):
-    _, _, variables, step = checkpoints.restore_for_inference(workdir, "latest")
+    _, _, variables, step = workdir_lib.restore_for_inference(workdir, "latest")
     return jax.device_get(variables), step
 
 
@@ -290,7 +291,7 @@ def straight_run(tmp_path_factory, splits):
     train_step._STEP_CACHE.clear()
     before = dict(train_step.TRACE_COUNTS)
     workdir = str(tmp_path_factory.mktemp("straight"))
-    summary = train.fit(loop_config(), workdir, *splits)
+    summary = loop.fit(loop_config(), workdir, *splits)
     traces = {k: train_step.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_step")}
     return workdir, summary, traces
 
@@ -304,9 +305,9 @@ def test_train_step_compiles_once_per_run(straight_run):
 def test_stop_and_resume_is_bitwise_identical(straight_run, splits, tmp_path):
     workdir_a, summary_a, _ = straight_run
     workdir_b = str(tmp_path)
-    first = train.fit(loop_config(num_steps=10), workdir_b, *splits)
+    first = loop.fit(loop_config(num_steps=10), workdir_b, *splits)
     assert first["step"] == 10
-    second = train.fit(loop_config(num_steps=20), workdir_b, *splits)  # fresh state from disk
+    second = loop.fit(loop_config(num_steps=20), workdir_b, *splits)  # fresh state from disk
     assert second["step"] == 20
     (vars_a, step_a), (vars_b, step_b) = latest_variables(workdir_a), latest_variables(workdir_b)
     assert step_a == step_b == 20
@@ -317,7 +318,7 @@ def test_stop_and_resume_is_bitwise_identical(straight_run, splits, tmp_path):
     assert summary_a["best_val_loss"] == second["best_val_loss"]
     valid = lambda w: {
         r["step"]: r["loss"]
-        for r in plots.read_metrics(plots.metrics_path(w))
+        for r in reporting.read_metrics(reporting.metrics_path(w))
         if r["kind"] == "valid"
     }
     assert valid(workdir_a) == valid(workdir_b)
@@ -325,7 +326,7 @@ def test_stop_and_resume_is_bitwise_identical(straight_run, splits, tmp_path):
 
 def test_run_writes_progress_files(straight_run):
     workdir, summary, _ = straight_run
-    records = plots.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     train_steps = [r["step"] for r in records if r["kind"] == "train"]
     assert train_steps == [5, 10, 15, 20]
     assert all(
@@ -351,15 +352,15 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(splits, tmp_path, m
         return batch
 
     monkeypatch.setattr(batching, "sample_windows", poisoned)
-    with pytest.raises(train.TrainingDivergedError, match="diverged at step 8"):
-        train.fit(loop_config(), str(tmp_path), *splits)
+    with pytest.raises(loop.TrainingDivergedError, match="diverged at step 8"):
+        loop.fit(loop_config(), str(tmp_path), *splits)
     variables, step = latest_variables(str(tmp_path))
     assert step == 5
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
 
 
 def test_small_repetitive_corpus_is_learned(tmp_path):
-    from jaxcomposer.dataset import TokenSplit
+    from jaxcomposer.data.dataset import TokenSplit
 
     phrase = np.array([5, 17, 9, 40, 33, 9, 12, 60], np.int32)
     pieces = [np.tile(np.roll(phrase, i), 30) for i in range(3)]
@@ -371,9 +372,11 @@ def test_small_repetitive_corpus_is_learned(tmp_path):
             transpose_semitones=0, eval_every=300, checkpoint_every=300, log_every=50,
         ),
     )  # fmt: skip
-    summary = train.fit(config, str(tmp_path), corpus, corpus)
+    summary = loop.fit(config, str(tmp_path), corpus, corpus)
     last = [
-        r for r in plots.read_metrics(plots.metrics_path(str(tmp_path))) if r["kind"] == "train"
+        r
+        for r in reporting.read_metrics(reporting.metrics_path(str(tmp_path)))
+        if r["kind"] == "train"
     ]
     # Every token but BOS's successor, EOS and a window's first target is determined by the
     # previous two: the loss over steps 251-300 is near zero, from ln(200) = 5.3 at the start.
@@ -384,15 +387,15 @@ def test_small_repetitive_corpus_is_learned(tmp_path):
 def test_early_stopping_and_wall_clock_limit(splits, tmp_path):
     # learning_rate 0: the validation loss never improves after the first pass.
     frozen = dict(learning_rate=0.0, early_stop_patience=2, num_steps=40)
-    summary = train.fit(loop_config(**frozen), str(tmp_path / "early"), *splits)
+    summary = loop.fit(loop_config(**frozen), str(tmp_path / "early"), *splits)
     assert (summary["stop_reason"], summary["step"], summary["best_step"]) == (
         "early_stopping",
         15,
         5,
     )
-    again = train.fit(loop_config(**frozen), str(tmp_path / "early"), *splits)  # stays stopped
+    again = loop.fit(loop_config(**frozen), str(tmp_path / "early"), *splits)  # stays stopped
     assert (again["stop_reason"], again["step"]) == ("early_stopping", 15)
-    timed = train.fit(
+    timed = loop.fit(
         loop_config(learning_rate=0.0, max_wall_seconds=1e-9), str(tmp_path / "t"), *splits
     )
     assert (timed["stop_reason"], timed["step"]) == ("max_wall_seconds", 1)

@@ -23,9 +23,10 @@ import time
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, midi_io
+from jaxcomposer import atomic
 from jaxcomposer.config_lib import Config, DataConfig, TokenizerConfig
-from jaxcomposer.midi_io import MidiReadError
+from jaxcomposer.data import midi_io
+from jaxcomposer.data.midi_io import MidiReadError
 from jaxcomposer.notes import Piece
 from jaxcomposer.tokenizers import EncodingError, Tokenizer, get_tokenizer
 
@@ -131,7 +132,7 @@ def read_and_encode(source: Source, raw: bytes | None, config: Config) -> tuple[
                 raw, config.data, path=source.path, name=source.name
             )
         else:
-            from jaxcomposer import corpus
+            from jaxcomposer.data import corpus
 
             piece, stats = corpus.read_score(source.path, config.data, source.name)
         inside = _in_range(piece, config.tokenizer)
@@ -266,7 +267,7 @@ def _fingerprint(config: Config, kind: str) -> str:
         "tokenizer": dataclasses.asdict(config.tokenizer),
     }
     if kind == "score":
-        from jaxcomposer import corpus
+        from jaxcomposer.data import corpus
 
         settings["music21"] = corpus.music21_version()
     return json.dumps(settings, sort_keys=True) + "\n"
@@ -275,8 +276,8 @@ def _fingerprint(config: Config, kind: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _code_hash() -> str:
     """Hash of the code that turns bytes into tokens: editing it invalidates the cache."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    names = ["_smf.py", "midi_io.py", "corpus.py", "notes.py", "encoding.py"]
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = ["notes.py"] + [f"data/{f}" for f in ("smf.py", "midi_io.py", "corpus.py", "ingest.py")]
     tokenizers = os.path.join(package, "tokenizers")
     names += sorted(f"tokenizers/{f}" for f in os.listdir(tokenizers) if f.endswith(".py"))
     digest = hashlib.sha256()

@@ -5,7 +5,7 @@
   <workdir>/data/manifest.json       every file: split, counts, or the reason it was skipped
   <workdir>/vocab.json, config.json
 
-Files are read and encoded by `encoding.encode_sources` (parallel, cached per file). The split is
+Files are read and encoded by `ingest.encode_sources` (parallel, cached per file). The split is
 by piece, from a hash of the file name, so it never changes when files are added or removed.
 The data folder is replaced as a whole (atomic.atomic_dir): an interrupted run leaves the
 previous dataset, never a partial one that `load_split` would accept.
@@ -24,9 +24,10 @@ from collections.abc import Iterator
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, config_lib, encoding
+from jaxcomposer import atomic, config_lib
 from jaxcomposer.config_lib import Config, DataConfig
-from jaxcomposer.encoding import Encoded, Source, find_midi_files, fit_pitch_range
+from jaxcomposer.data import ingest
+from jaxcomposer.data.ingest import Encoded, Source, find_midi_files, fit_pitch_range
 from jaxcomposer.tokenizers import BOS, EOS
 
 __all__ = [
@@ -110,7 +111,7 @@ def prepare(config: Config, workdir: str, *, progress: bool = True) -> dict:
     valid_sources = []
     if data.valid_dir:
         valid_sources, _ = _sources(data.valid_dir, data)
-    run = encoding.encode_sources(config, train_sources + valid_sources, progress=progress)
+    run = ingest.encode_sources(config, train_sources + valid_sources, progress=progress)
     results = run.results
     usable = [r for r in results[: len(train_sources)] if not r.reason]
     if data.valid_dir:
@@ -127,7 +128,7 @@ def prepare(config: Config, workdir: str, *, progress: bool = True) -> dict:
             f"no usable pieces in {root}: {len(skipped)} of {len(results)} file(s) skipped"
             f"{_top_reasons_text(skipped)}"
         )
-    tokenizer = encoding.tokenizer_for(config.tokenizer)
+    tokenizer = ingest.tokenizer_for(config.tokenizer)
     manifest = _manifest(config, root, usable, splits, skipped, run, tokenizer.vocab.to_json())
     manifest["timing"]["seconds"] = round(time.perf_counter() - started, 4)
     with atomic.atomic_dir(os.path.join(workdir, "data")) as tmp:
@@ -148,7 +149,7 @@ def encode_folder(
     if not os.path.isdir(folder):
         raise DatasetError(f"MIDI folder {folder!r} does not exist")
     sources = [Source(n, p, "midi") for n, p in find_midi_files(folder)]
-    results = encoding.encode_sources(config, sources, progress=progress).results
+    results = ingest.encode_sources(config, sources, progress=progress).results
     usable = [r for r in results if not r.reason]
     split = TokenSplit.from_pieces([r.name for r in usable], [r.tokens for r in usable])
     return split, [{"name": r.name, "reason": r.reason} for r in results if r.reason]
@@ -164,9 +165,9 @@ def _sources(folder: str, data: DataConfig) -> tuple[list[Source], str]:
         sources = [Source(n, p, "midi") for n, p in files]
         root = os.path.abspath(folder)
     else:
-        from jaxcomposer import corpus
+        from jaxcomposer.data import corpus
 
-        listed = corpus.bach_chorale_sources(encoding.cache_root(data))
+        listed = corpus.bach_chorale_sources(ingest.cache_root(data))
         sources = [Source(n, p, "score") for n, p in listed]
         root = f"music21 {corpus.music21_version()} Bach chorales"
     if data.max_pieces > 0:
@@ -192,7 +193,7 @@ def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:
         }
         for split in SPLITS
     }
-    dropped_keys = [k for k in encoding.DROP_COUNTS if any(f.get(k) for f in files)]
+    dropped_keys = [k for k in ingest.DROP_COUNTS if any(f.get(k) for f in files)]
     return {
         "version": MANIFEST_VERSION,
         "source": root,

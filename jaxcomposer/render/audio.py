@@ -36,7 +36,7 @@ def fluidsynth_problem() -> str | None:
 def _pretty_midi(notes: Notes, qpm: float):
     import pretty_midi
 
-    from jaxcomposer import midi_io
+    from jaxcomposer.data import midi_io
 
     with tempfile.TemporaryDirectory(prefix="jaxcomposer-audio-") as tmp:
         path = os.path.join(tmp, "audio.mid")

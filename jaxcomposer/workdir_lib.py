@@ -230,7 +230,7 @@ def write_run_files(workdir: str, config: Config, vocab: Vocab, *, resuming: boo
 
 def abstract_variables(config: Config, vocab_size: int) -> dict:
     """Shapes of the model's variables ({'params': ..., maybe 'batch_stats': ...}), no compute."""
-    from jaxcomposer.model import build_model
+    from jaxcomposer.model.lm import build_model
 
     model = build_model(config.model, vocab_size)
     tokens = jnp.zeros((1, config.train.seq_len), jnp.int32)

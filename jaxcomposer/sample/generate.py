@@ -16,9 +16,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, checkpoints, config_lib, sampler
+from jaxcomposer import atomic, config_lib, workdir_lib
 from jaxcomposer.config_lib import Config, SampleConfig
 from jaxcomposer.notes import Notes
+from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer, get_tokenizer
 
 
@@ -47,7 +48,7 @@ def primers_from_valid(
     workdir: str, tokenizer: Tokenizer, sample: SampleConfig, seed: int
 ) -> np.ndarray:
     """The original's behaviour: a random window of validation music (one per sample)."""
-    from jaxcomposer import dataset
+    from jaxcomposer.data import dataset
 
     split = dataset.load_split(workdir, "valid")
     rng = np.random.default_rng(seed)
@@ -70,7 +71,7 @@ def primers_from_valid(
 
 
 def primer_from_midi(config: Config, tokenizer: Tokenizer, path: str) -> tuple[np.ndarray, object]:
-    from jaxcomposer import dataset, midi_io
+    from jaxcomposer.data import dataset, midi_io
 
     piece, _ = midi_io.read_midi(path, config.data)
     piece = dataset.fit_pitch_range(piece, config)
@@ -102,11 +103,11 @@ def generate(
     overrides: dict | None = None,
 ) -> dict:
     """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info."""
-    base = checkpoints.load_config(workdir)
+    base = workdir_lib.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
     sample = config.sample
     # The restored config equals `base` (checked there); sampling settings come from `config`.
-    _, vocab, variables, step = checkpoints.restore_for_inference(workdir, sample.checkpoint)
+    _, vocab, variables, step = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
     tokenizer = get_tokenizer(config.tokenizer)
     seed = config.seed if seed is None else seed
     out_dir = os.path.abspath(out_dir or os.path.join(workdir, "samples"))
@@ -120,7 +121,7 @@ def generate(
     else:
         primers, primer_piece = primer_from_midi(config, tokenizer, sample.primer)
 
-    from jaxcomposer.model import build_model
+    from jaxcomposer.model.lm import build_model
 
     model = build_model(config.model, vocab.size)
     num_steps = steps_for_bars(tokenizer, primers, sample)
@@ -139,7 +140,7 @@ def generate(
     sample_seconds = time.perf_counter() - started
     logging.info("sampled %d x %d tokens in %.2f s", *tokens.shape, sample_seconds)
 
-    from jaxcomposer import gallery, render
+    from jaxcomposer.render import gallery, outputs
 
     qpm = primer_piece.initial_qpm if primer_piece is not None else 100.0
     results = []
@@ -151,7 +152,7 @@ def generate(
             notes = cut_at_beat(notes, primer_beats + 4.0 * sample.num_bars)
         time_sig = decoded.time_signatures[0] if decoded.time_signatures else None
         stem = f"sample_{i:02d}"
-        info = render.render_sample(
+        info = outputs.render_sample(
             out_dir,
             stem,
             notes,

@@ -16,10 +16,11 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcomposer import atomic, batching, checkpoints, plots
+from jaxcomposer import atomic, workdir_lib
 from jaxcomposer.config_lib import Config
 from jaxcomposer.tokenizers import get_tokenizer
-from jaxcomposer.train_step import (
+from jaxcomposer.train import batching, reporting
+from jaxcomposer.train.train_step import (
     TrainState,
     compiled_steps,
     dropout_key,
@@ -38,7 +39,7 @@ class TrainingDivergedError(RuntimeError):
 # --- the loop ---------------------------------------------------------------------------------
 def train(config: Config, workdir: str, *, progress: bool | None = None) -> dict:
     """Trains (or resumes) on the prepared splits in `workdir`; returns the summary."""
-    from jaxcomposer import dataset
+    from jaxcomposer.data import dataset
 
     workdir = os.path.abspath(workdir)
     return fit(
@@ -51,14 +52,14 @@ def fit(
     config: Config, workdir: str, train_split, valid_split, *, progress: bool | None = None
 ) -> dict:
     """Trains (or resumes) on splits with `.tokens` / `.offsets`; returns the summary."""
-    from jaxcomposer.model import build_model
+    from jaxcomposer.model.lm import build_model
 
     tcfg = config.train
     tokenizer = get_tokenizer(config.tokenizer)
-    manager = checkpoints.make_manager(workdir, tcfg.keep_best)
+    manager = workdir_lib.make_manager(workdir, tcfg.keep_best)
     try:
         latest = manager.latest_step()
-        checkpoints.write_run_files(workdir, config, tokenizer.vocab, resuming=latest is not None)
+        workdir_lib.write_run_files(workdir, config, tokenizer.vocab, resuming=latest is not None)
         mesh = make_mesh(tcfg.batch_size)
         model = build_model(config.model, tokenizer.vocab.size)
         optimizer, schedule = make_optimizer(tcfg)
@@ -72,7 +73,7 @@ def fit(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                 jax.eval_shape(init, run_key(config)).to_tree(),
             )
-            tree, meta = checkpoints.restore(manager, latest, abstract)
+            tree, meta = workdir_lib.restore(manager, latest, abstract)
             state = TrainState(**tree)
             logging.info("resumed from %s at step %d", manager.directory, latest)
         run = _Run(config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta)
@@ -80,11 +81,11 @@ def fit(
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
         manager.close()  # waits for asynchronous saves
-    plots.plot_learning_curve(
-        plots.metrics_path(workdir), os.path.join(workdir, "learning_curve.png")
+    reporting.plot_learning_curve(
+        reporting.metrics_path(workdir), os.path.join(workdir, "learning_curve.png")
     )
     atomic.write_json(os.path.join(workdir, "train_summary.json"), summary)
-    print(plots.summary_text(summary), flush=True)
+    print(reporting.summary_text(summary), flush=True)
     return summary
 
 
@@ -94,7 +95,7 @@ class _Run:
     def __init__(self, config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta):
         tcfg = self.tcfg = config.train
         self.config, self.workdir, self.mesh, self.manager = config, workdir, mesh, manager
-        self.metrics_path = plots.metrics_path(workdir)
+        self.metrics_path = reporting.metrics_path(workdir)
         self.train_tokens = np.asarray(train_split.tokens)
         self.train_offsets = np.asarray(train_split.offsets, np.int64)
         grammar = tokenizer.grammar if tcfg.grammar_mask_loss else None
@@ -147,15 +148,15 @@ class _Run:
         tcfg = self.tcfg
         step = start = int(jax.device_get(state.step))
         self.started = time.perf_counter()
-        plots.append_metrics(
+        reporting.append_metrics(
             self.metrics_path, {"kind": "start", "step": step, "devices": self.mesh.size}
         )
-        window = plots.Window(step)
+        window = reporting.Window(step)
         saved_at, evaluated_at, pending = None, None, None
         stop = "num_steps"
         if tcfg.early_stop_patience and self.bad_evals >= tcfg.early_stop_patience:
             stop = "early_stopping"
-        bar = plots.progress_bar(start, tcfg.num_steps, enabled=progress)
+        bar = reporting.progress_bar(start, tcfg.num_steps, enabled=progress)
         while step < tcfg.num_steps and stop == "num_steps":
             state, metrics = self.train_step(state, self.batch(step), self.rng)
             step += 1
@@ -189,7 +190,7 @@ class _Run:
                 saved_at = step
             if is_log or is_eval:
                 line = window.flush(step, tcfg.num_steps, self.last_val, self.best, self.wall())
-                plots.append_metrics(self.metrics_path, line.record)
+                reporting.append_metrics(self.metrics_path, line.record)
                 bar.write(line.text)
         bar.close()
         if step > start and evaluated_at != step:
@@ -212,7 +213,9 @@ class _Run:
         else:
             self.bad_evals += 1
         record = {"kind": "valid", "step": step, **val, "wall_seconds": self.wall()}
-        plots.append_metrics(self.metrics_path, {**record, "best_val_loss": self.best["val_loss"]})
+        reporting.append_metrics(
+            self.metrics_path, {**record, "best_val_loss": self.best["val_loss"]}
+        )
         return val
 
     def save(self, state: TrainState, step: int, val_loss: float | None) -> None:
@@ -225,7 +228,7 @@ class _Run:
             "best_wall_seconds": self.best["wall_seconds"],
             "evals_without_improvement": self.bad_evals,
         }
-        checkpoints.save(self.manager, step, state.to_tree(), meta, val_loss)
+        workdir_lib.save(self.manager, step, state.to_tree(), meta, val_loss)
 
     def summary(self, step: int, stop: str) -> dict:
         return {

@@ -1,6 +1,6 @@
 """The one module that reads and writes MIDI files.
 
-Reading parses the Standard MIDI File bytes directly (`_smf.py`): ticks divided by the file's
+Reading parses the Standard MIDI File bytes directly (`smf.py`): ticks divided by the file's
 resolution ARE quarter-note beats, so no tempo map is needed for note times, and the parser is
 ~10x faster than pretty_midi (0.15-0.2 s vs 1.2-1.8 s for the 92-file corpus on 2 cores; it
 builds one Python object per event). Note pairing follows
@@ -16,8 +16,8 @@ import os
 import numpy as np
 
 from jaxcomposer import atomic
-from jaxcomposer._smf import MidiReadError, SmfFile, parse_smf
 from jaxcomposer.config_lib import DataConfig
+from jaxcomposer.data.smf import MidiReadError, SmfFile, parse_smf
 from jaxcomposer.notes import KeySignature, Notes, Piece, Tempo, TimeSignature
 
 __all__ = ["MidiReadError", "read_midi", "read_midi_bytes", "finish_piece", "write_midi"]

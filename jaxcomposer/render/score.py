@@ -169,7 +169,7 @@ def build_score(
     voices music21 makes for every overlap (and twice as fast to build)."""
     from music21 import clef, converter, instrument, key, layout, metadata, meter, stream, tempo
 
-    from jaxcomposer import midi_io
+    from jaxcomposer.data import midi_io
 
     numerator, denominator = time_signature
     notes = playable_notes(notes)

@@ -11,8 +11,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from jaxcomposer import atomic, audio, midi_io, score
+from jaxcomposer import atomic
+from jaxcomposer.data import midi_io
 from jaxcomposer.notes import KeySignature, Notes, TimeSignature
+from jaxcomposer.render import audio, score
 
 estimate_key = score.estimate_key
 write_musicxml = score.write_musicxml

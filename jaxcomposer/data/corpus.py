@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxcomposer import atomic
 from jaxcomposer.config_lib import DataConfig
-from jaxcomposer.midi_io import MidiReadError, finish_piece
+from jaxcomposer.data.midi_io import MidiReadError, finish_piece
 from jaxcomposer.notes import (
     DEFAULT_VELOCITY,
     KeySignature,

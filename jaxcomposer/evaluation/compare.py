@@ -23,7 +23,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxcomposer import atomic
-from jaxcomposer.musicstats import NOTE_LENGTH_BIN_EDGES, NOTE_LENGTH_BIN_LABELS, STAT_DESCRIPTIONS
+from jaxcomposer.evaluation.musicstats import (
+    NOTE_LENGTH_BIN_EDGES,
+    NOTE_LENGTH_BIN_LABELS,
+    STAT_DESCRIPTIONS,
+)
 
 GRID_STEPS_PER_BANDWIDTH = 20  # trapezoid spacing near each kernel = its bandwidth / this
 TAIL_BANDWIDTHS = 6.0  # grids reach this far past each value (mass beyond < 2e-9)

@@ -14,7 +14,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from jaxcomposer import atomic, checkpoints, likelihood, sampler
+from jaxcomposer import atomic, workdir_lib
+from jaxcomposer.evaluation import likelihood
+from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import EOS, Tokenizer, get_tokenizer
 
 
@@ -63,8 +65,8 @@ def score_pieces(
     workdir: str, names: list[str], pieces: list[np.ndarray], *, progress: bool = True
 ) -> dict:
     """Loads the best checkpoint and scores pieces; returns {'pieces': {...}, 'overall': {...}}."""
-    config, vocab, variables, step = checkpoints.restore_for_inference(workdir, "best")
-    from jaxcomposer.model import build_model
+    config, vocab, variables, step = workdir_lib.restore_for_inference(workdir, "best")
+    from jaxcomposer.model.lm import build_model
 
     tokenizer = get_tokenizer(config.tokenizer)
     step_fn = sampler.make_step_fn(build_model(config.model, vocab.size))
@@ -119,11 +121,11 @@ def _fmt(value) -> str:
 
 def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True) -> dict:
     """Scores the validation split, or every readable MIDI file of `eval_dir`."""
-    from jaxcomposer import dataset
+    from jaxcomposer.data import dataset
 
     skipped: list[dict] = []
     if eval_dir:
-        config = checkpoints.load_config(workdir)
+        config = workdir_lib.load_config(workdir)
         split, skipped = dataset.encode_folder(config, eval_dir, progress=progress)
         label = os.path.basename(os.path.normpath(eval_dir))
     else:
@@ -144,7 +146,7 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
 
 
 def _stats_with_copy(notes, steps_per_beat: int, copy_index) -> dict:
-    from jaxcomposer import musicstats
+    from jaxcomposer.evaluation import musicstats
 
     stats = musicstats.piece_stats(notes, steps_per_beat=steps_per_beat)
     groups = musicstats.onset_groups(notes, steps_per_beat)
@@ -156,10 +158,11 @@ def compare_samples(workdir: str, samples_dir: str, *, progress: bool = True) ->
     """Musical statistics of the MIDI files in `samples_dir` against the held-out real pieces
     (the validation split, decoded), with the longest stretch copied from the training set.
     Writes report.json, report.md and plots into WORKDIR/reports/<samples folder name>/."""
-    from jaxcomposer import compare, dataset, midi_io, musicstats
-    from jaxcomposer.encoding import find_midi_files
+    from jaxcomposer.data import dataset, midi_io
+    from jaxcomposer.data.ingest import find_midi_files
+    from jaxcomposer.evaluation import compare, musicstats
 
-    config = checkpoints.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
     tokenizer = get_tokenizer(config.tokenizer)
     spb = config.tokenizer.steps_per_beat
     train_split = dataset.load_split(workdir, "train")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomposer.config_lib import ModelConfig
-from jaxcomposer.lstm import LSTMCarry, LSTMLayer, TokenInputs
+from jaxcomposer.model.lstm import LSTMCarry, LSTMLayer, TokenInputs
 
 Carry = tuple[LSTMCarry, ...]
 
