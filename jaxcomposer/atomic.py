@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 
 def _current_umask() -> int:
@@ -49,7 +52,7 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def append_line(path: str, line: str) -> None:
@@ -92,13 +95,22 @@ def atomic_dir(path: str) -> Iterator[str]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _json_default(obj: Any) -> Any:
-    import numpy as np
+def to_jsonable(obj: Any) -> Any:
+    """The one JSON sanitizer: a copy that strict JSON accepts.
 
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
+    numpy and jax scalars and arrays become Python numbers and lists, tuples become lists, dict
+    keys become strings, and NaN or infinite floats become None (strict JSON has no NaN).
+    Raises TypeError for anything else that JSON cannot hold.
+    """
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "__array__") and not isinstance(obj, str | bytes):
+        obj = np.asarray(obj)
+        obj = obj.item() if obj.ndim == 0 else [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, str | int | float | bool | list):
+        return obj
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -1,150 +1,85 @@
-"""Orbax checkpoints in <workdir>/checkpoints: the latest plus the best K by validation loss.
+"""The one owner of a workdir: its layout, config.json, vocab.json, the checks that config,
+vocabulary, prepared data and checkpoints fit together, the orbax checkpoints, and "restore for
+inference" (everything rebuilt from the workdir alone).
 
-Each checkpoint holds two items: `state` (step, params, opt_state, batch_stats as a dict of
-arrays) and `meta` (JSON: step, validation loss, wall time, early-stopping counters). Checkpoints
-saved at a validation pass carry the metric {'val_loss': ...}; the preservation policy keeps the
-newest checkpoint and the K with the lowest val_loss; periodic checkpoints without a validation
-loss are dropped once a newer one exists.
+    <workdir>/config.json           the frozen config of the run (config_lib.to_json)
+    <workdir>/vocab.json            the tokenizer's declared vocabulary
+    <workdir>/data/                 prepared token arrays and manifest (data/dataset.py)
+    <workdir>/checkpoints/<step>/   orbax: `state` (step, params, opt_state, batch_stats) and
+                                    `meta` (JSON: validation loss, wall time, early stopping)
+    <workdir>/metrics.jsonl, learning_curve.png, train_summary.json, samples/, reports/
 
-`restore_for_inference(workdir)` needs the workdir alone: it rebuilds the config from
-config.json, the vocabulary from vocab.json, checks both against each other and the checkpoint
-shapes against the model the config describes.
+Checkpoints saved at a validation pass carry the metric {'val_loss': ...}; the preservation
+policy keeps the newest checkpoint and the K with the lowest val_loss.
+
+orbax, jax and the model are imported inside the functions that use them: they cost ~0.8 s of
+start-up (measured: `python -c "import orbax.checkpoint"` 0.9 s vs 0.15 s for
+`jaxcomposer.data.dataset`), and `--mode=prepare`, which only needs the config checks, stays
+jax-free (launch/bench_prepare.py times it including interpreter start).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
+import time
 from typing import Any
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging as absl_logging
-from orbax.checkpoint import checkpoint_managers
 
 from jaxcomposer import atomic, config_lib
 from jaxcomposer.config_lib import Config
-from jaxcomposer.tokenizers import Vocab, get_tokenizer
+from jaxcomposer.tokenizers import Tokenizer, Vocab, get_tokenizer
 
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+DATA_DIR = "data"
 CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
 METRIC = "val_loss"
 
 
 class CheckpointError(ValueError):
-    """A workdir's checkpoints, config.json or vocab.json do not fit together."""
+    """A workdir's checkpoints, config.json, vocab.json or data do not fit together."""
 
 
-def _val_loss(metrics: dict) -> float:
-    return float(metrics[METRIC])
+# --- layout -----------------------------------------------------------------------------------
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, CONFIG_FILE)
 
 
-_EXPECTED_WARNINGS = (
-    "Requested `tracked_metric`",  # a periodic checkpoint, saved without a validation loss
-    "Given directory is read only",  # restore_for_inference opens the manager read-only
-)
+def vocab_path(workdir: str) -> str:
+    return os.path.join(workdir, VOCAB_FILE)
 
 
-class _QuietOrbax(logging.Filter):
-    """Orbax logs every save step at INFO, which would bury the training progress lines; keep
-    its warnings, except those about how this module uses it on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "/orbax/" not in record.pathname.replace("\\", "/"):
-            return True
-        if record.getMessage().startswith(_EXPECTED_WARNINGS):
-            return False
-        return record.levelno >= logging.WARNING
+def data_dir(workdir: str) -> str:
+    return os.path.join(workdir, DATA_DIR)
 
 
-def _quiet_orbax() -> None:
-    logger = absl_logging.get_absl_logger()
-    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
-        logger.addFilter(_QuietOrbax())
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def make_manager(workdir: str, keep_best: int, *, read_only: bool = False) -> ocp.CheckpointManager:
-    """A manager keeping the latest checkpoint plus the `keep_best` lowest validation losses."""
-    _quiet_orbax()
-    policy = checkpoint_managers.AnyPreservationPolicy(
-        [
-            checkpoint_managers.LatestN(n=1),
-            # reverse=True sorts high-to-low, so the kept "last n" are the lowest losses.
-            checkpoint_managers.BestN(
-                get_metric_fn=_val_loss,
-                reverse=True,
-                n=max(int(keep_best), 0),
-                keep_checkpoints_without_metrics=False,
-            ),
-        ]
-    )
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy,
-        best_fn=_val_loss,  # makes the manager write metrics and answer best_step()
-        best_mode="min",
-        create=not read_only,
-        read_only=read_only,
-        save_interval_steps=0 if read_only else 1,
-        cleanup_tmp_directories=not read_only,
-    )
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+def metrics_path(workdir: str) -> str:
+    return os.path.join(workdir, METRICS_FILE)
 
 
-def save(
-    manager: ocp.CheckpointManager,
-    step: int,
-    state_tree: dict,
-    meta: dict,
-    val_loss: float | None = None,
-) -> None:
-    """Starts an asynchronous save (`manager.wait_until_finished()` / `close()` completes it)."""
-    metrics = None if val_loss is None else {METRIC: float(val_loss)}
-    manager.save(
-        int(step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(_plain(meta))
-        ),
-        metrics=metrics,
-        force=True,
-    )
+def is_prepared(workdir: str) -> bool:
+    """True when `--mode=prepare` has written a dataset here."""
+    return os.path.exists(os.path.join(data_dir(workdir), "manifest.json"))
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores (state, meta) of `step` into the structure/shardings of `abstract_state`."""
-    restored = manager.restore(
-        int(step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-        ),
-    )
-    return restored["state"], dict(restored["meta"])
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps of the finished checkpoints on disk (orbax's unfinished `*.orbax-checkpoint-tmp*`
+    folders are not checkpoints), without starting orbax."""
+    folder = checkpoint_dir(workdir)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
 
 
-def choose_step(manager: ocp.CheckpointManager, which: str | int) -> int:
-    """'best' (lowest validation loss; the latest if none has one), 'latest' or a step number."""
-    steps = list(manager.all_steps())
-    where = manager.directory
-    if not steps:
-        raise CheckpointError(f"{where}: no checkpoints (has the model been trained?)")
-    which = str(which).strip()
-    if which == "best":
-        best = manager.best_step()
-        return int(best if best is not None else manager.latest_step())
-    if which == "latest":
-        return int(manager.latest_step())
-    if which.lstrip("-").isdigit():
-        if int(which) not in steps:
-            raise CheckpointError(f"{where}: no checkpoint at step {which}; have {sorted(steps)}")
-        return int(which)
-    raise CheckpointError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
-
-
+# --- config.json and vocab.json ---------------------------------------------------------------
 def load_config(workdir: str) -> Config:
-    path = os.path.join(workdir, "config.json")
+    path = config_path(workdir)
     try:
         with open(path, encoding="utf-8") as f:
             return config_lib.from_json(f.read())
@@ -154,9 +89,9 @@ def load_config(workdir: str) -> Config:
         raise CheckpointError(f"{path}: not a valid jaxcomposer config: {e}") from e
 
 
-def load_vocab(workdir: str, config: Config) -> Vocab:
-    """vocab.json, checked against the vocabulary the config's tokenizer declares."""
-    path = os.path.join(workdir, "vocab.json")
+def load_vocab(workdir: str, tokenizer: Tokenizer) -> Vocab:
+    """vocab.json, checked against the vocabulary `tokenizer` declares."""
+    path = vocab_path(workdir)
     try:
         with open(path, encoding="utf-8") as f:
             vocab = Vocab.from_json(f.read())
@@ -164,7 +99,7 @@ def load_vocab(workdir: str, config: Config) -> Vocab:
         raise CheckpointError(f"{path}: missing (run --mode=prepare first)") from None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: not a valid vocabulary: {e}") from e
-    expected = get_tokenizer(config.tokenizer).vocab
+    expected = tokenizer.vocab
     if vocab != expected:
         raise CheckpointError(
             f"{path}: vocabulary ({vocab.tokenizer}, {vocab.size} tokens) differs from the one "
@@ -194,21 +129,69 @@ def _differences(old: Config, new: Config, section: str, ignore=frozenset()) -> 
     ]
 
 
+def _write_config_and_vocab(workdir: str, config: Config, vocab: Vocab) -> None:
+    atomic.write_text(vocab_path(workdir), vocab.to_json() + "\n")
+    atomic.write_text(config_path(workdir), config_lib.to_json(config) + "\n")
+
+
+def prepare_conflicts(workdir: str, config: Config) -> list[str]:
+    """The tokenizer settings that differ from those the workdir's checkpoints were trained with
+    ([] when there are no checkpoints or nothing changed). Such a change alters what the token
+    ids mean (pitch range, steps per beat, tokenizer...), so those weights no longer fit."""
+    if not (checkpoint_steps(workdir) and os.path.exists(config_path(workdir))):
+        return []
+    return _differences(load_config(workdir), config, "tokenizer")
+
+
+def check_prepare(workdir: str, config: Config, *, overwrite: bool = False) -> None:
+    """Raises CheckpointError, before any work, when preparing `config` here would silently
+    re-map the token ids of the checkpoints in `workdir` (see prepare_conflicts)."""
+    changed = prepare_conflicts(workdir, config)
+    if changed and not overwrite:
+        raise CheckpointError(
+            f"{workdir} holds checkpoints trained with other tokenizer settings "
+            f"({'; '.join(changed)}); preparing with these would change what their token ids "
+            "mean: use another --workdir, or pass --overwrite to move the old checkpoints aside"
+        )
+
+
+def record_prepared(
+    workdir: str, config: Config, vocab: Vocab, *, overwrite: bool = False
+) -> str | None:
+    """Called by prepare once its data is written: records config.json and vocab.json.
+
+    Checkpoints whose token ids the new settings re-map make this raise CheckpointError (see
+    check_prepare), unless `overwrite`, which moves them, with their metrics, aside to
+    `checkpoints.replaced-<time>/` (returned). A change of data settings alone keeps them:
+    training then resumes those weights on the new data.
+    """
+    check_prepare(workdir, config, overwrite=overwrite)
+    moved = None
+    if prepare_conflicts(workdir, config):
+        moved = f"{checkpoint_dir(workdir)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(checkpoint_dir(workdir), moved)
+        for name in (METRICS_FILE, "train_summary.json", "learning_curve.png"):
+            if os.path.exists(os.path.join(workdir, name)):
+                os.replace(os.path.join(workdir, name), os.path.join(moved, name))
+    _write_config_and_vocab(workdir, config, vocab)
+    return moved
+
+
 def write_run_files(workdir: str, config: Config, vocab: Vocab, *, resuming: bool) -> None:
-    """Checks config.json / vocab.json against this run, then records the run's config.
+    """Checks config.json / vocab.json against this training run, then records its config.
 
     The data and tokenizer must be the ones the workdir was prepared with; when resuming,
     the model, the seeds and the training recipe must match the checkpoints too. Only the
     RESUMABLE_TRAIN_FIELDS (and the sample section) may change between attempts.
     """
-    config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
+    path = config_path(workdir)
+    if os.path.exists(path):
         old = load_config(workdir)
         changed = _differences(old, config, "data", NEUTRAL_DATA_FIELDS)
         changed += _differences(old, config, "tokenizer")
         if changed:
             raise CheckpointError(
-                f"{config_path}: the data in {workdir} was prepared with a different config "
+                f"{path}: the data in {workdir} was prepared with a different config "
                 f"({'; '.join(changed)}); pass the values it was prepared with, re-run "
                 "--mode=prepare, or use another workdir"
             )
@@ -217,28 +200,149 @@ def write_run_files(workdir: str, config: Config, vocab: Vocab, *, resuming: boo
             changed += _differences(old, config, "train", RESUMABLE_TRAIN_FIELDS)
             if changed:
                 raise CheckpointError(
-                    f"{config_path}: {workdir} holds checkpoints of a run with a different config "
+                    f"{path}: {workdir} holds checkpoints of a run with a different config "
                     f"({'; '.join(changed)}); resume with the same values or use another workdir"
                 )
-    vocab_path = os.path.join(workdir, "vocab.json")
-    if os.path.exists(vocab_path):
-        load_vocab(workdir, config)
-    else:
-        atomic.write_text(vocab_path, vocab.to_json() + "\n")
-    atomic.write_text(config_path, config_lib.to_json(config) + "\n")
+    if os.path.exists(vocab_path(workdir)):
+        _check_vocab(workdir, vocab)
+    atomic.write_text(vocab_path(workdir), vocab.to_json() + "\n")
+    atomic.write_text(path, config_lib.to_json(config) + "\n")
 
 
-def abstract_variables(config: Config, vocab_size: int) -> dict:
-    """Shapes of the model's variables ({'params': ..., maybe 'batch_stats': ...}), no compute."""
-    from jaxcomposer.model.lm import build_model
+def _check_vocab(workdir: str, vocab: Vocab) -> None:
+    path = vocab_path(workdir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = Vocab.from_json(f.read())
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid vocabulary: {e}") from e
+    if stored != vocab:
+        raise CheckpointError(
+            f"{path}: vocabulary ({stored.tokenizer}, {stored.size} tokens) differs from the "
+            f"one this run's tokenizer declares ({vocab.tokenizer}, {vocab.size} tokens)"
+        )
 
-    model = build_model(config.model, vocab_size)
-    tokens = jnp.zeros((1, config.train.seq_len), jnp.int32)
-    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    return dict(jax.eval_shape(lambda: model.init(rngs, tokens, train=False)))
+
+# --- orbax checkpoints ------------------------------------------------------------------------
+def _val_loss(metrics: dict) -> float:
+    return float(metrics[METRIC])
+
+
+_EXPECTED_WARNINGS = (
+    "Requested `tracked_metric`",  # a periodic checkpoint, saved without a validation loss
+    "Given directory is read only",  # restore_for_inference opens the manager read-only
+)
+
+
+class _QuietOrbax(logging.Filter):
+    """Orbax logs every save step at INFO, which would bury the training progress lines; keep
+    its warnings, except those about how this module uses it on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname.replace("\\", "/"):
+            return True
+        if record.getMessage().startswith(_EXPECTED_WARNINGS):
+            return False
+        return record.levelno >= logging.WARNING
+
+
+def _quiet_orbax() -> None:
+    from absl import logging as absl_logging
+
+    logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+        logger.addFilter(_QuietOrbax())
+
+
+def make_manager(workdir: str, keep_best: int, *, read_only: bool = False):
+    """A manager keeping the latest checkpoint plus the `keep_best` lowest validation losses."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import checkpoint_managers
+
+    _quiet_orbax()
+    policy = checkpoint_managers.AnyPreservationPolicy(
+        [
+            checkpoint_managers.LatestN(n=1),
+            # reverse=True sorts high-to-low, so the kept "last n" are the lowest losses.
+            checkpoint_managers.BestN(
+                get_metric_fn=_val_loss,
+                reverse=True,
+                n=max(int(keep_best), 0),
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=_val_loss,  # makes the manager write metrics and answer best_step()
+        best_mode="min",
+        create=not read_only,
+        read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
+        cleanup_tmp_directories=not read_only,
+    )
+    directory = checkpoint_dir(workdir)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def save(
+    manager,
+    step: int,
+    state_tree: dict,
+    meta: dict,
+    val_loss: float | None = None,
+) -> None:
+    """Starts an asynchronous save (`manager.wait_until_finished()` / `close()` completes it)."""
+    import orbax.checkpoint as ocp
+
+    metrics = None if val_loss is None else {METRIC: float(val_loss)}
+    manager.save(
+        int(step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state_tree),
+            meta=ocp.args.JsonSave(atomic.to_jsonable(meta)),
+        ),
+        metrics=metrics,
+        force=True,
+    )
+
+
+def restore(manager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores (state, meta) of `step` into the structure/shardings of `abstract_state`."""
+    import orbax.checkpoint as ocp
+
+    restored = manager.restore(
+        int(step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["meta"])
+
+
+def choose_step(manager, which: str | int) -> int:
+    """'best' (lowest validation loss; the latest if none has one), 'latest' or a step number."""
+    steps = list(manager.all_steps())
+    where = manager.directory
+    if not steps:
+        raise CheckpointError(f"{where}: no checkpoints (has the model been trained?)")
+    which = str(which).strip()
+    if which == "best":
+        best = manager.best_step()
+        return int(best if best is not None else manager.latest_step())
+    if which == "latest":
+        return int(manager.latest_step())
+    if which.lstrip("-").isdigit():
+        if int(which) not in steps:
+            raise CheckpointError(f"{where}: no checkpoint at step {which}; have {sorted(steps)}")
+        return int(which)
+    raise CheckpointError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
+    import jax
+
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
 
@@ -260,20 +364,50 @@ def check_shapes(expected: Any, stored: Any, what: str) -> None:
     )
 
 
-def restore_for_inference(
-    workdir: str, which: str | int = "best"
-) -> tuple[Config, Vocab, dict, int]:
-    """(config, vocab, variables, step) from the workdir alone; variables = {'params': ...,
-    'batch_stats': ...} (batch_stats only for models that have it), ready for `model.apply`."""
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What inference needs, rebuilt from a workdir alone."""
+
+    config: Config
+    tokenizer: Tokenizer
+    model: Any  # flax.linen.Module: build_model(config.model, vocab size)
+    variables: dict  # {'params': ..., maybe 'batch_stats': ...}, ready for `model.apply`
+    step: int  # the restored checkpoint's step
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.tokenizer.vocab
+
+
+def abstract_variables(model, seq_len: int) -> dict:
+    """Shapes of the model's variables ({'params': ..., maybe 'batch_stats': ...}), no compute."""
+    import jax
+    import jax.numpy as jnp
+
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    return dict(jax.eval_shape(lambda: model.init(rngs, tokens, train=False)))
+
+
+def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
+    """The config, tokenizer, model and variables of checkpoint `which` ('best', 'latest' or a
+    step), from config.json, vocab.json and checkpoints/ alone. Each is built once here and
+    passed on. Raises CheckpointError when the three do not fit together."""
+    import jax
+
+    from jaxcomposer.model import build_model
+
     workdir = os.path.abspath(workdir)
     config = load_config(workdir)
-    vocab = load_vocab(workdir, config)
+    tokenizer = get_tokenizer(config.tokenizer)
+    load_vocab(workdir, tokenizer)
+    model = build_model(config.model, tokenizer.vocab.size)
     manager = make_manager(workdir, config.train.keep_best, read_only=True)
     try:
         step = choose_step(manager, which)
         stored = manager.item_metadata(step)["state"]
         stored = getattr(stored, "tree", stored)
-        expected = abstract_variables(config, vocab.size)
+        expected = abstract_variables(model, config.train.seq_len)
         where = os.path.join(str(manager.directory), str(step))
         check_shapes(expected.get("params", {}), stored["params"], f"checkpoint {where} params")
         check_shapes(
@@ -291,18 +425,4 @@ def restore_for_inference(
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
-    return config, vocab, variables, step
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars -> Python numbers, non-finite floats -> None."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic | np.ndarray | jax.Array):
-        obj = np.asarray(obj).item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    json.dumps(obj)
-    return obj
+    return Restored(config, tokenizer, model, variables, step)

@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxcomposer import config_lib, sampler  # noqa: E402
-from jaxcomposer.model.lm import build_model  # noqa: E402
+from jaxcomposer.model import build_model  # noqa: E402
 from jaxcomposer.tokenizers import BOS, get_tokenizer  # noqa: E402
 
 KERAS_RECORDED_S = 152.8  # peer_seed_keras.py --generate 500 on the development machine

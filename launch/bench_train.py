@@ -177,13 +177,13 @@ def make_lm_step(config, vocab: int, batch: int, seq: int, layer_options: dict |
     import jax
     import optax
 
-    from jaxcomposer.model import lm
+    from jaxcomposer.model import build_model, stack
 
-    layer_cls = lm.LSTMLayer
+    layer_cls = stack.LSTMLayer
     if layer_options:  # implementation options not in ModelConfig (benchmark only)
-        lm.LSTMLayer = lambda **kw: layer_cls(**{**kw, **layer_options})
+        stack.LSTMLayer = lambda **kw: layer_cls(**{**kw, **layer_options})
     try:
-        net = lm.build_model(config, vocab)
+        net = build_model(config, vocab)
         tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, vocab)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         params = jax.jit(net.init)(jax.random.key(0), inputs)["params"]
@@ -202,7 +202,7 @@ def make_lm_step(config, vocab: int, batch: int, seq: int, layer_options: dict |
 
         compiled = step.lower(params, opt.init(params)).compile()  # traced with the patch
     finally:
-        lm.LSTMLayer = layer_cls
+        stack.LSTMLayer = layer_cls
     return compiled, (params, opt.init(params))
 
 
@@ -305,7 +305,7 @@ def bench_epoch(args: argparse.Namespace) -> None:
 
     from configs import seed_replica
     from jaxcomposer import config_lib
-    from jaxcomposer.model import lm
+    from jaxcomposer.model import build_model
 
     config = config_lib.freeze(seed_replica.get_config())
     mconf = config.model
@@ -316,7 +316,7 @@ def bench_epoch(args: argparse.Namespace) -> None:
     if args.quick:
         mconf = dataclasses.replace(mconf, hidden_size=args.hidden, dense_size=32)
     batch, seq = (8, args.seq) if args.quick else (config.train.batch_size, config.train.seq_len)
-    net = lm.build_model(mconf, args.vocab)
+    net = build_model(mconf, args.vocab)
     tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, args.vocab)
     inputs, target = tokens[:, :-1], tokens[:, -1]
     variables = jax.jit(net.init)(jax.random.key(0), inputs)

@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_split, tiny_config
 
-from configs import tiny
 from jaxcomposer import config_lib, workdir_lib
-from jaxcomposer.data.dataset import TokenSplit
 from jaxcomposer.tokenizers import get_tokenizer
 from jaxcomposer.train import loop, reporting
 
@@ -24,18 +23,8 @@ TRAIN = dict(
 )  # fmt: skip
 
 
-def tiny_config(**sections):
-    return config_lib.replace(config_lib.freeze(tiny.get_config()), **sections)
-
-
 def run_config(**train_fields):
     return tiny_config(model={"dropout": 0.1}, train={**TRAIN, **train_fields})
-
-
-def random_split(seed, lengths, vocab_size):
-    rng = np.random.default_rng(seed)
-    bodies = [rng.integers(3, vocab_size, size=n).astype(np.int32) for n in lengths]
-    return TokenSplit.from_pieces([f"piece{i}" for i in range(len(lengths))], bodies)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def trained(tmp_path_factory):
     summary = loop.fit(run_config(), workdir, *splits)
     valid = {
         r["step"]: r["loss"]
-        for r in reporting.read_metrics(reporting.metrics_path(workdir))
+        for r in reporting.read_metrics(workdir_lib.metrics_path(workdir))
         if r["kind"] == "valid"
     }
     return workdir, summary, valid
@@ -84,13 +73,16 @@ def test_keeps_the_latest_and_the_best_k(trained):
 def test_restore_for_inference_picks_best_latest_or_a_step(trained):
     workdir, _, valid = trained
     best_step = min(valid, key=valid.get)
-    config, vocab, best_vars, step = workdir_lib.restore_for_inference(workdir, "best")
+    best = workdir_lib.restore_for_inference(workdir, "best")
+    config, vocab, best_vars, step = best.config, best.vocab, best.variables, best.step
     assert step == best_step
     assert vocab == get_tokenizer(config.tokenizer).vocab
     assert set(best_vars) == {"params"}  # the LSTM has no batch statistics
-    _, _, latest_vars, latest = workdir_lib.restore_for_inference(workdir, "latest")
+    latest_restore = workdir_lib.restore_for_inference(workdir, "latest")
+    latest_vars, latest = latest_restore.variables, latest_restore.step
     assert latest == 30
-    _, _, same_vars, same = workdir_lib.restore_for_inference(workdir, str(best_step))
+    same_restore = workdir_lib.restore_for_inference(workdir, str(best_step))
+    same_vars, same = same_restore.variables, same_restore.step
     assert same == best_step
     for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(same_vars), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -100,7 +92,7 @@ def test_restore_for_inference_picks_best_latest_or_a_step(trained):
             for a, b in zip(jax.tree.leaves(best_vars), jax.tree.leaves(latest_vars), strict=True)
         )
     # The restored variables drive the model the config describes.
-    from jaxcomposer.model.lm import build_model
+    from jaxcomposer.model import build_model
 
     model = build_model(config.model, vocab.size)
     logits, _ = model.apply(best_vars, jnp.ones((2, 7), jnp.int32), train=False)

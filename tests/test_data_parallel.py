@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import jax
     import numpy as np
     from configs import tiny
-    from jaxcomposer import config_lib
+    from jaxcomposer import config_lib, workdir_lib
     from jaxcomposer.train import reporting
     from jaxcomposer.train import loop
     from jaxcomposer.train import train_step
@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent(
         return TokenSplit.from_pieces([str(i) for i in range(len(lengths))], bodies)
     train_split, valid_split = split(0, [200, 90, 25]), split(1, [120, 30])
     summary = loop.fit(config, workdir, train_split, valid_split, progress=False)
-    records = reporting.read_metrics(reporting.metrics_path(workdir))
+    records = reporting.read_metrics(workdir_lib.metrics_path(workdir))
     try:
         train_step.make_mesh(6)
         divisible_error = ""

@@ -11,8 +11,7 @@ import pytest
 from configs import tiny
 from jaxcomposer import config_lib
 from jaxcomposer.evaluation import evaluate, likelihood
-from jaxcomposer.model.lm import build_model
-from jaxcomposer.sample import sampler
+from jaxcomposer.model import StepFunction, build_model
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
 V = 6
@@ -68,7 +67,7 @@ def test_carried_state_across_windows_equals_one_long_scan():
     vocab_size = get_tokenizer(config.tokenizer).vocab.size
     model = build_model(config.model, vocab_size)
     variables = {"params": model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]}
-    step_fn = sampler.make_step_fn(model)
+    step_fn = StepFunction(model)
     rng = np.random.default_rng(1)
     pieces = [np.concatenate([[BOS], rng.integers(3, vocab_size, n), [EOS]]) for n in (37, 5, 20)]
     windowed = likelihood.piece_token_nll(variables, step_fn, pieces, window=8, batch_size=2)

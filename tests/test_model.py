@@ -1,4 +1,4 @@
-"""ComposerLM / SeedReplica: step function, causality, dropout masks, parameter count, errors."""
+"""ComposerLM / KerasBaseline: step function, causality, dropout masks, parameter count, errors."""
 
 import dataclasses
 
@@ -10,7 +10,7 @@ import pytest
 
 from configs import seed_replica, tiny
 from jaxcomposer import config_lib
-from jaxcomposer.model.lm import ComposerLM, SeedReplica, build_model, initial_carry
+from jaxcomposer.model import ComposerLM, KerasBaseline, build_model, initial_carry
 from jaxcomposer.model.lstm import LSTMCarry, lstm_scan
 
 V, B, L, C = 23, 2, 7, 3
@@ -134,7 +134,7 @@ def _keras_param_count(vocab, hidden=512, layers=3, dense=256):
 def test_seed_replica_matches_keras_parameter_count_and_shapes():
     config = config_lib.freeze(seed_replica.get_config()).model
     model = build_model(config, 329)
-    assert isinstance(model, SeedReplica)
+    assert isinstance(model, KerasBaseline)
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 100), jnp.int32))
     count = sum(leaf.size for leaf in jax.tree.leaves(variables))
     assert count == _keras_param_count(329) == 5_470_025

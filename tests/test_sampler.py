@@ -10,7 +10,7 @@ import pytest
 
 from configs import tiny
 from jaxcomposer import config_lib
-from jaxcomposer.model.lm import build_model
+from jaxcomposer.model import StepFunction, build_model
 from jaxcomposer.notes import Piece, make_notes
 from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import BOS, get_tokenizer
@@ -105,7 +105,7 @@ def tiny_model():
     tokenizer = get_tokenizer(config.tokenizer)
     model = build_model(config.model, tokenizer.vocab.size)
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    return config, tokenizer, model, {"params": params}, sampler.make_step_fn(model)
+    return config, tokenizer, model, {"params": params}, StepFunction(model)
 
 
 def sample_real(tiny_model, settings, *, batch=3, steps=40, seed=0, primer=None):
@@ -172,7 +172,7 @@ def skipped_per_sample(tok_overrides: dict, settings, batch: int) -> list[int]:
         jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
         jnp.asarray(tokenizer.grammar.next_state),
         jax.random.key(2),
-        step_fn=sampler.make_step_fn(model),
+        step_fn=StepFunction(model),
         num_steps=60,
         settings=settings,
     )

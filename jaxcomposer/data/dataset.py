@@ -24,9 +24,9 @@ from collections.abc import Iterator
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, config_lib
+from jaxcomposer import atomic, workdir_lib
 from jaxcomposer.config_lib import Config, DataConfig
-from jaxcomposer.data import ingest
+from jaxcomposer.data import corpus, ingest
 from jaxcomposer.data.ingest import Encoded, Source, find_midi_files, fit_pitch_range
 from jaxcomposer.tokenizers import BOS, EOS
 
@@ -103,9 +103,17 @@ def assign_splits(names: list[str], valid_fraction: float) -> list[str]:
     return splits
 
 
-def prepare(config: Config, workdir: str, *, progress: bool = True) -> dict:
-    """Reads, encodes, splits and writes the dataset; returns the manifest (also written)."""
+def prepare(
+    config: Config, workdir: str, *, progress: bool = True, overwrite: bool = False
+) -> dict:
+    """Reads, encodes, splits and writes the dataset; returns the manifest (also written).
+
+    Raises PrepareError when nothing is usable, and workdir_lib.CheckpointError (before any
+    work) when the workdir's checkpoints were trained with other tokenizer settings, unless
+    `overwrite`, which moves those checkpoints aside.
+    """
     started = time.perf_counter()
+    workdir_lib.check_prepare(workdir, config, overwrite=overwrite)
     data = config.data
     train_sources, root = _sources(data.midi_dir, data)
     valid_sources = []
@@ -131,13 +139,15 @@ def prepare(config: Config, workdir: str, *, progress: bool = True) -> dict:
     tokenizer = ingest.tokenizer_for(config.tokenizer)
     manifest = _manifest(config, root, usable, splits, skipped, run, tokenizer.vocab.to_json())
     manifest["timing"]["seconds"] = round(time.perf_counter() - started, 4)
-    with atomic.atomic_dir(os.path.join(workdir, "data")) as tmp:
+    with atomic.atomic_dir(workdir_lib.data_dir(workdir)) as tmp:
         for split in SPLITS:
             chosen = [r for r, s in zip(usable, splits, strict=True) if s == split]
             _save_split(os.path.join(tmp, f"{split}.npz"), chosen)
         atomic.write_json(os.path.join(tmp, "manifest.json"), manifest)
-    atomic.write_text(os.path.join(workdir, "vocab.json"), tokenizer.vocab.to_json())
-    atomic.write_text(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+    moved = workdir_lib.record_prepared(workdir, config, tokenizer.vocab, overwrite=overwrite)
+    if moved:
+        manifest["replaced_checkpoints"] = moved
+        logging.warning("moved the checkpoints of the old settings aside to %s", moved)
     return manifest
 
 
@@ -165,8 +175,6 @@ def _sources(folder: str, data: DataConfig) -> tuple[list[Source], str]:
         sources = [Source(n, p, "midi") for n, p in files]
         root = os.path.abspath(folder)
     else:
-        from jaxcomposer.data import corpus
-
         listed = corpus.bach_chorale_sources(ingest.cache_root(data))
         sources = [Source(n, p, "score") for n, p in listed]
         root = f"music21 {corpus.music21_version()} Bach chorales"
@@ -257,7 +265,7 @@ def load_split(workdir: str, split: str) -> TokenSplit:
     """One split of a prepared dataset, checked for consistency (DatasetError otherwise)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    data_dir = os.path.join(workdir, "data")
+    data_dir = workdir_lib.data_dir(workdir)
     path = os.path.join(data_dir, f"{split}.npz")
     manifest_path = os.path.join(data_dir, "manifest.json")
     if not (os.path.exists(path) and os.path.exists(manifest_path)):
@@ -302,7 +310,7 @@ def _inconsistency(s: TokenSplit, vocab_size: int) -> str:
 
 
 def _vocab_mismatch(workdir: str, manifest: dict) -> str:
-    path = os.path.join(workdir, "vocab.json")
+    path = workdir_lib.vocab_path(workdir)
     try:
         with open(path, encoding="utf-8") as f:
             vocab = json.load(f)

@@ -22,10 +22,11 @@ import time
 
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from jaxcomposer import atomic
 from jaxcomposer.config_lib import Config, DataConfig, TokenizerConfig
-from jaxcomposer.data import midi_io
+from jaxcomposer.data import corpus, midi_io
 from jaxcomposer.data.midi_io import MidiReadError
 from jaxcomposer.notes import Piece
 from jaxcomposer.tokenizers import EncodingError, Tokenizer, get_tokenizer
@@ -132,8 +133,6 @@ def read_and_encode(source: Source, raw: bytes | None, config: Config) -> tuple[
                 raw, config.data, path=source.path, name=source.name
             )
         else:
-            from jaxcomposer.data import corpus
-
             piece, stats = corpus.read_score(source.path, config.data, source.name)
         inside = _in_range(piece, config.tokenizer)
         stats["out_of_range_notes"] = int((~inside).sum())
@@ -240,8 +239,6 @@ def _can_fork() -> bool:
 
 
 def _progress_bar(total: int, progress: bool):
-    from tqdm import tqdm
-
     enabled = progress and sys.stderr.isatty()
     return tqdm(total=total, disable=not enabled, desc="reading", unit="file", leave=False)
 
@@ -267,8 +264,6 @@ def _fingerprint(config: Config, kind: str) -> str:
         "tokenizer": dataclasses.asdict(config.tokenizer),
     }
     if kind == "score":
-        from jaxcomposer.data import corpus
-
         settings["music21"] = corpus.music21_version()
     return json.dumps(settings, sort_keys=True) + "\n"
 

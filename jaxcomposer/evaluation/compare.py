@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from jaxcomposer import atomic
 from jaxcomposer.evaluation.musicstats import (
@@ -203,19 +204,6 @@ def compare_sets(
 # ---- Report: report.json, report.md and one PNG per statistic, every file written atomically ----
 
 
-def _json_safe(obj):
-    """NaN/inf -> None (strict JSON has no NaN); numpy scalars -> Python numbers."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _fmt_area(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
@@ -286,8 +274,6 @@ def _markdown(comparison: dict, title: str, gen: str, real: str, plots: list[str
 
 
 def _axes():
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg by default
-
     figure = Figure(figsize=(6.4, 4.0))
     figure.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)  # no tight_layout draw
     return figure, figure.add_subplot()
@@ -351,6 +337,6 @@ def write_report(
         with atomic.atomic_path(written[rel]) as tmp:
             make_figure(*args).savefig(tmp, format="png", dpi=100)
     report = {"title": title, "generated_name": gen, "real_name": real, **comparison}
-    atomic.write_json(written["report.json"], _json_safe(report))
+    atomic.write_json(written["report.json"], report)
     atomic.write_text(written["report.md"], _markdown(comparison, title, gen, real, list(plots)))
     return written

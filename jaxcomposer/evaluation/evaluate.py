@@ -15,8 +15,10 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxcomposer import atomic, workdir_lib
-from jaxcomposer.evaluation import likelihood
-from jaxcomposer.sample import sampler
+from jaxcomposer.data import dataset, midi_io
+from jaxcomposer.data.ingest import find_midi_files
+from jaxcomposer.evaluation import compare, likelihood, musicstats
+from jaxcomposer.model import StepFunction
 from jaxcomposer.tokenizers import EOS, Tokenizer, get_tokenizer
 
 
@@ -65,11 +67,9 @@ def score_pieces(
     workdir: str, names: list[str], pieces: list[np.ndarray], *, progress: bool = True
 ) -> dict:
     """Loads the best checkpoint and scores pieces; returns {'pieces': {...}, 'overall': {...}}."""
-    config, vocab, variables, step = workdir_lib.restore_for_inference(workdir, "best")
-    from jaxcomposer.model.lm import build_model
-
-    tokenizer = get_tokenizer(config.tokenizer)
-    step_fn = sampler.make_step_fn(build_model(config.model, vocab.size))
+    restored = workdir_lib.restore_for_inference(workdir, "best")
+    config, tokenizer, variables = restored.config, restored.tokenizer, restored.variables
+    step_fn = StepFunction(restored.model)
     bar = tqdm(total=len(pieces), desc="evaluate", unit="piece", disable=not progress)
     kwargs = dict(
         window=config.train.seq_len, batch_size=config.train.batch_size, progress=bar.update
@@ -85,7 +85,7 @@ def score_pieces(
         for name, tokens, (nll, correct) in zip(names, pieces, scored, strict=True)
     }
     return {
-        "checkpoint_step": step,
+        "checkpoint_step": restored.step,
         "tokenizer": tokenizer.name,
         "overall": total(per_piece),
         "pieces": {name: finish(m) for name, m in per_piece.items()},
@@ -121,8 +121,6 @@ def _fmt(value) -> str:
 
 def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True) -> dict:
     """Scores the validation split, or every readable MIDI file of `eval_dir`."""
-    from jaxcomposer.data import dataset
-
     skipped: list[dict] = []
     if eval_dir:
         config = workdir_lib.load_config(workdir)
@@ -146,8 +144,6 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
 
 
 def _stats_with_copy(notes, steps_per_beat: int, copy_index) -> dict:
-    from jaxcomposer.evaluation import musicstats
-
     stats = musicstats.piece_stats(notes, steps_per_beat=steps_per_beat)
     groups = musicstats.onset_groups(notes, steps_per_beat)
     stats["longest_copy"] = float(musicstats.longest_copy(groups, copy_index))
@@ -158,10 +154,6 @@ def compare_samples(workdir: str, samples_dir: str, *, progress: bool = True) ->
     """Musical statistics of the MIDI files in `samples_dir` against the held-out real pieces
     (the validation split, decoded), with the longest stretch copied from the training set.
     Writes report.json, report.md and plots into WORKDIR/reports/<samples folder name>/."""
-    from jaxcomposer.data import dataset, midi_io
-    from jaxcomposer.data.ingest import find_midi_files
-    from jaxcomposer.evaluation import compare, musicstats
-
     config = workdir_lib.load_config(workdir)
     tokenizer = get_tokenizer(config.tokenizer)
     spb = config.tokenizer.steps_per_beat

@@ -3,7 +3,7 @@
 A long piece is one sequence: it is cut into windows of the training length only to bound
 memory, and the carry of one window starts the next, so the result equals one long scan.
 Pieces are batched by length; padding has weight 0. The grammar mask is applied exactly as in
-training (`config.train.grammar_mask_loss`).
+training (`config.train.grammar_mask_loss`): both use model/loss.py's masked_token_nll.
 """
 
 from __future__ import annotations
@@ -15,28 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcomposer.model.loss import allowed_tokens, masked_token_nll
 from jaxcomposer.tokenizers.grammar import Grammar
 from jaxcomposer.tokenizers.vocab import PAD
-
-MASKED = -1e9
-
-
-def token_nll(logits_BxLxV, targets_BxL, allowed_BxLxV=None):
-    """(nll, correct) per position, in float32; `allowed` masks forbidden tokens first."""
-    logits = logits_BxLxV.astype(jnp.float32)
-    if allowed_BxLxV is not None:
-        logits = jnp.where(allowed_BxLxV, logits, MASKED)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
-    correct = jnp.argmax(logits, axis=-1) == targets_BxL
-    return nll, correct
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn",))
 def _window(variables, carry, inputs_BxL, targets_BxL, states_BxL, next_state_SxV, *, step_fn):
     logits, carry = step_fn(variables, inputs_BxL, carry)
-    allowed = None if next_state_SxV is None else next_state_SxV[states_BxL] >= 0
-    nll, correct = token_nll(logits, targets_BxL, allowed)
+    allowed = None if next_state_SxV is None else allowed_tokens(next_state_SxV, states_BxL)
+    nll, correct, _ = masked_token_nll(logits, targets_BxL, allowed)
     return carry, nll, correct
 
 

@@ -11,8 +11,10 @@ import tempfile
 import wave
 
 import numpy as np
+import pretty_midi
 
 from jaxcomposer import atomic
+from jaxcomposer.data import midi_io
 from jaxcomposer.notes import Notes
 
 TAIL_SECONDS = 1.0  # silence/release kept after the last note ends
@@ -34,10 +36,6 @@ def fluidsynth_problem() -> str | None:
 
 
 def _pretty_midi(notes: Notes, qpm: float):
-    import pretty_midi
-
-    from jaxcomposer.data import midi_io
-
     with tempfile.TemporaryDirectory(prefix="jaxcomposer-audio-") as tmp:
         path = os.path.join(tmp, "audio.mid")
         midi_io.write_midi(path, notes, qpm=qpm)

@@ -10,6 +10,11 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MultipleLocator
 
 from jaxcomposer import atomic
 from jaxcomposer.data import midi_io
@@ -28,12 +33,6 @@ _BLACK_KEYS = {1, 3, 6, 8, 10}
 def plot_piano_roll(path: str, notes: Notes, *, title: str, bar_beats: float = 4.0) -> None:
     """Pitch against beats, one bar per note (right hand blue, left hand orange, more opaque when
     louder), bar lines, C octaves labelled, black-key rows shaded; PNG, atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import PolyCollection
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MultipleLocator
-
     end = max(float(notes.end.max(initial=0.0)), bar_beats)
     low = int(notes.pitch.min(initial=60)) - 2
     high = int(notes.pitch.max(initial=72)) + 2

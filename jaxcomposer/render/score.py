@@ -12,9 +12,26 @@ import os
 import re
 import tempfile
 
+import cairosvg
 import numpy as np
+import verovio
+from music21 import (
+    clef,
+    converter,
+    instrument,
+    key,
+    layout,
+    metadata,
+    meter,
+    note,
+    pitch,
+    stream,
+    tempo,
+)
+from music21.musicxml.m21ToXml import GeneralObjectExporter
 
 from jaxcomposer import atomic
+from jaxcomposer.data import midi_io
 from jaxcomposer.keys import estimate_key, key_name
 from jaxcomposer.notes import KeySignature, Notes, TimeSignature
 
@@ -71,8 +88,6 @@ def chords_per_hand(notes: Notes, split_at: int = MIDDLE_C) -> Notes:
 
 
 def _music21_key(key_number: int):
-    from music21 import key
-
     tonic, mode = key_name(key_number).split()
     step, accidental = tonic[0], tonic[1:].replace("b", "-")  # music21 writes flats as '-'
     return key.Key(step.lower() + accidental if mode == "minor" else step + accidental)
@@ -92,8 +107,6 @@ def _spelling_by_pitch_class(k) -> list[str]:
     """Pitch-class -> note name in key `k`: scale notes as in the key (plus the leading tone in
     minor), chromatic notes as the usual altered degrees (Bb, not A#, in D major); where that
     would need a double accidental or a Cb/Fb/B#/E#, sharps in sharp keys, flats in flat keys."""
-    from music21 import pitch
-
     sharps = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
     flats = ["C", "D-", "D", "E-", "E", "F", "G-", "G", "A-", "A", "B-", "B"]
     names = list(sharps if k.sharps >= 0 else flats)
@@ -122,8 +135,6 @@ def _respell(score, k) -> None:
 
 def _rest_part(template):
     """A part with the template's measures filled by whole-measure rests (for an empty hand)."""
-    from music21 import note, stream
-
     part = stream.Part()
     for m in template.getElementsByClass(stream.Measure):
         measure = stream.Measure(number=m.number)
@@ -134,8 +145,6 @@ def _rest_part(template):
 
 def _two_hands(score, time_signature: tuple[int, int]) -> list:
     """[right, left] parts; a hand without notes gets rests so the grand staff is complete."""
-    from music21 import meter, note, stream
-
     by_hand = {"right": None, "left": None}
     for part in list(score.parts):
         pitches = [p.ps for n in part.recurse().notes for p in n.pitches]
@@ -167,10 +176,6 @@ def build_score(
     """music21 Score: a braced grand staff, treble over bass, with key and time signature.
     `one_voice_per_hand` engraves `chords_per_hand(notes)`: far easier to read than the extra
     voices music21 makes for every overlap (and twice as fast to build)."""
-    from music21 import clef, converter, instrument, key, layout, metadata, meter, stream, tempo
-
-    from jaxcomposer.data import midi_io
-
     numerator, denominator = time_signature
     notes = playable_notes(notes)
     if one_voice_per_hand:
@@ -223,8 +228,6 @@ def write_musicxml(
     one_voice_per_hand: bool = True,
 ) -> int:
     """Writes a grand-staff MusicXML score; returns the key number used (estimated if None)."""
-    from music21.musicxml.m21ToXml import GeneralObjectExporter
-
     if key_number is None:
         key_number, _ = estimate_key(notes)
     score = build_score(
@@ -237,8 +240,6 @@ def write_musicxml(
 
 def engrave(musicxml: str, options: dict | None = None) -> list[str]:
     """MusicXML text -> one SVG document per page (verovio)."""
-    import verovio
-
     toolkit = verovio.toolkit()
     toolkit.setOptions(dict(VEROVIO_OPTIONS, **(options or {})))
     if not toolkit.loadData(musicxml):
@@ -286,8 +287,6 @@ def stack_pages(pages: list[str]) -> str:
 
 def write_png(pages: list[str], png_path: str, *, scale: float = PNG_SCALE) -> None:
     """All pages, stacked, as one PNG on white."""
-    import cairosvg
-
     png = cairosvg.svg2png(
         bytestring=stack_pages(pages).encode("utf-8"), background_color="white", scale=scale
     )

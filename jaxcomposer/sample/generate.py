@@ -18,9 +18,12 @@ from absl import logging
 
 from jaxcomposer import atomic, config_lib, workdir_lib
 from jaxcomposer.config_lib import Config, SampleConfig
+from jaxcomposer.data import dataset, midi_io
+from jaxcomposer.model import StepFunction
 from jaxcomposer.notes import Notes
+from jaxcomposer.render import gallery, outputs
 from jaxcomposer.sample import sampler
-from jaxcomposer.tokenizers import BOS, Tokenizer, get_tokenizer
+from jaxcomposer.tokenizers import BOS, Tokenizer
 
 
 def decoder_settings(sample: SampleConfig) -> sampler.DecoderSettings:
@@ -48,8 +51,6 @@ def primers_from_valid(
     workdir: str, tokenizer: Tokenizer, sample: SampleConfig, seed: int
 ) -> np.ndarray:
     """The original's behaviour: a random window of validation music (one per sample)."""
-    from jaxcomposer.data import dataset
-
     split = dataset.load_split(workdir, "valid")
     rng = np.random.default_rng(seed)
     length = sample.primer_tokens
@@ -71,8 +72,6 @@ def primers_from_valid(
 
 
 def primer_from_midi(config: Config, tokenizer: Tokenizer, path: str) -> tuple[np.ndarray, object]:
-    from jaxcomposer.data import dataset, midi_io
-
     piece, _ = midi_io.read_midi(path, config.data)
     piece = dataset.fit_pitch_range(piece, config)
     tokens = tokenizer.encode(piece)[: config.sample.primer_tokens - 1]
@@ -106,9 +105,9 @@ def generate(
     base = workdir_lib.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
     sample = config.sample
-    # The restored config equals `base` (checked there); sampling settings come from `config`.
-    _, vocab, variables, step = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
-    tokenizer = get_tokenizer(config.tokenizer)
+    # The tokenizer and model are built once, by the restore; sampling settings are `config`'s.
+    restored = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
+    tokenizer, variables, step = restored.tokenizer, restored.variables, restored.step
     seed = config.seed if seed is None else seed
     out_dir = os.path.abspath(out_dir or os.path.join(workdir, "samples"))
     os.makedirs(out_dir, exist_ok=True)
@@ -121,14 +120,11 @@ def generate(
     else:
         primers, primer_piece = primer_from_midi(config, tokenizer, sample.primer)
 
-    from jaxcomposer.model.lm import build_model
-
-    model = build_model(config.model, vocab.size)
     num_steps = steps_for_bars(tokenizer, primers, sample)
     settings = decoder_settings(sample)
     states = sampler.grammar_states_after(tokenizer.grammar, primers)
     started = time.perf_counter()
-    kwargs = dict(step_fn=sampler.make_step_fn(model), num_steps=num_steps, settings=settings)
+    kwargs = dict(step_fn=StepFunction(restored.model), num_steps=num_steps, settings=settings)
     if config.train.loss_on_last_only:  # trained on fixed windows: generate as the original did
         run, kwargs["window"] = sampler.sample_sliding, config.train.seq_len
     else:
@@ -139,8 +135,6 @@ def generate(
     tokens = np.asarray(jax.device_get(tokens))
     sample_seconds = time.perf_counter() - started
     logging.info("sampled %d x %d tokens in %.2f s", *tokens.shape, sample_seconds)
-
-    from jaxcomposer.render import gallery, outputs
 
     qpm = primer_piece.initial_qpm if primer_piece is not None else 100.0
     results = []

@@ -170,15 +170,6 @@ def sample_sliding(
     return tokens_NxB.T
 
 
-def make_step_fn(model) -> Callable:
-    """The model's apply as a step function (inference mode)."""
-
-    def step_fn(variables, tokens_BxL, carry):
-        return model.apply(variables, tokens_BxL, carry, train=False)
-
-    return step_fn
-
-
 def grammar_states_after(grammar, primers: np.ndarray) -> np.ndarray:
     """Grammar state after each primer row (rows start with BOS or at a clean boundary)."""
     states = []

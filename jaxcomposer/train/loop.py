@@ -18,14 +18,16 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcomposer import atomic, workdir_lib
 from jaxcomposer.config_lib import Config
-from jaxcomposer.tokenizers import get_tokenizer
+from jaxcomposer.data import dataset
+from jaxcomposer.model import build_model
+from jaxcomposer.tokenizers import Tokenizer, get_tokenizer
 from jaxcomposer.train import batching, reporting
+from jaxcomposer.train.optimizer import make_optimizer
 from jaxcomposer.train.train_step import (
     TrainState,
     compiled_steps,
     dropout_key,
     make_mesh,
-    make_optimizer,
     run_key,
     shard_batch,
     validation_metrics,
@@ -38,32 +40,53 @@ class TrainingDivergedError(RuntimeError):
 
 # --- the loop ---------------------------------------------------------------------------------
 def train(config: Config, workdir: str, *, progress: bool | None = None) -> dict:
-    """Trains (or resumes) on the prepared splits in `workdir`; returns the summary."""
-    from jaxcomposer.data import dataset
+    """Trains (or resumes) on the prepared splits in `workdir`; returns the summary.
 
+    A workdir that was never prepared is prepared first from the config's data section (a MIDI
+    folder or the embedded corpus), as `--mode=prepare` would, and the log says so.
+    """
     workdir = os.path.abspath(workdir)
+    show = sys.stderr.isatty() if progress is None else progress
+    if not workdir_lib.is_prepared(workdir):
+        source = config.data.midi_dir or "the embedded Bach chorales"
+        logging.info("%s was never prepared: preparing %s first", workdir, source)
+        print(f"{workdir} was never prepared: preparing {source} first", flush=True)
+        print(dataset.summarize(dataset.prepare(config, workdir, progress=show)), flush=True)
+    tokenizer = get_tokenizer(config.tokenizer)
     return fit(
         config, workdir, dataset.load_split(workdir, "train"), dataset.load_split(workdir, "valid"),
+        tokenizer=tokenizer, model=build_model(config.model, tokenizer.vocab.size),
         progress=progress,
     )  # fmt: skip
 
 
 def fit(
-    config: Config, workdir: str, train_split, valid_split, *, progress: bool | None = None
+    config: Config,
+    workdir: str,
+    train_split,
+    valid_split,
+    *,
+    tokenizer: Tokenizer | None = None,
+    model=None,
+    progress: bool | None = None,
 ) -> dict:
-    """Trains (or resumes) on splits with `.tokens` / `.offsets`; returns the summary."""
-    from jaxcomposer.model.lm import build_model
+    """Trains (or resumes) on splits with `.tokens` / `.offsets`; returns the summary.
 
+    `tokenizer` and `model` default to the ones the config describes (pass them when built).
+    """
     tcfg = config.train
-    tokenizer = get_tokenizer(config.tokenizer)
+    tokenizer = tokenizer or get_tokenizer(config.tokenizer)
+    model = model or build_model(config.model, tokenizer.vocab.size)
     manager = workdir_lib.make_manager(workdir, tcfg.keep_best)
     try:
         latest = manager.latest_step()
         workdir_lib.write_run_files(workdir, config, tokenizer.vocab, resuming=latest is not None)
         mesh = make_mesh(tcfg.batch_size)
-        model = build_model(config.model, tokenizer.vocab.size)
         optimizer, schedule = make_optimizer(tcfg)
-        init, train_step, eval_step = compiled_steps(config, mesh, model, optimizer, schedule)
+        grammar = tokenizer.grammar.next_state if tcfg.grammar_mask_loss else None
+        init, train_step, eval_step = compiled_steps(
+            config, mesh, model, optimizer, schedule, grammar
+        )
         meta: dict = {}
         if latest is None:
             state = init(run_key(config))
@@ -82,7 +105,7 @@ def fit(
     finally:
         manager.close()  # waits for asynchronous saves
     reporting.plot_learning_curve(
-        reporting.metrics_path(workdir), os.path.join(workdir, "learning_curve.png")
+        workdir_lib.metrics_path(workdir), os.path.join(workdir, "learning_curve.png")
     )
     atomic.write_json(os.path.join(workdir, "train_summary.json"), summary)
     print(reporting.summary_text(summary), flush=True)
@@ -95,7 +118,7 @@ class _Run:
     def __init__(self, config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta):
         tcfg = self.tcfg = config.train
         self.config, self.workdir, self.mesh, self.manager = config, workdir, mesh, manager
-        self.metrics_path = reporting.metrics_path(workdir)
+        self.metrics_path = workdir_lib.metrics_path(workdir)
         self.train_tokens = np.asarray(train_split.tokens)
         self.train_offsets = np.asarray(train_split.offsets, np.int64)
         grammar = tokenizer.grammar if tcfg.grammar_mask_loss else None

@@ -14,16 +14,14 @@ import sys
 import time
 
 import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from jaxcomposer import atomic
 
 
-def metrics_path(workdir: str) -> str:
-    return os.path.join(workdir, "metrics.jsonl")
-
-
 def append_metrics(path: str, record: dict) -> None:
-    atomic.append_line(path, json.dumps(record, default=atomic._json_default))
+    atomic.append_line(path, json.dumps(atomic.to_jsonable(record)))
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -131,8 +129,6 @@ def progress_bar(start: int, total: int, *, enabled: bool):
     """A tqdm bar on a terminal (log lines printed above it), else log lines only."""
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
-
     return tqdm(
         total=total, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True
     )
@@ -163,12 +159,8 @@ def plot_learning_curve(metrics_file: str, png_path: str) -> str | None:
         curves[kind] = np.array(sorted(by_step.items()), float).reshape(-1, 2)
     if not any(len(c) for c in curves.values()):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig = Figure(figsize=(7, 4), dpi=120)  # no pyplot: no global backend state, Agg by default
+    ax = fig.subplots()
     for kind, style in (("train", "-"), ("valid", "o-")):
         if len(curves[kind]):
             ax.plot(curves[kind][:, 0], curves[kind][:, 1], style, label=kind, markersize=3)
@@ -180,5 +172,4 @@ def plot_learning_curve(metrics_file: str, png_path: str) -> str | None:
     fig.tight_layout()
     with atomic.atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return png_path

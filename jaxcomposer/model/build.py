@@ -1,0 +1,43 @@
+"""Models from the config, and the step function that sampling and evaluation run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+
+from jaxcomposer.config_lib import ModelConfig
+from jaxcomposer.model import stack
+from jaxcomposer.model.baseline import KerasBaseline
+from jaxcomposer.model.lm import ComposerLM
+
+
+def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
+    """The model named by config.kind ("lstm" | "seed_replica")."""
+    stack.compute_dtype(config)  # validates config.dtype early, with a clear message
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    if config.kind == "lstm":
+        return ComposerLM(config, vocab_size)
+    if config.kind == "seed_replica":
+        return KerasBaseline(config, vocab_size)
+    raise ValueError(f"model.kind must be 'lstm' or 'seed_replica', got {config.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunction:
+    """`step(variables, tokens_BxL, carry) -> (logits_BxLxV float32, carry)`: the model's apply
+    in inference mode, the one step function that sampling and evaluation run.
+
+    It compares and hashes by the model's value (its config and vocabulary size), so jitted
+    samplers that take it as a static argument compile once per model shape: a second
+    `generate()` in the same process reuses the compiled code instead of retracing.
+    """
+
+    model: nn.Module
+
+    def __call__(
+        self, variables, tokens_BxL: jax.Array, carry: stack.Carry | None = None
+    ) -> tuple[jax.Array, stack.Carry]:
+        return self.model.apply(variables, tokens_BxL, carry, train=False)

@@ -1,0 +1,63 @@
+"""The one masked cross-entropy, used by training, validation and `--mode=evaluate` alike.
+
+With a grammar table `next_state[S, V]` (a negative entry = token V is forbidden in state S),
+the logits of forbidden tokens are set to MASKED_LOGIT before the softmax, so the model's
+probabilities sum to one over the tokens the grammar allows: the loss is then the NLL of a
+grammar-constrained model, the quantity the piano-roll benchmarks report for masked models
+(Walder 2016, section 4).
+
+Policy for a target the grammar forbids (data the tokenizer's own grammar rejects, which
+`encode` never produces but a hand-made or foreign token file may hold): its own logit is kept,
+so it costs a finite loss and never turns a batch's loss into ~1e9; `masked_token_nll` also
+says which targets were forbidden, for callers that report them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MASKED_LOGIT = -1e9  # finite: an all-masked row still has a defined softmax and 0 * loss = 0
+
+
+def allowed_tokens(next_state_SxV: jax.Array, states_BxL: jax.Array) -> jax.Array:
+    """bool (B, L, V): the tokens the grammar allows after each position's state."""
+    return jnp.asarray(next_state_SxV)[states_BxL] >= 0
+
+
+def masked_token_nll(
+    logits_BxLxV: jax.Array,
+    targets_BxL: jax.Array,
+    allowed_BxLxV: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-position (nll, correct, forbidden): float32 nats, bool argmax hit, bool target-forbidden.
+
+    `allowed_BxLxV` (None = no mask) marks the tokens the grammar allows; the target itself
+    always stays allowed (see the module docstring). Logits are upcast to float32 first.
+    """
+    logits = logits_BxLxV.astype(jnp.float32)
+    forbidden = jnp.zeros(targets_BxL.shape, bool)
+    if allowed_BxLxV is not None:
+        target_mask = jax.nn.one_hot(targets_BxL, logits.shape[-1], dtype=bool)
+        forbidden = ~jnp.any(allowed_BxLxV & target_mask, axis=-1)
+        logits = jnp.where(allowed_BxLxV | target_mask, logits, MASKED_LOGIT)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
+    correct = jnp.argmax(logits, axis=-1) == targets_BxL
+    return nll, correct, forbidden
+
+
+def token_loss_sums(logits_BxLxV, targets_BxL, weights_BxL, states_BxL=None, next_state_SxV=None):
+    """(weighted NLL sum in nats, weighted correct-argmax sum, sum of weights), float32 scalars.
+
+    Models that return fewer positions than the targets (the Keras baseline: only the last) are
+    scored on the last positions. `states_BxL` are the grammar states before each target; with
+    `next_state_SxV` the loss is masked as `masked_token_nll` describes.
+    """
+    n = logits_BxLxV.shape[1]
+    targets, weights = targets_BxL[:, -n:], weights_BxL[:, -n:].astype(jnp.float32)
+    allowed = None
+    if next_state_SxV is not None:
+        allowed = allowed_tokens(next_state_SxV, states_BxL[:, -n:])
+    nll, correct, _ = masked_token_nll(logits_BxLxV, targets, allowed)
+    return (nll * weights).sum(), (correct.astype(jnp.float32) * weights).sum(), weights.sum()
