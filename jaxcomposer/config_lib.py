@@ -126,11 +126,19 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """A `cls` from `values`; a field missing from `values` takes its dataclass default when it
+    has one (fields added after a workdir's config.json was written), else it is an error."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     unknown = set(values) - names
-    missing = names - set(values)
+    missing = {f.name for f in fields if f.name not in values and not _has_default(f)}
+    names &= set(values)
     if unknown or missing:
         raise KeyError(
             f"config {where or '<root>'}: unknown keys {sorted(unknown)}, "
@@ -141,7 +149,11 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 
 def freeze(config_dict: Any) -> Config:
-    """ConfigDict (or nested dict) -> frozen, typed `Config`; rejects unknown/missing keys."""
+    """ConfigDict (or nested dict) -> frozen, typed `Config`; rejects unknown keys and missing
+    keys that have no default.
+
+    Fields added to a section after the first release get a dataclass default (declared after
+    the fields without one), so config.json files of older workdirs still load."""
     values = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
     return _build(Config, values, "")
 

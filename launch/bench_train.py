@@ -1,12 +1,12 @@
 """Training-step throughput of the JAX LSTM vs PyTorch nn.LSTM on this machine (prints JSON lines).
 
-One step = forward + backward + Adam update of Embedding(329, 512) -> 3 x LSTM(512) ->
-Linear(512, 329) on a (batch, 100) window with cross-entropy at every position: the shapes of
-/work/shared/bench/peer_torch_lstm.py, which runs in a subprocess (when torch is importable) so
-both figures come from the same run. Also printed: the achieved GFLOP/s of the JAX step (LSTM and
-projection matmul FLOPs, x3 for forward + backward) against the fp32 matmul rate XLA reaches on a
-large matmul here, and the load other processes put on the CPUs during the run (timings on a
-shared machine are only comparable when that is ~0).
+One step = forward + backward + Adam update of Embedding(329, 512) -> 3 x LSTM(512) -> Linear(512,
+329) on a (batch, 100) window with cross-entropy at every position: the shapes of
+../shared/bench/peer_torch_lstm.py (beside the repository), which runs in a subprocess (when torch
+is importable) so both figures come from the same run. Also printed: the achieved GFLOP/s of the JAX
+step (LSTM and projection matmul FLOPs, x3 for forward + backward) against the fp32 matmul rate XLA
+reaches on a large matmul here, and the load other processes put on the CPUs during the run (timings
+on a shared machine are only comparable when that is ~0).
 
   python launch/bench_train.py                    # batches 64,128, 10 reps, 2 threads
   python launch/bench_train.py --quick            # tiny shapes: checks the script works

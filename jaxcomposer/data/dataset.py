@@ -63,10 +63,6 @@ class TokenSplit:
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.tokens.shape[0])
-
     def piece(self, i: int) -> np.ndarray:
         """Piece i's tokens, including its BOS and EOS."""
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]

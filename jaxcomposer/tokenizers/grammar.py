@@ -18,7 +18,7 @@ import numpy as np
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
 
 START_STATE = 0
-END_STATE = 1
+END_STATE = 1  # after EOS: only PAD may follow
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,0 +1,98 @@
+"""The workdir contract, end to end on a tiny corpus: train prepares a never-prepared workdir;
+prepare refuses settings that would re-map the token ids of existing checkpoints (and moves them
+aside with overwrite); generate and evaluate rebuild everything from the workdir alone, and a
+second generate in the same process compiles nothing new."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import midi_factory as mf
+import pytest
+from conftest import count_compiles, tiny_config
+
+from jaxcomposer import workdir_lib
+from jaxcomposer.data import dataset
+from jaxcomposer.evaluation import evaluate
+from jaxcomposer.sample import generate
+from jaxcomposer.train import loop
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("midi")
+    for i in range(4):
+        mf.simple_file(root / f"m{i}.mid", mf.melody(i), qpm=90)
+    return root
+
+
+def config_for(corpus, cache, **tokenizer):
+    return tiny_config(
+        data={"midi_dir": str(corpus), "cache_dir": str(cache), "num_workers": 1},
+        train={"num_steps": 4, "eval_every": 2, "checkpoint_every": 2, "log_every": 2},
+        sample={"num_steps": 13, "num_samples": 1},
+        **({"tokenizer": tokenizer} if tokenizer else {}),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = config_for(corpus, tmp_path_factory.mktemp("cache"))
+    assert not workdir_lib.is_prepared(workdir)
+    summary = loop.train(config, workdir, progress=False)
+    return workdir, config, summary
+
+
+def test_train_prepares_a_never_prepared_workdir(trained, capsys):
+    workdir, _, summary = trained
+    assert summary["step"] == 4
+    assert workdir_lib.is_prepared(workdir)
+    with open(os.path.join(workdir, "data", "manifest.json")) as f:
+        assert json.load(f)["totals"]["used"] == 4
+    assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
+
+
+def test_prepare_refuses_settings_that_remap_checkpoint_tokens(trained, tmp_path):
+    workdir, config, _ = trained
+    other = config_for(
+        config.data.midi_dir, config.data.cache_dir, name="event", pitch_min=30
+    )
+    before = open(workdir_lib.config_path(workdir)).read()
+    with pytest.raises(workdir_lib.CheckpointError) as err:
+        dataset.prepare(other, workdir, progress=False)
+    message = str(err.value)
+    assert "tokenizer.pitch_min: 21 -> 30" in message and "--overwrite" in message
+    assert "another --workdir" in message
+    assert open(workdir_lib.config_path(workdir)).read() == before  # nothing rewritten
+    # The same settings may be prepared again; the checkpoints stay.
+    dataset.prepare(config, workdir, progress=False)
+    assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
+
+
+def test_overwrite_moves_the_old_checkpoints_aside(corpus, tmp_path):
+    workdir = str(tmp_path / "w")
+    config = config_for(corpus, tmp_path / "cache")
+    loop.train(config, workdir, progress=False)
+    other = config_for(corpus, tmp_path / "cache", name="event", steps_per_beat=2)
+    manifest = dataset.prepare(other, workdir, progress=False, overwrite=True)
+    moved = manifest["replaced_checkpoints"]
+    assert sorted(os.listdir(moved)) == ["2", "4", "learning_curve.png", "metrics.jsonl",
+                                         "train_summary.json"]  # fmt: skip
+    assert workdir_lib.checkpoint_steps(workdir) == []
+    assert workdir_lib.load_config(workdir).tokenizer.steps_per_beat == 2
+    assert loop.train(other, workdir, progress=False)["step"] == 4  # a fresh run, not a resume
+
+
+def test_generate_twice_compiles_once_and_evaluate_reads_the_workdir(trained, tmp_path):
+    workdir, _, _ = trained
+    with count_compiles() as compiled_first:
+        first = generate.generate(workdir, out_dir=str(tmp_path / "a"), seed=1)
+    with count_compiles() as compiled_second:
+        second = generate.generate(workdir, out_dir=str(tmp_path / "b"), seed=1)
+    assert compiled_first.count("jit(sample)") == 1
+    assert compiled_second.count("jit(sample)") == 0
+    assert first["samples"][0]["notes"] == second["samples"][0]["notes"]  # same seed, same music
+    result = evaluate.evaluate(workdir, progress=False)
+    assert result["overall"]["tokens"] > 0 and result["checkpoint_step"] in (2, 4)
