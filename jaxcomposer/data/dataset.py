@@ -28,7 +28,7 @@ from jaxcomposer import atomic, workdir_lib
 from jaxcomposer.config_lib import Config, DataConfig
 from jaxcomposer.data import corpus, ingest
 from jaxcomposer.data.ingest import Encoded, Source, find_midi_files, fit_pitch_range
-from jaxcomposer.tokenizers import BOS, EOS
+from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
 __all__ = [
     "DatasetError",
@@ -115,7 +115,10 @@ def prepare(
     valid_sources = []
     if data.valid_dir:
         valid_sources, _ = _sources(data.valid_dir, data)
-    run = ingest.encode_sources(config, train_sources + valid_sources, progress=progress)
+    tokenizer = get_tokenizer(config.tokenizer)
+    run = ingest.encode_sources(
+        config, train_sources + valid_sources, tokenizer, progress=progress
+    )
     results = run.results
     usable = [r for r in results[: len(train_sources)] if not r.reason]
     if data.valid_dir:
@@ -132,7 +135,6 @@ def prepare(
             f"no usable pieces in {root}: {len(skipped)} of {len(results)} file(s) skipped"
             f"{_top_reasons_text(skipped)}"
         )
-    tokenizer = ingest.tokenizer_for(config.tokenizer)
     manifest = _manifest(config, root, usable, splits, skipped, run, tokenizer.vocab.to_json())
     manifest["timing"]["seconds"] = round(time.perf_counter() - started, 4)
     with atomic.atomic_dir(workdir_lib.data_dir(workdir)) as tmp:
@@ -155,7 +157,8 @@ def encode_folder(
     if not os.path.isdir(folder):
         raise DatasetError(f"MIDI folder {folder!r} does not exist")
     sources = [Source(n, p, "midi") for n, p in find_midi_files(folder)]
-    results = ingest.encode_sources(config, sources, progress=progress).results
+    tokenizer = get_tokenizer(config.tokenizer)
+    results = ingest.encode_sources(config, sources, tokenizer, progress=progress).results
     usable = [r for r in results if not r.reason]
     split = TokenSplit.from_pieces([r.name for r in usable], [r.tokens for r in usable])
     return split, [{"name": r.name, "reason": r.reason} for r in results if r.reason]

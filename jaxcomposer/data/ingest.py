@@ -29,7 +29,7 @@ from jaxcomposer.config_lib import Config, DataConfig, TokenizerConfig
 from jaxcomposer.data import corpus, midi_io
 from jaxcomposer.data.midi_io import MidiReadError
 from jaxcomposer.notes import Piece
-from jaxcomposer.tokenizers import EncodingError, Tokenizer, get_tokenizer
+from jaxcomposer.tokenizers import EncodingError, Tokenizer
 
 MIDI_EXTENSIONS = (".mid", ".midi")
 CACHE_SUBDIR = "tokens"
@@ -103,11 +103,6 @@ def cache_root(data: DataConfig) -> str:
     return os.path.join(base, "jaxcomposer")
 
 
-@functools.lru_cache(maxsize=8)
-def tokenizer_for(config: TokenizerConfig) -> Tokenizer:
-    return get_tokenizer(config)
-
-
 def fit_pitch_range(piece: Piece, config: Config) -> Piece:
     """The piece with notes outside the tokenizer's pitch range dropped, when the config says so
     (data.drop_out_of_range_notes); otherwise unchanged (encoding then raises EncodingError)."""
@@ -124,8 +119,12 @@ def _replace_notes(piece: Piece, notes) -> Piece:
     return Piece(piece.name, notes, piece.tempos, piece.time_signatures, piece.key_signatures)
 
 
-def read_and_encode(source: Source, raw: bytes | None, config: Config) -> tuple[Encoded, bool]:
-    """One file -> (Encoded, whether the outcome is deterministic and may be cached)."""
+def read_and_encode(
+    source: Source, raw: bytes | None, config: Config, tokenizer: Tokenizer
+) -> tuple[Encoded, bool]:
+    """One file -> (Encoded, whether the outcome is deterministic and may be cached).
+
+    `tokenizer` is the one `config.tokenizer` describes, built once by the caller."""
     try:
         if source.kind == "midi":
             raw = raw if raw is not None else _read_bytes(source.path)
@@ -136,7 +135,6 @@ def read_and_encode(source: Source, raw: bytes | None, config: Config) -> tuple[
             piece, stats = corpus.read_score(source.path, config.data, source.name)
         inside = _in_range(piece, config.tokenizer)
         stats["out_of_range_notes"] = int((~inside).sum())
-        tokenizer = tokenizer_for(config.tokenizer)
         if not inside.all() and not config.data.drop_out_of_range_notes:
             tokenizer.check_range(piece.notes.pitch, source.name)
         if not inside.any():
@@ -167,8 +165,11 @@ def _read_bytes(path: str) -> bytes:
         raise MidiReadError(path, f"cannot read the file ({e.strerror or e})") from e
 
 
-def encode_sources(config: Config, sources: list[Source], *, progress: bool = True) -> EncodeRun:
-    """Reads and encodes every source (cache first, then a pool or this process)."""
+def encode_sources(
+    config: Config, sources: list[Source], tokenizer: Tokenizer, *, progress: bool = True
+) -> EncodeRun:
+    """Reads and encodes every source (cache first, then a pool or this process) with
+    `tokenizer`, the one `config.tokenizer` describes."""
     started = time.perf_counter()
     cache_dir = _usable_cache_dir(cache_root(config.data))
     fingerprint = {kind: _fingerprint(config, kind) for kind in {s.kind for s in sources}}
@@ -192,7 +193,7 @@ def encode_sources(config: Config, sources: list[Source], *, progress: bool = Tr
         tasks.append((i, source, raw if source.kind == "midi" else None, entry))
         uncached_bytes += len(raw)
     workers = _choose_workers(config.data.num_workers, tasks, uncached_bytes)
-    work = functools.partial(_encode_task, config=config)
+    work = functools.partial(_encode_task, config=config, tokenizer=tokenizer)
     entries = {task[0]: task[3] for task in tasks}
     # Cache entries are written by threads: fsync releases the GIL, so writing overlaps reading.
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as writer:
@@ -206,9 +207,9 @@ def encode_sources(config: Config, sources: list[Source], *, progress: bool = Tr
     return EncodeRun(results, hits, len(tasks), workers, time.perf_counter() - started)
 
 
-def _encode_task(task, config: Config) -> tuple[int, tuple[Encoded, bool]]:
+def _encode_task(task, config: Config, tokenizer: Tokenizer) -> tuple[int, tuple[Encoded, bool]]:
     i, source, raw, _ = task
-    return i, read_and_encode(source, raw, config)
+    return i, read_and_encode(source, raw, config, tokenizer)
 
 
 def _choose_workers(requested: int, tasks: list, uncached_bytes: int) -> int:
