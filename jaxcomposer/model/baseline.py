@@ -41,8 +41,7 @@ class KerasBaseline(nn.Module):
         config = self.config
         dtype = stack.compute_dtype(config)
         batch = tokens_BxL.shape[0]
-        carry = stack.initial_carry(config, batch) if carry is None else stack.as_carry(carry)
-        stack.check_carry(carry, config, batch)
+        carry = stack.checked_carry(carry, config, batch)
         scalar_BxLx1 = (tokens_BxL.astype(jnp.float32) / self.vocab_size)[..., None]
         x_LxBxD = stack.inputs_time_major(tokens_BxL, scalar_BxLx1, cond_BxLxC, dtype)
         y_LxBxH, new_carry = stack.lstm_stack(self, x_LxBxD, carry, train)

@@ -48,8 +48,7 @@ class ComposerLM(nn.Module):
                 f"embed_dim={config.embed_dim}, hidden_size={config.hidden_size}"
             )
         batch = tokens_BxL.shape[0]
-        carry = stack.initial_carry(config, batch) if carry is None else stack.as_carry(carry)
-        stack.check_carry(carry, config, batch)
+        carry = stack.checked_carry(carry, config, batch)
         embed = nn.Embed(self.vocab_size, config.embed_dim, dtype=dtype, name="embed")
         stack.check_cond(tokens_BxL, cond_BxLxC)
         # The first layer gets lookups, so it can project the (V, E) table instead of B*L rows.

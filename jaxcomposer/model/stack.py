@@ -45,6 +45,14 @@ def check_carry(carry: Carry, config: ModelConfig, batch_size: int) -> None:
             )
 
 
+def checked_carry(carry, config: ModelConfig, batch_size: int) -> Carry:
+    """The carry a model call starts from: zeros for None, else `carry` as LSTMCarry tuples,
+    checked against the config (ValueError naming the layer and shapes otherwise)."""
+    carry = initial_carry(config, batch_size) if carry is None else as_carry(carry)
+    check_carry(carry, config, batch_size)
+    return carry
+
+
 def lstm_stack(module: nn.Module, x_LxBxD, carry: Carry, train: bool, between=None):
     """Runs config.num_layers LSTMLayers (time-major); `between(layer, y)` post-processes each."""
     config = module.config
