@@ -57,9 +57,16 @@ def write_json(path: str, obj: Any) -> None:
 
 def append_line(path: str, line: str) -> None:
     """Appends one line and fsyncs; a crash can lose only the line being written, which readers
-    of line-oriented logs (metrics.jsonl) must then ignore."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
+    of line-oriented logs (metrics.jsonl) must then ignore.
+
+    A line torn by a crash (no final newline) is ended first, so the torn part stays a line of
+    its own and never swallows the next record."""
+    with open(path, "a+b") as f:
+        torn = False
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        f.write((b"\n" if torn else b"") + line.rstrip("\n").encode("utf-8") + b"\n")
         f.flush()
         os.fsync(f.fileno())
 

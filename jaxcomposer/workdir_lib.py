@@ -20,10 +20,16 @@ jax-free (launch/bench_prepare.py times it including interpreter start).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import json
 import logging
 import os
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from jaxcomposer import atomic, config_lib
@@ -36,10 +42,19 @@ DATA_DIR = "data"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 METRIC = "val_loss"
+LOCK_FILE = ".train.lock"
+# Checkpoints the preservation policy drops are first renamed in here (one atomic rename), then
+# deleted: orbax's plain deletion is an rmtree of `<step>/`, and a process killed during it left
+# a half-deleted folder still named `<step>` that a later run listed as a checkpoint.
+TRASH_DIR = "deleted"
 
 
 class CheckpointError(ValueError):
     """A workdir's checkpoints, config.json, vocab.json or data do not fit together."""
+
+
+class WorkdirBusyError(CheckpointError):
+    """Another live process holds the workdir's training lock."""
 
 
 # --- layout -----------------------------------------------------------------------------------
@@ -75,6 +90,47 @@ def checkpoint_steps(workdir: str) -> list[int]:
     if not os.path.isdir(folder):
         return []
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+# --- the training lock -------------------------------------------------------------------------
+@contextlib.contextmanager
+def train_lock(workdir: str) -> Iterator[dict]:
+    """Holds `<workdir>/.train.lock` for the block, so two runs never train one workdir at once.
+
+    An exclusive `fcntl.flock` on the open file: the kernel drops it when the holder dies, even
+    by SIGKILL, so a killed run never leaves the workdir stuck. The holder writes its pid, host
+    and start time into the file for the refusal message. On a network filesystem without
+    flock support the lock is skipped with a warning. Raises WorkdirBusyError when another live
+    process holds it. Yields the holder record written.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusyError(
+                f"{workdir} is being trained by another process ({_holder(fd)}); wait for it "
+                "to finish, stop it, or use another --workdir"
+            ) from None
+        except OSError as e:  # e.g. ENOLCK on some network filesystems
+            logging.warning("%s: cannot lock (%s); not guarding against a second run", path, e)
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        yield record
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _holder(fd: int) -> str:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"pid {record['pid']} on {record['host']}, started {record['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown: the lock file names none yet"
 
 
 # --- config.json and vocab.json ---------------------------------------------------------------
@@ -272,6 +328,9 @@ def make_manager(workdir: str, keep_best: int, *, read_only: bool = False):
             ),
         ]
     )
+    directory = checkpoint_dir(workdir)
+    if not read_only:
+        empty_trash(workdir)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
         best_fn=_val_loss,  # makes the manager write metrics and answer best_step()
@@ -280,10 +339,15 @@ def make_manager(workdir: str, keep_best: int, *, read_only: bool = False):
         read_only=read_only,
         save_interval_steps=0 if read_only else 1,
         cleanup_tmp_directories=not read_only,
+        todelete_subdir=None if read_only else TRASH_DIR,
     )
-    directory = checkpoint_dir(workdir)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def empty_trash(workdir: str) -> None:
+    """Deletes the checkpoints orbax moved to `checkpoints/deleted/` (see TRASH_DIR)."""
+    shutil.rmtree(os.path.join(checkpoint_dir(workdir), TRASH_DIR), ignore_errors=True)
 
 
 def save(
@@ -297,6 +361,7 @@ def save(
     import orbax.checkpoint as ocp
 
     metrics = None if val_loss is None else {METRIC: float(val_loss)}
+    empty_trash(os.path.dirname(str(manager.directory)))
     manager.save(
         int(step),
         args=ocp.args.Composite(

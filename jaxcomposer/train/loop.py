@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 import jax
 import numpy as np
@@ -43,9 +44,17 @@ def train(config: Config, workdir: str, *, progress: bool | None = None) -> dict
     """Trains (or resumes) on the prepared splits in `workdir`; returns the summary.
 
     A workdir that was never prepared is prepared first from the config's data section (a MIDI
-    folder or the embedded corpus), as `--mode=prepare` would, and the log says so.
+    folder or the embedded corpus), as `--mode=prepare` would, and the log says so. Raises
+    workdir_lib.WorkdirBusyError when another live process is training this workdir.
     """
     workdir = os.path.abspath(workdir)
+    # One process trains a workdir at a time; in a multi-host run only process 0 writes it.
+    lock = workdir_lib.train_lock(workdir) if jax.process_index() == 0 else nullcontext()
+    with lock:
+        return _train(config, workdir, progress=progress)
+
+
+def _train(config: Config, workdir: str, *, progress: bool | None) -> dict:
     show = sys.stderr.isatty() if progress is None else progress
     if not workdir_lib.is_prepared(workdir):
         source = config.data.midi_dir or "the embedded Bach chorales"
