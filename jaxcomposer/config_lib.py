@@ -14,6 +14,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from jaxcomposer.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -111,18 +113,28 @@ class Config:
     sample: SampleConfig
 
 
+class ConfigError(UsageError, KeyError):
+    """A config key is unknown or missing, or a value has the wrong type or is out of range
+    (the message names the field). A KeyError too, for callers of freeze that catch that."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise TypeError(f"config {where}: expected a section, got {value!r}")
+            raise ConfigError(f"config {where}: expected a section, got {value!r}")
         return _build(tp, value, where)
     origin = typing.get_origin(tp)
     if origin is tuple:
+        if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+            raise ConfigError(f"config {where}: expected a list, got {value!r}")
         return tuple(int(v) if isinstance(v, bool | int) else v for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise TypeError(f"config {where}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"config {where}: expected {tp.__name__}, got {value!r}")
     return value
 
 
@@ -140,7 +152,7 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     missing = {f.name for f in fields if f.name not in values and not _has_default(f)}
     names &= set(values)
     if unknown or missing:
-        raise KeyError(
+        raise ConfigError(
             f"config {where or '<root>'}: unknown keys {sorted(unknown)}, "
             f"missing keys {sorted(missing)}"
         )
@@ -149,13 +161,91 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 
 def freeze(config_dict: Any) -> Config:
-    """ConfigDict (or nested dict) -> frozen, typed `Config`; rejects unknown keys and missing
-    keys that have no default.
+    """ConfigDict (or nested dict) -> frozen, typed `Config`; raises ConfigError for unknown
+    keys, missing keys that have no default, wrong types and values `validate` rejects.
 
     Fields added to a section after the first release get a dataclass default (declared after
     the fields without one), so config.json files of older workdirs still load."""
     values = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
-    return _build(Config, values, "")
+    config = _build(Config, values, "")
+    validate(config)
+    return config
+
+
+# --- value checks -----------------------------------------------------------------------------
+CHOICES = {
+    "tokenizer.name": ("chord", "frame", "event"),
+    "model.kind": ("lstm", "seed_replica"),
+    "model.dtype": ("float32", "bfloat16"),
+    "train.optimizer": ("adamw", "rmsprop"),
+    "train.lr_schedule": ("cosine", "constant"),
+    "sample.decoder": ("argmax", "temperature"),
+}
+_AT_LEAST = {  # field: smallest allowed value
+    "data.num_workers": 0, "data.max_tracks": 1, "data.max_notes": 1, "data.max_pieces": 0,
+    "tokenizer.steps_per_beat": 1, "tokenizer.pitch_min": 0, "tokenizer.max_duration_steps": 1,
+    "tokenizer.num_velocity_bins": 0, "tokenizer.max_bar_beats": 1,
+    "model.embed_dim": 1, "model.hidden_size": 1, "model.num_layers": 1, "model.dense_size": 1,
+    "train.batch_size": 1, "train.seq_len": 1, "train.num_steps": 0, "train.warmup_steps": 0,
+    "train.weight_decay": 0, "train.grad_clip_norm": 0, "train.transpose_semitones": 0,
+    "train.eval_every": 1, "train.eval_batches": 1, "train.early_stop_patience": 0,
+    "train.checkpoint_every": 1, "train.keep_best": 0, "train.log_every": 1,
+    "train.max_wall_seconds": 0, "sample.top_k": 0, "sample.num_steps": 0,
+    "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
+}  # fmt: skip
+_ABOVE = (  # fields that must be > 0
+    "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "train.learning_rate",
+    "sample.temperature", "sample.repetition_penalty",
+)  # fmt: skip
+_FRACTIONS = ("data.valid_fraction", "model.dropout", "model.recurrent_dropout")  # in [0, 1)
+
+
+def validate(config: Config) -> None:
+    """Raises ConfigError naming the first field whose value cannot work (an unknown choice, a
+    negative size, an empty range...). Called by freeze; checks what needs no devices or data
+    (train.batch_size against the device count is checked when the mesh is built)."""
+    flat = {
+        f"{section}.{name}": value
+        for section, fields in to_dict(config).items()
+        if isinstance(fields, dict)
+        for name, value in fields.items()
+    }
+
+    def bad(field: str, why: str) -> ConfigError:
+        return ConfigError(f"config {field}={flat[field]!r}: {why}")
+
+    for field, choices in CHOICES.items():
+        if flat[field] not in choices:
+            raise bad(field, f"must be one of {', '.join(choices)}")
+    for field, low in _AT_LEAST.items():
+        if not flat[field] >= low:
+            raise bad(field, f"must be >= {low}")
+    for field in _ABOVE:
+        if not flat[field] > 0:
+            raise bad(field, "must be > 0")
+    for field in _FRACTIONS:
+        if not 0 <= flat[field] < 1:
+            raise bad(field, "must be in [0, 1)")
+    checks = [
+        ("tokenizer.pitch_max", config.tokenizer.pitch_min <= config.tokenizer.pitch_max <= 127,
+         "must lie in [tokenizer.pitch_min, 127]"),
+        ("tokenizer.num_velocity_bins", config.tokenizer.num_velocity_bins <= 128,
+         "must be <= 128"),
+        ("data.max_qpm", config.data.max_qpm >= config.data.min_qpm, "must be >= data.min_qpm"),
+        ("data.programs", all(0 <= p <= 127 for p in config.data.programs),
+         "GM programs are 0-127"),
+        ("sample.top_p", 0 < config.sample.top_p <= 1, "must be in (0, 1]"),
+        ("sample.checkpoint", config.sample.checkpoint in ("best", "latest")
+         or config.sample.checkpoint.isdigit(), "must be best, latest or a step number"),
+        ("model.tie_embeddings", not config.model.tie_embeddings
+         or config.model.embed_dim == config.model.hidden_size,
+         "needs model.embed_dim == model.hidden_size"),
+        ("train.transpose_semitones", config.train.transpose_semitones <= 127,
+         "must be <= 127"),
+    ]  # fmt: skip
+    for field, ok, why in checks:
+        if not ok:
+            raise bad(field, why)
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -12,11 +12,13 @@ import math
 import os
 
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from jaxcomposer import atomic, workdir_lib
 from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.data.ingest import find_midi_files
+from jaxcomposer.errors import UsageError
 from jaxcomposer.evaluation import compare, likelihood, musicstats
 from jaxcomposer.model import StepFunction
 from jaxcomposer.tokenizers import EOS, Tokenizer, get_tokenizer
@@ -130,8 +132,13 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
         split = dataset.load_split(workdir, "valid")
         label = "valid"
     pieces = [split.tokens[a:b] for a, b in zip(split.offsets[:-1], split.offsets[1:], strict=True)]
+    if not pieces and eval_dir:
+        raise UsageError(f"--eval_dir {eval_dir}: {_nothing_usable(skipped)}")
     if not pieces:
-        raise ValueError(f"nothing to evaluate in {eval_dir or workdir}: no readable pieces")
+        raise dataset.DatasetError(f"{workdir}: the validation split holds no pieces")
+    if skipped:
+        logging.warning("--eval_dir %s: %d of %d files skipped (listed below and in the JSON)",
+                        eval_dir, len(skipped), len(skipped) + len(pieces))  # fmt: skip
     result = score_pieces(workdir, list(split.names), pieces, progress=progress)
     result.update(data=eval_dir or "valid split", skipped=skipped)
     path = os.path.join(workdir, f"evaluation_{label}.json")
@@ -141,6 +148,15 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
         print(f"skipped {item.get('name')}: {item.get('reason')}", flush=True)
     print(f"evaluation written to {path}", flush=True)
     return result
+
+
+def _nothing_usable(skipped: list[dict]) -> str:
+    """Why a folder gave nothing: no MIDI files, or every file's reason (the first few)."""
+    if not skipped:
+        return "no .mid/.midi files in it"
+    reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:3])
+    more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+    return f"none of its {len(skipped)} MIDI file(s) is usable: {reasons}{more}"
 
 
 def _stats_with_copy(notes, steps_per_beat: int, copy_index) -> dict:
@@ -169,7 +185,10 @@ def compare_samples(workdir: str, samples_dir: str, *, progress: bool = True) ->
             skipped.append({"name": name, "reason": err.reason})
             print(f"skipped {name}: {err.reason}", flush=True)
     if not generated:
-        raise ValueError(f"no readable MIDI files in {samples_dir}")
+        raise UsageError(f"--samples {samples_dir}: {_nothing_usable(skipped)}")
+    if skipped:
+        logging.warning("--samples %s: %d of %d files skipped", samples_dir, len(skipped),
+                        len(skipped) + len(generated))  # fmt: skip
     real = [tokenizer.decode(p).notes for p in dataset.load_split(workdir, "valid").pieces()]
     comparison = compare.compare_sets(
         [_stats_with_copy(n, spb, copy_index) for n in generated],

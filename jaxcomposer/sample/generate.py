@@ -19,11 +19,12 @@ from absl import logging
 from jaxcomposer import atomic, config_lib, workdir_lib
 from jaxcomposer.config_lib import Config, SampleConfig
 from jaxcomposer.data import dataset, midi_io
+from jaxcomposer.errors import UsageError
 from jaxcomposer.model import StepFunction
 from jaxcomposer.notes import Notes
 from jaxcomposer.render import gallery, outputs
 from jaxcomposer.sample import sampler
-from jaxcomposer.tokenizers import BOS, Tokenizer
+from jaxcomposer.tokenizers import BOS, EncodingError, Tokenizer, get_tokenizer
 
 
 def decoder_settings(sample: SampleConfig) -> sampler.DecoderSettings:
@@ -72,26 +73,109 @@ def primers_from_valid(
 
 
 def primer_from_midi(config: Config, tokenizer: Tokenizer, path: str) -> tuple[np.ndarray, object]:
-    piece, _ = midi_io.read_midi(path, config.data)
-    piece = dataset.fit_pitch_range(piece, config)
-    tokens = tokenizer.encode(piece)[: config.sample.primer_tokens - 1]
+    """The first `primer_tokens - 1` tokens of a MIDI file after BOS, tiled per sample, and the
+    piece as read. Raises UsageError naming the file when it yields no primer (missing, not
+    MIDI, empty, drum-only, every note out of range); warns when notes had to be dropped."""
+    where = f"--primer_midi {path}"
+    if not os.path.isfile(path):
+        raise UsageError(f"{where}: no such file")
+    try:
+        piece, _ = midi_io.read_midi(path, config.data)
+    except midi_io.MidiReadError as e:
+        raise UsageError(f"{where}: {e.reason}") from None
+    kept = dataset.fit_pitch_range(piece, config)
+    lost, tok = len(piece.notes) - len(kept.notes), config.tokenizer
+    pitch_range = f"the pitch range [{tok.pitch_min}, {tok.pitch_max}]"
+    if not len(kept.notes):
+        raise UsageError(f"{where}: all {lost} notes lie outside {pitch_range}")
+    if lost:
+        logging.warning("%s: %d of %d notes outside %s dropped", where, lost, len(piece.notes),
+                        pitch_range)  # fmt: skip
+    try:
+        tokens = tokenizer.encode(kept)
+    except EncodingError as e:
+        raise UsageError(f"{where}: {e}") from None
+    if tokens.size == 0:
+        raise UsageError(f"{where}: the piece encodes to no tokens")
+    tokens = tokens[: config.sample.primer_tokens - 1]
     row = np.concatenate([[BOS], tokens]).astype(np.int32)
-    return np.tile(row, (config.sample.num_samples, 1)), piece
+    return np.tile(row, (config.sample.num_samples, 1)), kept
 
 
-def steps_for_bars(tokenizer: Tokenizer, primers: np.ndarray, sample: SampleConfig) -> int:
-    """Tokens to generate for `num_bars` bars: measured tokens per beat of the primer, or a
-    conservative default, with 50% headroom (extra music is cut at the bar line)."""
+def meters_of(tokenizer: Tokenizer, row: np.ndarray, primer_piece=None) -> tuple:
+    """The time signatures in force along a token row: the tokens' own (TIMESIG tokens of the
+    event tokenizer), else the primer file's (the other tokenizers carry no meter), else ()
+    which means 4/4. A tuple of notes.TimeSignature sorted by beat."""
+    decoded = tokenizer.decode(row).time_signatures
+    if decoded or tokenizer.name == "event":
+        return tuple(decoded)
+    if primer_piece is not None:
+        return tuple(sorted(primer_piece.time_signatures, key=lambda ts: ts.beat))
+    return ()
+
+
+def bar_lines(meters, until: float) -> np.ndarray:
+    """float64 beats of every bar line from 0 up to the first at or after `until`, each bar as
+    long as the time signature in force at its start (a change takes effect at the next bar
+    line at or after its beat, as the event tokenizer reads meters)."""
+    lines, beat = [0.0], 0.0
+    changes = [(ts.beat, ts.bar_beats) for ts in meters]
+    bar = changes[0][1] if changes and changes[0][0] <= 0 else DEFAULT_BAR_BEATS
+    while beat < until - 1e-9 or len(lines) < 2:
+        for at, length in changes:
+            if at <= beat + 1e-9:
+                bar = length
+        beat += bar
+        lines.append(beat)
+    return np.asarray(lines)
+
+
+def event_bar_lines(tokenizer: Tokenizer, row: np.ndarray) -> np.ndarray:
+    """float64 beats of the bar lines the event tokens lay down: the start of each BAR and the
+    end of the last bar (each bar as long as the TIMESIG in force in it)."""
+    decoded = tokenizer.decode(row)
+    bars = int(np.count_nonzero(np.asarray(row) == tokenizer.vocab.token("BAR")))
+    return bar_lines(decoded.time_signatures, decoded.beats)[: bars + 1] if bars else np.zeros(1)
+
+
+def end_beat(tokenizer: Tokenizer, primer: np.ndarray, row: np.ndarray, meters, bars: int):
+    """(beat where `bars` bars after the primer end, bars actually available). Bars are counted
+    from the bar line that closes the primer's last bar, in the meter in force."""
+    primer_end = tokenizer.decode(primer).beats
+    if tokenizer.name == "event":
+        lines = event_bar_lines(tokenizer, row)
+        first = int(np.searchsorted(lines, primer_end - 1e-9))
+    else:
+        lines = bar_lines(meters, primer_end + (bars + 1) * MAX_BAR_BEATS)
+        first = int(np.searchsorted(lines, primer_end - 1e-9))
+    available = min(bars, len(lines) - 1 - first)
+    return float(lines[first + available]), available
+
+
+def cut_at_beat(notes: Notes, end_beat: float) -> Notes:
+    """Notes starting before `end_beat`, each ended by it at the latest."""
+    kept = notes[notes.start < end_beat]
+    return dataclasses.replace(kept, end=np.minimum(kept.end, end_beat))
+
+
+DEFAULT_BAR_BEATS = 4.0  # 4/4, the meter of a piece that names none
+MAX_BAR_BEATS = 16.0  # longest bar a MIDI meter can declare that the sampler plans for
+
+
+def steps_for_bars(
+    tokenizer: Tokenizer, primers: np.ndarray, sample: SampleConfig, meters=()
+) -> int:
+    """Tokens to generate for `num_bars` bars: measured tokens per beat of the primer (or a
+    conservative default) times the beats of num_bars + 1 bars in the meter in force at the
+    primer's end (the + 1 completes the primer's last bar), with 50% headroom; extra music is
+    cut at the bar line."""
     if sample.num_bars <= 0:
         return sample.num_steps
     beats = tokenizer.decode(primers[0]).beats
     per_beat = primers.shape[1] / beats if beats >= 4 else 4.0 * tokenizer.config.steps_per_beat
-    return max(sample.num_steps, math.ceil(sample.num_bars * 4 * per_beat * 1.5))
-
-
-def cut_at_beat(notes: Notes, end_beat: float) -> Notes:
-    kept = notes[notes.start < end_beat]
-    return dataclasses.replace(kept, end=np.minimum(kept.end, end_beat))
+    in_force = [ts.bar_beats for ts in meters if ts.beat <= beats] or [DEFAULT_BAR_BEATS]
+    bar = max(in_force[-1], DEFAULT_BAR_BEATS if tokenizer.name == "event" else 0.0)
+    return max(sample.num_steps, math.ceil((sample.num_bars + 1) * bar * per_beat * 1.5))
 
 
 def generate(
@@ -104,23 +188,27 @@ def generate(
     """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info."""
     base = workdir_lib.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
+    config_lib.validate(config)  # the command line's sampling flags
     sample = config.sample
+    seed = config.seed if seed is None else seed
+    primer_piece = None
+    if sample.primer not in ("none", "valid"):  # read first: a bad file fails before jax work
+        primers, primer_piece = primer_from_midi(
+            config, get_tokenizer(config.tokenizer), sample.primer
+        )
     # The tokenizer and model are built once, by the restore; sampling settings are `config`'s.
     restored = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
     tokenizer, variables, step = restored.tokenizer, restored.variables, restored.step
-    seed = config.seed if seed is None else seed
     out_dir = os.path.abspath(out_dir or os.path.join(workdir, "samples"))
     os.makedirs(out_dir, exist_ok=True)
-
-    primer_piece = None
     if sample.primer == "none":
         primers = np.full((sample.num_samples, 1), BOS, np.int32)
     elif sample.primer == "valid":
         primers = primers_from_valid(workdir, tokenizer, sample, seed)
-    else:
-        primers, primer_piece = primer_from_midi(config, tokenizer, sample.primer)
 
-    num_steps = steps_for_bars(tokenizer, primers, sample)
+    num_steps = steps_for_bars(
+        tokenizer, primers, sample, meters_of(tokenizer, primers[0], primer_piece)
+    )
     settings = decoder_settings(sample)
     states = sampler.grammar_states_after(tokenizer.grammar, primers)
     started = time.perf_counter()
@@ -141,10 +229,17 @@ def generate(
     for i, row in enumerate(np.concatenate([primers, tokens], axis=1)):
         decoded = tokenizer.decode(row)
         notes = decoded.notes
-        primer_beats = tokenizer.decode(primers[i]).beats
+        meters = meters_of(tokenizer, row, primer_piece)
+        end, bars = None, None
         if sample.num_bars > 0:
-            notes = cut_at_beat(notes, primer_beats + 4.0 * sample.num_bars)
-        time_sig = decoded.time_signatures[0] if decoded.time_signatures else None
+            end, bars = end_beat(tokenizer, primers[i], row, meters, sample.num_bars)
+            notes = cut_at_beat(notes, end)
+            if bars < sample.num_bars:
+                logging.warning(
+                    "sample %d has %d of the %d bars asked (%d tokens were not enough): "
+                    "raise --num_steps", i, bars, sample.num_bars, num_steps,
+                )  # fmt: skip
+        time_sig = meters[0] if meters else None
         stem = f"sample_{i:02d}"
         info = outputs.render_sample(
             out_dir,
@@ -161,6 +256,8 @@ def generate(
             primer_tokens=int(primers.shape[1]),
             skipped_tokens=int(decoded.skipped),
             beats=float(notes.end.max(initial=0.0)),
+            end_beat=end,  # the bar line the sample ends on (with --num_bars)
+            bars=bars,  # bars generated after the primer (with --num_bars)
         )
         results.append(info)
         print(

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcomposer.config_lib import Config
+from jaxcomposer.config_lib import Config, ConfigError
 from jaxcomposer.model.loss import token_loss_sums
 
 
@@ -38,7 +38,7 @@ class TrainState:
 def make_mesh(batch_size: int) -> Mesh:
     devices = jax.devices()
     if batch_size % len(devices):
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={batch_size} must be divisible by the number of devices "
             f"({len(devices)}: {devices[0].platform}); each device takes an equal slice"
         )

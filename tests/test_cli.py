@@ -1,0 +1,132 @@
+"""Every mode's bad input ends in one line on stderr naming the file or field and the reason,
+exit code 2 for usage errors and 1 for failures, never a traceback (issue 13, fault 5).
+
+A few cases run `python -m jaxcomposer.main` as a subprocess (each costs seconds of imports);
+the rest check the same functions in-process: the error mapping, the config checks and the
+primer reader."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import midi_factory as mf
+import pytest
+from conftest import tiny_config
+
+from configs import tiny
+from jaxcomposer import config_lib, main, workdir_lib
+from jaxcomposer.data import dataset
+from jaxcomposer.data.smf import MidiReadError
+from jaxcomposer.errors import UsageError
+from jaxcomposer.sample import generate
+from jaxcomposer.tokenizers import get_tokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*args: str) -> tuple[int, list[str]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxcomposer.main", "--noprogress", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    return done.returncode, errors
+
+
+def test_usage_errors_exit_2_in_one_line(tmp_path):
+    code, errors = run_main("--mode=bogus")
+    assert code == 2 and len(errors) == 1 and "--mode=bogus" in errors[0]
+    code, errors = run_main("--mode=prepare", "--config.train.batch_size=-3")
+    assert code == 2 and errors == ["error: config train.batch_size=-3: must be >= 1"]
+    missing = tmp_path / "nowhere"
+    code, errors = run_main("--mode=generate", f"--workdir={missing}")
+    assert code == 2 and len(errors) == 1 and str(missing) in errors[0]
+
+
+def test_workdir_and_folder_problems_name_the_file(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text('{"seed": 0, "data": ')  # torn
+    code, errors = run_main("--mode=generate", f"--workdir={workdir}")
+    assert code == 1 and len(errors) == 1
+    assert f"{workdir}/config.json: not a valid jaxcomposer config" in errors[0]
+    # A folder of files none of which is usable: --eval_dir is an error naming each reason.
+    (workdir / "config.json").write_text(config_lib.to_json(tiny_config()))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "text.mid").write_text("not midi")
+    mf.write_midi_file(bad / "drums.mid", [mf.notes([(36, 0, 1)], channel=9)])
+    code, errors = run_main("--mode=evaluate", f"--workdir={workdir}", f"--eval_dir={bad}")
+    assert code == 2 and len(errors) == 1
+    assert f"--eval_dir {bad}" in errors[0] and "drums.mid: drum-only" in errors[0]
+    assert "text.mid: not a MIDI file" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (UsageError("--x: y"), 2),
+        (config_lib.ConfigError("config a.b=1: must be > 1"), 2),
+        (workdir_lib.CheckpointError("w/checkpoints: no checkpoints"), 1),
+        (workdir_lib.WorkdirBusyError("w is being trained by pid 1"), 1),
+        (dataset.PrepareError("no usable pieces\nin x"), 1),
+        (dataset.DatasetError("no prepared dataset"), 1),
+        (MidiReadError("a.mid", "truncated"), 1),
+        (PermissionError(13, "Permission denied", "/w/config.json"), 1),
+    ],
+)
+def test_error_classes_map_to_one_line_and_an_exit_code(exc, code):
+    got_code, line = main.describe_error(exc)
+    assert got_code == code and "\n" not in line and line
+    assert main.describe_error(RuntimeError("a bug")) is None  # keeps its traceback
+
+
+def test_config_values_are_checked_naming_the_field():
+    def frozen(edit):
+        values = tiny.get_config()
+        edit(values)
+        return config_lib.freeze(values)
+
+    bad = {
+        "tokenizer.name": lambda c: setattr(c.tokenizer, "name", "remi"),
+        "model.dropout": lambda c: setattr(c.model, "dropout", 1.5),
+        "train.seq_len": lambda c: setattr(c.train, "seq_len", 0),
+        "tokenizer.pitch_max": lambda c: setattr(c.tokenizer, "pitch_max", 10),
+        "sample.checkpoint": lambda c: setattr(c.sample, "checkpoint", "newest"),
+        "data.programs": lambda c: setattr(c.data, "programs", (0, 200)),
+    }
+    for field, edit in bad.items():
+        with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+            frozen(edit)
+    with pytest.raises(config_lib.ConfigError, match="unknown keys"):
+        config_lib.freeze({**config_lib.to_dict(tiny_config()), "extra": 1})
+
+
+def test_primer_files_that_yield_nothing_are_errors_and_partial_ones_warn(tmp_path, caplog):
+    config = tiny_config()
+    tokenizer = get_tokenizer(config.tokenizer)
+    (tmp_path / "empty.mid").write_bytes(b"")
+    (tmp_path / "text.mid").write_text("hello")
+    mf.write_midi_file(tmp_path / "drums.mid", [mf.notes([(36, 0, 1)], channel=9)])
+    mf.simple_file(tmp_path / "high.mid", [(120, 0, 1), (125, 1, 2)])
+    cases = {
+        "missing.mid": "no such file",
+        "empty.mid": "empty",
+        "text.mid": "not a MIDI file",
+        "drums.mid": "drum-only",
+        "high.mid": "all 2 notes lie outside the pitch range",
+    }
+    for name, reason in cases.items():
+        path = os.path.join(tmp_path, name)
+        with pytest.raises(UsageError, match=f"--primer_midi {path}: .*{reason}"):
+            generate.primer_from_midi(config, tokenizer, path)
+    mf.simple_file(tmp_path / "part.mid", [(120, 0, 1), (60, 1, 2), (64, 2, 3)])
+    with caplog.at_level(logging.WARNING):
+        primers, piece = generate.primer_from_midi(config, tokenizer, str(tmp_path / "part.mid"))
+    assert len(piece.notes) == 2 and primers.shape[0] == config.sample.num_samples
+    assert "1 of 3 notes outside the pitch range [21, 108] dropped" in caplog.text
