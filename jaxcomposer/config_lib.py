@@ -190,7 +190,8 @@ _AT_LEAST = {  # field: smallest allowed value
     "train.weight_decay": 0, "train.grad_clip_norm": 0, "train.transpose_semitones": 0,
     "train.eval_every": 1, "train.eval_batches": 1, "train.early_stop_patience": 0,
     "train.checkpoint_every": 1, "train.keep_best": 0, "train.log_every": 1,
-    "train.max_wall_seconds": 0, "train.learning_rate": 0, "sample.top_k": 0, "sample.num_steps": 0,
+    "train.max_wall_seconds": 0, "train.learning_rate": 0, "sample.top_k": 0,
+    "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
 }  # fmt: skip
 _ABOVE = (  # fields that must be > 0
