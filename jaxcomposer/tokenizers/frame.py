@@ -18,7 +18,12 @@ import numpy as np
 
 from jaxcomposer.notes import Notes, Piece
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer
-from jaxcomposer.tokenizers.common import checked_grid, notes_from_steps, shift_pitch_index
+from jaxcomposer.tokenizers.common import (
+    checked_grid,
+    notes_from_steps,
+    same_onset_repeats,
+    shift_pitch_index,
+)
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
 
@@ -56,10 +61,14 @@ class FrameTokenizer(Tokenizer):
         return b.build("FRAME_START")
 
     # --- encoding ----------------------------------------------------------------------------
-    def _cells(self, piece: Piece) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    def _cells(
+        self, piece: Piece
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """(frames, frame, column, struck) of every sounding (frame, pitch) cell, in token order
-        (by frame, then ascending pitch). Sparse, so the cost follows the notes, not the roll."""
+        (by frame, then ascending pitch), plus the counts of notes merged in the roll. Sparse,
+        so the cost follows the notes, not the roll."""
         pitch, q_start, q_end = checked_grid(self, piece)
+        losses = self._losses(pitch, q_start, q_end)
         frames = int(q_end.max()) if q_end.size else 0
         length = q_end - q_start
         note_of = np.repeat(np.arange(length.size), length)
@@ -72,10 +81,28 @@ class FrameTokenizer(Tokenizer):
         first = np.ones(keys.size, bool)
         first[1:] = (keys[1:] >> 1) != (keys[:-1] >> 1)
         cell, struck = keys[first] >> 1, (keys[first] & 1) == 0
-        return frames, cell // self.num_pitches, cell % self.num_pitches, struck
+        return frames, cell // self.num_pitches, cell % self.num_pitches, struck, losses
 
-    def encode(self, piece: Piece) -> np.ndarray:
-        frames, frame, column, struck = self._cells(piece)
+    def _losses(self, pitch: np.ndarray, q_start: np.ndarray, q_end: np.ndarray) -> dict[str, int]:
+        """With onset marks a note is lost only when its pitch is struck again on its onset
+        step; without, every note that overlaps or touches an earlier one of its pitch joins it
+        (a roll cannot tell them apart)."""
+        if self.config.mark_onsets:
+            return {"merged_on_grid_notes": same_onset_repeats(pitch, q_start)}
+        order = np.lexsort((q_start, pitch))
+        p, s, e = pitch[order], q_start[order], q_end[order]
+        # The latest end among each pitch's notes so far (a running maximum per pitch, made one
+        # running maximum by lifting each pitch above the ones before it): a note joins the run
+        # when it starts by then.
+        group = np.cumsum(np.r_[False, p[1:] != p[:-1]]) if p.size else p
+        lift = group * (int(e.max(initial=0)) + 1)
+        reach = np.maximum.accumulate(e + lift) - lift if p.size else e
+        joins = np.zeros(p.size, bool)
+        joins[1:] = (p[1:] == p[:-1]) & (s[1:] <= reach[:-1])
+        return {"merged_in_roll_notes": int(joins.sum())}
+
+    def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
+        frames, frame, column, struck, losses = self._cells(piece)
         if self.config.mark_onsets:
             onset, hold = self.vocab.offset("ONSET"), self.vocab.offset("HOLD")
             pitch_tokens = np.where(struck, onset, hold) + column
@@ -87,7 +114,7 @@ class FrameTokenizer(Tokenizer):
         tokens[np.arange(pitch_tokens.size) + frame] = pitch_tokens
         per_frame = np.bincount(frame, minlength=frames)
         tokens[np.cumsum(per_frame) + np.arange(frames)] = self.vocab.token("FRAME_END")
-        return tokens
+        return tokens, losses
 
     def quantize(self, piece: Piece) -> Notes:
         """Per pitch: the union of the notes' steps, split at onsets when mark_onsets (a sweep
