@@ -174,10 +174,8 @@ def test_chord_counts_pitch_class_merges_and_caps():
             tokenizer={"name": "chord", "chord_durations": True, "max_duration_steps": 4},
         ).tokenizer
     )
-    # Onset 0: C3 C4 E4 G4 C5 (+ C4 twice): classes {C, E, G}; onset 1: D4 alone, 3 beats long.
-    notes = make_notes(
-        [48, 60, 60, 64, 67, 72, 62], [0, 0, 0, 0, 0, 0, 1], [1, 1, 0.5, 1, 1, 1, 4]
-    )
+    # Onset 0: C3 C4 C4 E4 G4 C5: classes {C, E, G}; onset 1: D4 alone, 3 beats long.
+    notes = make_notes([48, 60, 60, 64, 67, 72, 62], [0, 0, 0, 0, 0, 0, 1], [1, 1, 0.5, 1, 1, 1, 4])
     tokens, losses = tok.encode_counted(Piece("c.mid", notes))
     assert losses == {
         "merged_on_grid_notes": 1,  # the second C4
