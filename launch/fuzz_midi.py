@@ -530,16 +530,34 @@ def load_seeds(data_dir: str) -> list[tuple[str, bytes]]:
 # --- shrinking a crashing mutant ---------------------------------------------------------------
 
 
-def minimize(raw: bytes, checker: Checker, budget: int = 4000) -> bytes:
-    """A smaller file with the same crash signature: whole chunks, then byte ranges of halving
-    size, are cut while the crash stays (a simple delta debugging, Zeller 2002)."""
+def crashes_alike(raw: bytes, checker: Checker):
+    """A `keep` predicate for `minimize`: the same crash signature as `raw`'s."""
     target = checker.check(raw)
     if target["outcome"] != "crash":
         raise ValueError(f"the file does not crash ({target['outcome']}: {target['reason']})")
+    return lambda candidate: checker.check(candidate)["reason"] == target["reason"]
 
-    def same(candidate: bytes) -> bool:
-        return checker.check(candidate)["reason"] == target["reason"]
 
+def rolls_large(raw: bytes, checker: Checker, steps: int = 10**7):
+    """A `keep` predicate for `minimize` for the hang the frame tokenizer had (fixed): the file
+    still reads, with notes covering at least `steps` grid steps in all."""
+    spb = checker.config.tokenizer.steps_per_beat
+
+    def keep(candidate: bytes) -> bool:
+        try:
+            piece, _ = midi_io.read_midi_bytes(candidate, checker.config.data, path="m", name="m")
+        except MidiReadError:
+            return False
+        return float((piece.notes.end - piece.notes.start).sum()) * spb >= steps
+
+    if not keep(raw):
+        raise ValueError("the file's notes cover fewer grid steps than that")
+    return keep
+
+
+def minimize(raw: bytes, keep, budget: int = 4000) -> bytes:
+    """A smaller file for which `keep(bytes)` still holds: whole chunks, then byte ranges of
+    halving size, are cut while it does (a simple delta debugging, after Zeller 2002)."""
     tries = 0
     for start, end in reversed(chunk_spans(raw)):
         candidate = bytearray(raw[:start] + raw[end:])
@@ -547,7 +565,7 @@ def minimize(raw: bytes, checker: Checker, budget: int = 4000) -> bytes:
             tracks = struct.unpack(">H", candidate[10:12])[0]
             candidate[10:12] = struct.pack(">H", max(tracks - 1, 1))
         tries += 1
-        if same(bytes(candidate)):
+        if keep(bytes(candidate)):
             raw = bytes(candidate)
     size = len(raw) // 2
     while size >= 1 and tries < budget:
@@ -555,7 +573,7 @@ def minimize(raw: bytes, checker: Checker, budget: int = 4000) -> bytes:
         while at < len(raw) and tries < budget:
             candidate = _cut(raw, at, size)
             tries += 1
-            if candidate is not None and same(candidate):
+            if candidate is not None and keep(candidate):
                 raw, shrunk = candidate, True
             else:
                 at += size
@@ -655,12 +673,16 @@ def main() -> None:
     parser.add_argument("--memory_mb", type=int, default=3072, help="address space per worker")
     parser.add_argument("--keep_dir", default="/tmp/fuzz_failures")
     parser.add_argument("--no_peer", action="store_true")
-    parser.add_argument("--minimize", default="")
+    parser.add_argument("--minimize", default="", help="shrink this failing file, then stop")
+    parser.add_argument("--keep_if", choices=("crash", "large_roll"), default="crash")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     if args.minimize:
         with open(args.minimize, "rb") as f:
-            small = minimize(f.read(), Checker.build())
+            raw = f.read()
+        checker = Checker.build()
+        keep = (crashes_alike if args.keep_if == "crash" else rolls_large)(raw, checker)
+        small = minimize(raw, keep)
         with open(args.out or args.minimize + ".min", "wb") as f:
             f.write(small)
         print(json.dumps({"minimized": args.minimize, "bytes": len(small)}))

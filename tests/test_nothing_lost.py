@@ -111,18 +111,25 @@ def test_ignored_events_are_counted_per_file_and_in_total(tmp_path):
     (root / "clocked.mid").write_bytes(smf_bytes(track(), REALTIME_TRACK))
     padded = REALTIME_TRACK + b"\x00\x00\x00"  # junk after the end-of-track event
     (root / "padded.mid").write_bytes(smf_bytes(padded))
+    # An unknown chunk before the track and bytes after the last declared track are skipped.
+    head, body = smf_bytes(REALTIME_TRACK)[:14], smf_bytes(REALTIME_TRACK)[14:]
+    (root / "extra.mid").write_bytes(head + b"XFIL\x00\x00\x00\x02ab" + body + b"MTrk\x00")
     mf.simple_file(root / "plain.mid", [(C4, 0, 1), (E4, 1, 2)])
     manifest = dataset.prepare(config(tmp_path, root), str(tmp_path / "w"), progress=False)
     files = {f["name"]: f for f in manifest["files"]}
     assert manifest["skipped"] == []
     assert files["padded.mid"]["ignored_bytes_after_end_of_track"] == 3
     assert files["plain.mid"]["ignored_realtime_messages"] == 0
+    assert files["extra.mid"]["ignored_unknown_chunks"] == 1
+    assert files["extra.mid"]["ignored_bytes_after_last_track"] == 5
     assert manifest["totals"]["ignored"] == {
-        "ignored_realtime_messages": 8,
-        "ignored_system_common_messages": 8,
+        "ignored_realtime_messages": 12,
+        "ignored_system_common_messages": 12,
         "ignored_bytes_after_end_of_track": 3,
+        "ignored_unknown_chunks": 1,
+        "ignored_bytes_after_last_track": 5,
     }
-    assert "ignored: 8 ignored realtime messages" in dataset.summarize(manifest)
+    assert "ignored: 12 ignored realtime messages" in dataset.summarize(manifest)
 
 
 # --- fault 4: notes the tokens cannot hold ---------------------------------------------------

@@ -52,6 +52,8 @@ IGNORED_COUNTS = (
     "ignored_realtime_messages",
     "ignored_system_common_messages",
     "ignored_bytes_after_end_of_track",
+    "ignored_unknown_chunks",
+    "ignored_bytes_after_last_track",
 )
 # DataConfig fields that change what a file reads as (the others choose files or places).
 READER_FIELDS = (

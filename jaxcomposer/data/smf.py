@@ -44,6 +44,8 @@ class SmfFile:
     realtime: int = 0  # system real-time messages (0xF8-0xFE) between events
     system_common: int = 0  # system common messages (0xF1-0xF3, 0xF6)
     after_end: int = 0  # bytes that follow a track's end-of-track event inside its chunk
+    unknown_chunks: int = 0  # chunks of other types than MTrk among the tracks (skipped)
+    after_tracks: int = 0  # bytes after the last declared track
 
 
 def read_header(raw: bytes, path: str) -> tuple[int, int, int]:
@@ -88,6 +90,7 @@ def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfF
             )
         pos = end
         if chunk != b"MTrk":
+            smf.unknown_chunks += 1
             continue  # unknown chunk types are skipped, as the standard asks
         try:
             _parse_track(raw, start, end, smf, notes)
@@ -99,6 +102,7 @@ def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfF
         if len(notes) > max_notes:
             raise MidiReadError(path, f"absurd: more than {max_notes} notes (max_notes)")
         track += 1
+    smf.after_tracks = len(raw) - pos
     if notes:
         smf.notes = np.array(notes, np.int64)
     return smf
