@@ -200,7 +200,6 @@ def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:
         }
         for split in SPLITS
     }
-    dropped_keys = [k for k in ingest.DROP_COUNTS if any(f.get(k) for f in files)]
     return {
         "version": MANIFEST_VERSION,
         "source": root,
@@ -212,8 +211,12 @@ def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:
             "found": len(usable) + len(skipped),
             "used": len(usable),
             "skipped": len(skipped),
+            # notes the tokens hold; notes read but not in the tokens, by reason; notes in the
+            # tokens but cut shorter; events the reader read past (none of them a note)
             "notes": sum(f.get("notes", 0) for f in files),
-            "dropped": {k: sum(f.get(k, 0) for f in files) for k in dropped_keys},
+            "dropped": _totals(files, ingest.DROP_COUNTS),
+            "shortened": _totals(files, ingest.SHORTENED_COUNTS),
+            "ignored": _totals(files, ingest.IGNORED_COUNTS),
             "cache_hits": run.cache_hits,
             "cache_misses": run.cache_misses,
             **per_split,
@@ -222,6 +225,11 @@ def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:
         "skipped": [{"name": r.name, "reason": r.reason} for r in skipped],
         "timing": {"encode_seconds": round(run.seconds, 4), "workers": run.workers},
     }
+
+
+def _totals(files: list[dict], keys) -> dict[str, int]:
+    """Each key's sum over the files, for the keys some file counts (a report lists no zeros)."""
+    return {k: sum(f.get(k, 0) for f in files) for k in keys if any(f.get(k) for f in files)}
 
 
 def _top_reasons(skipped: list, k: int = 3) -> list[tuple[str, int]]:
@@ -247,11 +255,15 @@ def summarize(manifest: dict) -> str:
     ]
     for split in SPLITS:
         lines.append(f"{split}: {t[split]['pieces']} pieces, {t[split]['tokens']} tokens")
-    if t["dropped"]:
-        lines.append(
-            "notes dropped: "
-            + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in t["dropped"].items())
-        )
+    for key, label in (
+        ("dropped", "notes dropped"),
+        ("shortened", "notes shortened"),
+        ("ignored", "ignored"),
+    ):
+        if t.get(key):
+            lines.append(
+                f"{label}: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in t[key].items())
+            )
     if manifest["skipped"]:
         lines.append(
             "top skip reasons: "

@@ -30,16 +30,30 @@ from jaxcomposer.data import corpus, midi_io
 from jaxcomposer.data.midi_io import MidiReadError
 from jaxcomposer.notes import Piece
 from jaxcomposer.tokenizers import EncodingError, Tokenizer
+from jaxcomposer.tokenizers.base import LOST_NOTE_COUNTS, SHORTENED_NOTE_COUNTS
 
 MIDI_EXTENSIONS = (".mid", ".midi")
 CACHE_SUBDIR = "tokens"
-# Per-file counts of notes that were read but not kept, in the order a report lists them.
+# Per-file counts of notes that were read but not kept, in the order a report lists them: by the
+# reader, by the pitch range, then by the tokenizer (notes its tokens cannot hold).
 DROP_COUNTS = (
     "drum_notes",
     "zero_length_notes",
     "unterminated_notes",
     "program_filtered_notes",
     "out_of_range_notes",
+    *LOST_NOTE_COUNTS,
+)
+# Per-file counts of notes the tokens hold, but changed.
+SHORTENED_COUNTS = SHORTENED_NOTE_COUNTS
+# Per-file counts of events the reader read past (see data/smf.py): none of them is a note.
+IGNORED_COUNTS = (
+    "ignored_meta_events",
+    "ignored_realtime_messages",
+    "ignored_system_common_messages",
+    "ignored_bytes_after_end_of_track",
+    "ignored_unknown_chunks",
+    "ignored_bytes_after_last_track",
 )
 # DataConfig fields that change what a file reads as (the others choose files or places).
 READER_FIELDS = (
@@ -144,8 +158,10 @@ def read_and_encode(
                 f"no notes within the pitch range "
                 f"[{tok.pitch_min}, {tok.pitch_max}] ({len(inside)} outside)",
             )
-        tokens = tokenizer.encode(_replace_notes(piece, piece.notes[inside]))
-        stats["notes"] = int(inside.sum())  # the notes the tokens hold
+        tokens, losses = tokenizer.encode_counted(_replace_notes(piece, piece.notes[inside]))
+        stats.update(losses)
+        # The notes the tokens hold: read, in range, and not lost in encoding.
+        stats["notes"] = int(inside.sum()) - sum(losses.get(k, 0) for k in LOST_NOTE_COUNTS)
         if tokens.size == 0:
             raise EncodingError(f"{source.name}: the piece encodes to no tokens")
     except MidiReadError as e:

@@ -56,6 +56,11 @@ def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tu
         "zero_length_notes": smf.zero_length,
         "unterminated_notes": smf.unterminated,
         "ignored_meta_events": smf.bad_meta,
+        "ignored_realtime_messages": smf.realtime,
+        "ignored_system_common_messages": smf.system_common,
+        "ignored_bytes_after_end_of_track": smf.after_end,
+        "ignored_unknown_chunks": smf.unknown_chunks,
+        "ignored_bytes_after_last_track": smf.after_tracks,
     }
     if len(notes) == 0 and stats["drum_notes"]:
         raise MidiReadError(

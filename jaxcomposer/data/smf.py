@@ -40,6 +40,12 @@ class SmfFile:
     zero_length: int = 0
     unterminated: int = 0
     bad_meta: int = 0  # malformed time/key signature events that were ignored
+    # What mido (and so pretty_midi) reads past, counted (see `_system_message`).
+    realtime: int = 0  # system real-time messages (0xF8-0xFE) between events
+    system_common: int = 0  # system common messages (0xF1-0xF3, 0xF6)
+    after_end: int = 0  # bytes that follow a track's end-of-track event inside its chunk
+    unknown_chunks: int = 0  # chunks of other types than MTrk among the tracks (skipped)
+    after_tracks: int = 0  # bytes after the last declared track
 
 
 def read_header(raw: bytes, path: str) -> tuple[int, int, int]:
@@ -84,6 +90,7 @@ def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfF
             )
         pos = end
         if chunk != b"MTrk":
+            smf.unknown_chunks += 1
             continue  # unknown chunk types are skipped, as the standard asks
         try:
             _parse_track(raw, start, end, smf, notes)
@@ -95,6 +102,7 @@ def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfF
         if len(notes) > max_notes:
             raise MidiReadError(path, f"absurd: more than {max_notes} notes (max_notes)")
         track += 1
+    smf.after_tracks = len(raw) - pos
     if notes:
         smf.notes = np.array(notes, np.int64)
     return smf
@@ -134,6 +142,7 @@ def _parse_track(d: bytes, i: int, end: int, smf: SmfFile, notes: list) -> None:
                 kind = d[i]
                 length, i = _read_varlen(d, i + 1)
                 if kind == 0x2F:
+                    i = min(i + length, end)  # an overlong end-of-track payload ends the chunk
                     break
                 _meta(kind, d[i : i + length], tick, smf)
                 i += length
@@ -143,7 +152,10 @@ def _parse_track(d: bytes, i: int, end: int, smf: SmfFile, notes: list) -> None:
                 i += length
                 continue
             if b > 0xF0:
-                raise _Corrupt(f"unexpected system message 0x{b:02X} at tick {tick}")
+                i = _system_message(d, i, b, tick, smf)
+                if b < 0xF8:
+                    status = 0  # system common cancels running status; real-time does not
+                continue
             status = b
         elif not status:
             raise _Corrupt(f"data byte 0x{b:02X} without a status byte at tick {tick}")
@@ -183,9 +195,34 @@ def _parse_track(d: bytes, i: int, end: int, smf: SmfFile, notes: list) -> None:
                 del open_notes[key]
     if i > end:
         raise _Corrupt("an event runs past the end of its track")
+    smf.after_end += end - i
     if tick >= MAX_TICK:  # only overlong delta times get here; int64 arrays must hold ticks
         raise _Corrupt(f"delta times add up to an impossible tick {tick}")
     smf.unterminated += sum(len(p) for p in open_notes.values())
+
+
+# Data bytes of each system common message (MIDI 1.0: quarter frame, song position, song select,
+# tune request); 0xF4 and 0xF5 are undefined.
+_SYSTEM_COMMON_DATA = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0}
+
+
+def _system_message(d: bytes, i: int, status: int, tick: int, smf: SmfFile) -> int:
+    """Skips a system real-time or common message at d[i - 1] == status; returns the index after
+    it. Neither belongs in a file (they are for the wire), but mido, and so pretty_midi, reads
+    them as messages of their standard length, so a file holding them still plays there: they
+    are ignored and counted here. Real-time bytes of undefined kinds (0xF9, 0xFD) are ignored as
+    the MIDI 1.0 spec asks of receivers; undefined system common bytes (0xF4, 0xF5) are corrupt
+    (mido raises there too). Raises _Corrupt."""
+    if status >= 0xF8:
+        smf.realtime += 1
+        return i
+    size = _SYSTEM_COMMON_DATA.get(status)
+    if size is None:
+        raise _Corrupt(f"undefined system message 0x{status:02X} at tick {tick}")
+    if any(b & 0x80 for b in d[i : i + size]):
+        raise _Corrupt(f"system message 0x{status:02X} with a status byte as data at tick {tick}")
+    smf.system_common += 1
+    return i + size
 
 
 def _meta(kind: int, payload: bytes, tick: int, smf: SmfFile) -> None:

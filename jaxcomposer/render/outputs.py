@@ -7,14 +7,14 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import MultipleLocator
+from matplotlib.ticker import FixedLocator, MultipleLocator
 
 from jaxcomposer import atomic
 from jaxcomposer.data import midi_io
@@ -30,10 +30,32 @@ _RIGHT_COLOUR, _LEFT_COLOUR = "#1f5fa8", "#d9822b"
 _BLACK_KEYS = {1, 3, 6, 8, 10}
 
 
-def plot_piano_roll(path: str, notes: Notes, *, title: str, bar_beats: float = 4.0) -> None:
+def bar_lines(meters: Sequence[TimeSignature], end: float) -> np.ndarray:
+    """float64 (B,): the beats of the bar lines in [0, end] under a meter map (`score.meter_map`:
+    sorted, the first at beat 0); a change takes effect at the first bar line at or after it."""
+    lines, beat = [], 0.0
+    for i, ts in enumerate(meters):
+        stop = meters[i + 1].beat if i + 1 < len(meters) else end
+        while beat < stop - 1e-9 or (i + 1 == len(meters) and beat <= end + 1e-9):
+            lines.append(beat)
+            beat += ts.bar_beats
+    return np.asarray(lines, np.float64)
+
+
+def plot_piano_roll(
+    path: str,
+    notes: Notes,
+    *,
+    title: str,
+    bar_beats: float = 4.0,
+    time_signatures: Sequence[TimeSignature] = (),
+) -> None:
     """Pitch against beats, one bar per note (right hand blue, left hand orange, more opaque when
-    louder), bar lines, C octaves labelled, black-key rows shaded; PNG, atomically."""
+    louder), bar lines (every `bar_beats`, or as `time_signatures` cut the bars), C octaves
+    labelled, black-key rows shaded; PNG, atomically."""
     end = max(float(notes.end.max(initial=0.0)), bar_beats)
+    meters = score.meter_map((4, 4), time_signatures, end) if time_signatures else ()
+    lines = bar_lines(meters, end) if meters else np.arange(0.0, end + 1e-9, bar_beats)
     low = int(notes.pitch.min(initial=60)) - 2
     high = int(notes.pitch.max(initial=72)) + 2
     if high - low < 14:  # show at least an octave around the notes
@@ -44,7 +66,7 @@ def plot_piano_roll(path: str, notes: Notes, *, title: str, bar_beats: float = 4
     for p in range(low, high + 1):
         if p % 12 in _BLACK_KEYS:
             ax.axhspan(p - 0.5, p + 0.5, color="#f0f0f0", zorder=0, lw=0)
-    for bar in np.arange(0.0, end + 1e-9, bar_beats):
+    for bar in lines:
         ax.axvline(bar, color="#b0b0b0", lw=0.8, zorder=1)
     if low < score.MIDDLE_C <= high:
         ax.axhline(score.MIDDLE_C - 0.5, color="#888888", lw=0.8, ls="--", zorder=1)
@@ -68,7 +90,11 @@ def plot_piano_roll(path: str, notes: Notes, *, title: str, bar_beats: float = 4
     ax.set_yticks(c_pitches, [f"C{p // 12 - 1}" for p in c_pitches])
     ax.set_xlim(0, end)
     ax.set_ylim(low - 0.5, high + 0.5)
-    ax.set_xlabel(f"beats (quarter notes; grey lines = bars of {bar_beats:g} beats)")
+    if len(meters) <= 1:
+        bar_beats = meters[0].bar_beats if meters else bar_beats
+        ax.set_xlabel(f"beats (quarter notes; grey lines = bars of {bar_beats:g} beats)")
+    else:
+        ax.set_xlabel("beats (quarter notes; grey lines = bar lines)")
     ax.set_ylabel("pitch")
     ax.set_title(title, loc="left")
     if len(notes) == 0:
@@ -76,8 +102,11 @@ def plot_piano_roll(path: str, notes: Notes, *, title: str, bar_beats: float = 4
     handles = [Patch(color=_RIGHT_COLOUR, label="right hand (>= C4)")]
     handles.append(Patch(color=_LEFT_COLOUR, label="left hand (< C4)"))
     ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, fontsize=8)
-    bars_per_tick = max(1, int(np.ceil(end / bar_beats / 16)))  # at most ~16 labelled bar lines
-    ax.xaxis.set_major_locator(MultipleLocator(bar_beats * bars_per_tick))
+    if len(meters) <= 1:
+        bars_per_tick = max(1, int(np.ceil(end / bar_beats / 16)))  # at most ~16 labelled bars
+        ax.xaxis.set_major_locator(MultipleLocator(bar_beats * bars_per_tick))
+    else:
+        ax.xaxis.set_major_locator(FixedLocator(lines[:: max(1, int(np.ceil(lines.size / 16)))]))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -109,10 +138,17 @@ def render_sample(
     qpm: float = 100.0,
     time_signature: tuple[int, int] = (4, 4),
     sample_rate: int = 22050,
+    time_signatures: Sequence[TimeSignature] = (),
+    key_signatures: Sequence[KeySignature] = (),
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
-    Returns {stem, title, key, key_number, qpm, time_signature, midi, musicxml, svg (list),
+    Meter and key: `time_signature` and the estimated key hold from beat 0 until the first of
+    `time_signatures` / `key_signatures` (e.g. `Decoded.time_signatures`); every change before
+    the music ends reaches the MIDI, the MusicXML, the engraved score and the piano roll.
+
+    Returns {stem, title, key, key_number, qpm, time_signature, time_signatures (every change as
+    "n/d@beat"), key_signatures (as "name@beat"), midi, musicxml, svg (list),
     png, wav, roll (paths relative to out_dir; None when that stage failed), synthesizer,
     seconds (per stage), errors (stage -> message)}. Never raises for a failing stage: a batch
     job reports the error and goes on; the failed stage's old output (if any) is removed.
@@ -120,11 +156,18 @@ def render_sample(
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
     key_number, key = score.estimate_key(notes)
-    numerator, denominator = time_signature
+    end = float(notes.end.max(initial=0.0))
+    meters = score.meter_map(time_signature, time_signatures, end)
+    keys = score.key_map(key_number, key_signatures, end)
+    key_number, key = keys[0].key_number, score.key_name(keys[0].key_number)
+    numerator, denominator = meters[0].numerator, meters[0].denominator
     info: dict = dict(
         stem=stem, title=title, key=key, key_number=key_number, qpm=float(qpm),
-        time_signature=f"{numerator}/{denominator}", midi=None, musicxml=None, svg=[], png=None,
-        wav=None, roll=None, synthesizer=None, seconds={}, errors={},
+        time_signature=f"{numerator}/{denominator}",
+        time_signatures=[f"{t.numerator}/{t.denominator}@{t.beat:g}" for t in meters],
+        key_signatures=[f"{score.key_name(k.key_number)}@{k.beat:g}" for k in keys],
+        midi=None, musicxml=None, svg=[], png=None, wav=None, roll=None, synthesizer=None,
+        seconds={}, errors={},
     )  # fmt: skip
 
     def stage(name: str, outputs: list[str], fn: Callable[[], object]) -> object:
@@ -144,16 +187,16 @@ def render_sample(
 
     def write_mid() -> str:
         midi_io.write_midi(
-            f"{base}.mid", notes, qpm=qpm,
-            time_signatures=(TimeSignature(0.0, numerator, denominator),),
-            key_signatures=(KeySignature(0.0, key_number),), split_hands_at=score.MIDDLE_C,
+            f"{base}.mid", notes, qpm=qpm, time_signatures=meters, key_signatures=keys,
+            split_hands_at=score.MIDDLE_C,
         )  # fmt: skip
         return f"{stem}.mid"
 
     def write_xml() -> str:
         score.write_musicxml(
-            f"{base}.musicxml", notes, title=title, qpm=qpm, time_signature=time_signature,
-            key_number=key_number,
+            f"{base}.musicxml", notes, title=title, qpm=qpm,
+            time_signature=(numerator, denominator), key_number=key_number,
+            time_signatures=meters, key_signatures=keys,
         )  # fmt: skip
         return f"{stem}.musicxml"
 
@@ -173,8 +216,9 @@ def render_sample(
 
     def write_roll() -> str:
         plot_piano_roll(
-            f"{base}-roll.png", notes, title=title, bar_beats=4.0 * numerator / denominator
-        )
+            f"{base}-roll.png", notes, title=title, bar_beats=meters[0].bar_beats,
+            time_signatures=meters,
+        )  # fmt: skip
         return f"{stem}-roll.png"
 
     info["midi"] = stage("midi", [f"{base}.mid"], write_mid)

@@ -8,9 +8,12 @@ music21/verovio/cairosvg are imported inside the functions: importing music21 co
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 
 import cairosvg
 import numpy as np
@@ -36,8 +39,9 @@ from jaxcomposer.keys import estimate_key, key_name
 from jaxcomposer.notes import KeySignature, Notes, TimeSignature
 
 __all__ = [
-    "MIDDLE_C", "estimate_key", "key_name", "playable_notes", "chords_per_hand", "build_score",
-    "write_musicxml", "engrave", "write_svg_pages", "stack_pages", "write_png", "render_score",
+    "MIDDLE_C", "estimate_key", "key_name", "playable_notes", "chords_per_hand", "meter_map",
+    "key_map", "build_score", "write_musicxml", "engrave", "write_svg_pages", "stack_pages",
+    "write_png", "render_score",
 ]  # fmt: skip
 
 MIDDLE_C = 60  # right hand plays pitches >= this, left hand the rest
@@ -87,6 +91,43 @@ def chords_per_hand(notes: Notes, split_at: int = MIDDLE_C) -> Notes:
     return Notes(notes.pitch, notes.start, end, notes.velocity, notes.program, notes.is_drum)
 
 
+def meter_map(
+    time_signature: tuple[int, int], time_signatures: Sequence[TimeSignature], end: float
+) -> tuple[TimeSignature, ...]:
+    """Every time signature in force before beat `end` (the music's end; 0 = no notes), in beat
+    order, the last one at a beat winning. `time_signature` is the meter from beat 0 until the
+    first of `time_signatures` (all of it when there are none)."""
+    return _changes(TimeSignature(0.0, *time_signature), time_signatures, end)
+
+
+def key_map(
+    key_number: int, key_signatures: Sequence[KeySignature], end: float
+) -> tuple[KeySignature, ...]:
+    """As `meter_map`, for keys: `key_number` holds until the first of `key_signatures`."""
+    return _changes(KeySignature(0.0, key_number), key_signatures, end)
+
+
+def _changes(opening, events: Sequence, end: float) -> tuple:
+    events = sorted(events, key=lambda e: e.beat)
+    if not events or events[0].beat > 0:
+        events.insert(0, opening)
+    kept: list = []
+    for event in events:
+        if event.beat > 0 and event.beat >= end:
+            break  # takes effect after the music: no bar shows it
+        if kept and kept[-1].beat == event.beat:
+            kept[-1] = event
+        elif not kept or dataclasses.astuple(kept[-1])[1:] != dataclasses.astuple(event)[1:]:
+            kept.append(event)
+    return tuple(kept)
+
+
+def _measure_index(offsets: list[float], beat: float) -> int | None:
+    """The first measure that starts at or after `beat` (a change engraves at a bar line)."""
+    i = bisect.bisect_left(offsets, beat - 1e-6)
+    return i if i < len(offsets) else None
+
+
 def _music21_key(key_number: int):
     tonic, mode = key_name(key_number).split()
     step, accidental = tonic[0], tonic[1:].replace("b", "-")  # music21 writes flats as '-'
@@ -124,9 +165,9 @@ def _spelling_by_pitch_class(k) -> list[str]:
     return names
 
 
-def _respell(score, k) -> None:
+def _respell(notes, k) -> None:
     names = _spelling_by_pitch_class(k)
-    for n in score.recurse().notes:
+    for n in notes:
         for p in n.pitches:
             midi = p.ps
             p.name = names[p.pitchClass]
@@ -172,42 +213,61 @@ def build_score(
     time_signature: tuple[int, int],
     key_number: int,
     one_voice_per_hand: bool = True,
+    time_signatures: Sequence[TimeSignature] = (),
+    key_signatures: Sequence[KeySignature] = (),
 ):
-    """music21 Score: a braced grand staff, treble over bass, with key and time signature.
-    `one_voice_per_hand` engraves `chords_per_hand(notes)`: far easier to read than the extra
-    voices music21 makes for every overlap (and twice as fast to build)."""
-    numerator, denominator = time_signature
+    """music21 Score: a braced grand staff, treble over bass, with key and time signatures.
+    `time_signature` and `key_number` hold from beat 0 until the first of `time_signatures` /
+    `key_signatures` (beats); each change is engraved at the first bar line at or after it, on
+    both staves. `one_voice_per_hand` engraves `chords_per_hand(notes)`: far easier to read than
+    the extra voices music21 makes for every overlap (and twice as fast to build)."""
     notes = playable_notes(notes)
     if one_voice_per_hand:
         notes = chords_per_hand(notes)
+    end = float(notes.end.max(initial=0.0))
+    meters = meter_map(time_signature, time_signatures, end)
+    keys = key_map(key_number, key_signatures, end)
     with tempfile.TemporaryDirectory(prefix="jaxcomposer-score-") as tmp:
         midi_path = os.path.join(tmp, "hands.mid")
+        # music21 cuts the bars by every time signature in the file, so they come out right.
         midi_io.write_midi(
-            midi_path, notes, qpm=qpm,
-            time_signatures=(TimeSignature(0.0, numerator, denominator),),
-            key_signatures=(KeySignature(0.0, key_number),), split_hands_at=MIDDLE_C,
+            midi_path, notes, qpm=qpm, time_signatures=meters, key_signatures=keys,
+            split_hands_at=MIDDLE_C,
         )  # fmt: skip
         score = converter.parse(
             midi_path, format="midi", quantizePost=True, quarterLengthDivisors=(4, 3)
         )
-    parts = _two_hands(score, time_signature)  # before the time signatures go: rests need them
+    first = meters[0]
+    parts = _two_hands(score, (first.numerator, first.denominator))  # rests need the metres
     # Metronome marks render as an empty box through cairosvg (SMuFL glyph in a text font);
-    # clefs, keys and metres are set again below, once per staff.
+    # clefs, keys and metres are set again below, once per staff, at bar lines.
     drop = (tempo.MetronomeMark, key.KeySignature, clef.Clef, meter.TimeSignature)
     for element in list(score.recurse().getElementsByClass((*drop, instrument.Instrument))):
         element.activeSite.remove(element)
-    k = _music21_key(key_number)
     for part, part_clef in zip(parts, (clef.TrebleClef(), clef.BassClef()), strict=True):
         part.partName = None
         part.partAbbreviation = None
-        first = part.getElementsByClass(stream.Measure).first()
-        first.insert(0, meter.TimeSignature(f"{numerator}/{denominator}"))
-        first.insert(0, _music21_key(key_number))
-        first.insert(0, part_clef)
-    _respell(score, k)
-    for part in parts:
+        measures = list(part.getElementsByClass(stream.Measure))
+        offsets = [float(m.offset) for m in measures]
+        key_at = [None] * len(measures)  # the music21 key each measure starts under
+        for ks in keys:
+            index = _measure_index(offsets, ks.beat)
+            if index is not None:
+                key_at[index] = _music21_key(ks.key_number)
+        for ts in meters:
+            index = _measure_index(offsets, ts.beat)
+            if index is not None:  # a later change for the same bar line replaces an earlier
+                for old in measures[index].getElementsByClass(meter.TimeSignature):
+                    measures[index].remove(old)
+                measures[index].insert(0, meter.TimeSignature(f"{ts.numerator}/{ts.denominator}"))
+        measures[0].insert(0, part_clef)
+        k = key_at[0] = key_at[0] or _music21_key(keys[0].key_number)
         past: list = []
-        for measure in part.getElementsByClass(stream.Measure):
+        for measure, change in zip(measures, key_at, strict=True):
+            if change is not None and (change is key_at[0] or change.sharps != k.sharps):
+                measure.insert(0, change)
+            k = change or k
+            _respell(measure.recurse().notes, k)
             stream.makeNotation.makeAccidentalsInMeasureStream(
                 measure, pitchPastMeasure=past, useKeySignature=k, overrideStatus=True
             )
@@ -226,13 +286,17 @@ def write_musicxml(
     time_signature: tuple[int, int] = (4, 4),
     key_number: int | None = None,
     one_voice_per_hand: bool = True,
+    time_signatures: Sequence[TimeSignature] = (),
+    key_signatures: Sequence[KeySignature] = (),
 ) -> int:
-    """Writes a grand-staff MusicXML score; returns the key number used (estimated if None)."""
+    """Writes a grand-staff MusicXML score; returns the opening key number (estimated if None).
+    Time and key signatures as `build_score` takes them."""
     if key_number is None:
         key_number, _ = estimate_key(notes)
     score = build_score(
         notes, title=title, qpm=qpm, time_signature=time_signature, key_number=key_number,
-        one_voice_per_hand=one_voice_per_hand,
+        one_voice_per_hand=one_voice_per_hand, time_signatures=time_signatures,
+        key_signatures=key_signatures,
     )  # fmt: skip
     atomic.write_bytes(path, GeneralObjectExporter(score).parse())
     return key_number

@@ -12,6 +12,15 @@ from jaxcomposer.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.grammar import Grammar
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
 
+# Keys of the counts `Tokenizer.encode_counted` returns. Notes the tokens cannot hold at all:
+LOST_NOTE_COUNTS = (
+    "merged_on_grid_notes",  # one pitch struck twice on one grid step: one note is kept
+    "merged_in_roll_notes",  # frame without onset marks: same-pitch notes that overlap or touch
+    "merged_pitch_class_notes",  # chord: chord notes of one pitch class (octave doublings)
+)
+# Notes the tokens hold, but shortened:
+SHORTENED_NOTE_COUNTS = ("duration_capped_notes",)  # longer than max_duration_steps
+
 
 class EncodingError(ValueError):
     """A piece holds a value the vocabulary cannot express (the message says which and where)."""
@@ -63,8 +72,11 @@ class Tokenizer(abc.ABC):
     def _build_grammar(self) -> Grammar: ...
 
     @abc.abstractmethod
-    def encode(self, piece: Piece) -> np.ndarray:
-        """Piece -> int32 tokens, without BOS/EOS. Raises EncodingError for impossible values."""
+    def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
+        """Piece -> (int32 tokens without BOS/EOS, counts of the notes the tokens cannot hold
+        as they are, by reason: keys from LOST_NOTE_COUNTS and SHORTENED_NOTE_COUNTS, every
+        key this tokenizer can lose by, zeros included). Raises EncodingError for impossible
+        values."""
 
     @abc.abstractmethod
     def _decode_body(self, tokens: np.ndarray, accepted: np.ndarray) -> Decoded:
@@ -86,6 +98,10 @@ class Tokenizer(abc.ABC):
     @property
     def num_pitches(self) -> int:
         return self.config.pitch_max - self.config.pitch_min + 1
+
+    def encode(self, piece: Piece) -> np.ndarray:
+        """Piece -> int32 tokens, without BOS/EOS. Raises EncodingError for impossible values."""
+        return self.encode_counted(piece)[0]
 
     def decode(self, tokens: np.ndarray) -> Decoded:
         """Never raises. Drops leading BOS and PAD, stops at EOS; counts what it could not use."""

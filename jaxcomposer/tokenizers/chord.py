@@ -26,7 +26,12 @@ import numpy as np
 
 from jaxcomposer.notes import Notes, Piece
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer
-from jaxcomposer.tokenizers.common import checked_grid, notes_from_steps, shift_pitch_index
+from jaxcomposer.tokenizers.common import (
+    checked_grid,
+    notes_from_steps,
+    same_onset_repeats,
+    shift_pitch_index,
+)
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
 
@@ -108,8 +113,11 @@ class ChordTokenizer(Tokenizer):
         return b.build("GROUP")
 
     # --- encoding ----------------------------------------------------------------------------
-    def _groups(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per onset group, ascending: (lowest pitch, highest pitch, pc mask, longest steps)."""
+    def _groups(
+        self, piece: Piece
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+        """Per onset group, ascending: (lowest pitch, highest pitch, pc mask, longest steps);
+        plus the counts of notes the groups cannot hold."""
         pitch, q_start, q_end = checked_grid(self, piece)
         order = np.argsort(q_start, kind="stable")
         q_sorted = q_start[order]
@@ -119,10 +127,26 @@ class ChordTokenizer(Tokenizer):
         high = np.maximum.reduceat(p, first) if first.size else p[:0]
         mask = np.bitwise_or.reduceat(np.left_shift(1, p % 12), first) if first.size else p[:0]
         longest = np.maximum.reduceat((q_end - q_start)[order], first) if first.size else p[:0]
-        return low, high, mask, longest
+        return low, high, mask, longest, self._losses(pitch, q_start, q_end, low, high, mask)
 
-    def encode(self, piece: Piece) -> np.ndarray:
-        low, high, mask, longest = self._groups(piece)
+    def _losses(self, pitch, q_start, q_end, low, high, mask: np.ndarray) -> dict[str, int]:
+        """A group holds one pitch, or one note per pitch class of its chord: repeats of a pitch
+        on its onset are merged on the grid, further pitches of a class in a chord (octave
+        doublings) are merged into the class."""
+        on_grid = same_onset_repeats(pitch, q_start)
+        classes = np.array([bin(m).count("1") for m in mask.tolist()], np.int64)
+        held = int(np.where(low == high, 1, classes).sum())
+        losses = {
+            "merged_on_grid_notes": on_grid,
+            "merged_pitch_class_notes": int(pitch.size - on_grid - held),
+        }
+        if self.config.chord_durations:
+            capped = (q_end - q_start) > self.config.max_duration_steps
+            losses["duration_capped_notes"] = int(capped.sum())
+        return losses
+
+    def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
+        low, high, mask, longest, losses = self._groups(piece)
         _, _, index_of_mask = chord_table()
         group_tokens = np.where(
             low == high,
@@ -130,15 +154,16 @@ class ChordTokenizer(Tokenizer):
             self.vocab.offset("CHORD") + index_of_mask[mask],
         )
         if not self.config.chord_durations:
-            return group_tokens.astype(np.int32)
+            return group_tokens.astype(np.int32), losses
         d = np.clip(longest, 1, self.config.max_duration_steps)
         duration_tokens = self.vocab.offset("DURATION") + d - 1
-        return np.stack([group_tokens, duration_tokens], axis=1).reshape(-1).astype(np.int32)
+        tokens = np.stack([group_tokens, duration_tokens], axis=1).reshape(-1).astype(np.int32)
+        return tokens, losses
 
     def quantize(self, piece: Piece) -> Notes:
         """Group k at k*chord_step_beats; pitch classes of chords put in octave 4 (doubled)."""
         c = self.config
-        low, high, mask, longest = self._groups(piece)
+        low, high, mask, longest, _ = self._groups(piece)
         pitches, group_of = [], []
         for k, (lo, hi, m) in enumerate(
             zip(low.tolist(), high.tolist(), mask.tolist(), strict=True)

@@ -31,6 +31,12 @@ def checked_grid(tokenizer: Tokenizer, piece: Piece) -> tuple[np.ndarray, np.nda
     return pitch, q_start, q_end
 
 
+def same_onset_repeats(pitch: np.ndarray, q_start: np.ndarray) -> int:
+    """Notes beyond the first of each (pitch, grid onset): what one note per onset must drop."""
+    keys = q_start.astype(np.int64) * 128 + pitch  # pitch < 128 after the range check
+    return int(keys.size - np.unique(keys).size)
+
+
 def notes_from_steps(
     pitch: np.ndarray,
     start_steps: np.ndarray,

@@ -109,12 +109,15 @@ class EventTokenizer(Tokenizer):
         return b.build("BEGIN")
 
     # --- encoding ----------------------------------------------------------------------------
-    def _notes(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _notes(
+        self, piece: Piece
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """(pitch, onset step, capped duration steps, velocity bin), one note per (onset, pitch),
-        sorted by onset then pitch."""
+        sorted by onset then pitch; plus the counts of notes merged and durations capped."""
         c = self.config
         pitch, q_start, q_end = checked_grid(self, piece)
-        duration = np.minimum(q_end - q_start, c.max_duration_steps)
+        length = q_end - q_start
+        duration = np.minimum(length, c.max_duration_steps)
         velocity = piece.notes.velocity.astype(np.int64)
         if c.num_velocity_bins:
             bad = (velocity < 0) | (velocity > 127)
@@ -123,13 +126,17 @@ class EventTokenizer(Tokenizer):
                     f"{piece.name}: velocity {int(velocity[bad][0])} is not in 0-127"
                 )
         order = np.lexsort((-velocity, -duration, pitch, q_start))
-        pitch, q_start, duration, velocity = (
-            x[order] for x in (pitch, q_start, duration, velocity)
+        pitch, q_start, duration, velocity, length = (
+            x[order] for x in (pitch, q_start, duration, velocity, length)
         )
         keep = np.ones(order.size, bool)
         keep[1:] = (pitch[1:] != pitch[:-1]) | (q_start[1:] != q_start[:-1])
         vbin = velocity * c.num_velocity_bins // 128  # all 0 (and unused) without bins
-        return pitch[keep], q_start[keep], duration[keep], vbin[keep]
+        losses = {
+            "merged_on_grid_notes": int((~keep).sum()),
+            "duration_capped_notes": int((length[keep] > c.max_duration_steps).sum()),
+        }
+        return pitch[keep], q_start[keep], duration[keep], vbin[keep], losses
 
     def _meter_segments(self, piece: Piece, last_onset: int) -> list[tuple[int, tuple[int, int]]]:
         """[(first step, (numerator, denominator))] of each stretch of constant meter."""
@@ -179,11 +186,11 @@ class EventTokenizer(Tokenizer):
             meters.append(np.r_[self.meter_index[meter], np.full(count - 1, -1)])
         return np.concatenate(starts), np.concatenate(meters).astype(np.int64)
 
-    def encode(self, piece: Piece) -> np.ndarray:
+    def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
         v = self.vocab
-        pitch, onset, duration, vbin = self._notes(piece)
+        pitch, onset, duration, vbin, losses = self._notes(piece)
         if not onset.size:
-            return np.zeros(0, np.int32)
+            return np.zeros(0, np.int32), losses
         bar_start, bar_meter = self._bars(piece, int(onset[-1]))
         changes = bar_meter >= 0
         new_position = np.r_[True, onset[1:] != onset[:-1]]
@@ -205,12 +212,12 @@ class EventTokenizer(Tokenizer):
             np.concatenate([np.broadcast_to(np.asarray(part[i]), part[1].shape) for part in parts])
             for i in range(5)
         )
-        return ids[np.lexsort((slot, pitch_key, kind, step))].astype(np.int32)
+        return ids[np.lexsort((slot, pitch_key, kind, step))].astype(np.int32), losses
 
     def quantize(self, piece: Piece) -> Notes:
         """Grid onsets, capped durations, collapsed duplicates and binned velocities (no bars:
         onsets do not depend on the meter)."""
-        pitch, onset, duration, vbin = self._notes(piece)
+        pitch, onset, duration, vbin, _ = self._notes(piece)
         if self.config.num_velocity_bins:
             velocity = velocity_centres(self.config.num_velocity_bins)[vbin]
         else:

@@ -18,7 +18,12 @@ import numpy as np
 
 from jaxcomposer.notes import Notes, Piece
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer
-from jaxcomposer.tokenizers.common import checked_grid, notes_from_steps, shift_pitch_index
+from jaxcomposer.tokenizers.common import (
+    checked_grid,
+    notes_from_steps,
+    same_onset_repeats,
+    shift_pitch_index,
+)
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
 
@@ -56,26 +61,35 @@ class FrameTokenizer(Tokenizer):
         return b.build("FRAME_START")
 
     # --- encoding ----------------------------------------------------------------------------
-    def _cells(self, piece: Piece) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    def _cells(
+        self, piece: Piece
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
         """(frames, frame, column, struck) of every sounding (frame, pitch) cell, in token order
-        (by frame, then ascending pitch). Sparse, so the cost follows the notes, not the roll."""
+        (by frame, then ascending pitch), plus the counts of notes merged in the roll. Sparse,
+        so the cost follows the sounding cells, not the roll; notes of one pitch are united
+        into runs first, so a pile of overlapping notes costs no more than one."""
         pitch, q_start, q_end = checked_grid(self, piece)
         frames = int(q_end.max()) if q_end.size else 0
-        length = q_end - q_start
-        note_of = np.repeat(np.arange(length.size), length)
-        within = np.arange(note_of.size) - np.repeat(np.cumsum(length) - length, length)
-        frame = q_start[note_of] + within
-        column = pitch[note_of] - self.config.pitch_min
-        # Overlapping notes of one pitch unite: one cell per (frame, pitch); the lowest bit is 0
-        # where some note is struck, so after sorting the cell's first entry says whether it is.
-        keys = np.unique(((frame * self.num_pitches + column) << 1) | (within > 0))
-        first = np.ones(keys.size, bool)
-        first[1:] = (keys[1:] >> 1) != (keys[:-1] >> 1)
-        cell, struck = keys[first] >> 1, (keys[first] & 1) == 0
-        return frames, cell // self.num_pitches, cell % self.num_pitches, struck
+        run_pitch, run_start, run_end, joins = _runs(pitch, q_start, q_end)
+        if self.config.mark_onsets:
+            losses = {"merged_on_grid_notes": same_onset_repeats(pitch, q_start)}
+        else:
+            losses = {"merged_in_roll_notes": int(joins.sum())}
+        length = run_end - run_start
+        run_of = np.repeat(np.arange(length.size), length)
+        frame = (
+            run_start[run_of]
+            + np.arange(run_of.size)
+            - np.repeat(np.cumsum(length) - length, length)
+        )
+        column = run_pitch[run_of] - self.config.pitch_min
+        cell = np.sort(frame * self.num_pitches + column)  # runs of a pitch never share a cell
+        onsets = q_start * self.num_pitches + pitch - self.config.pitch_min
+        struck = np.isin(cell, onsets)
+        return frames, cell // self.num_pitches, cell % self.num_pitches, struck, losses
 
-    def encode(self, piece: Piece) -> np.ndarray:
-        frames, frame, column, struck = self._cells(piece)
+    def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
+        frames, frame, column, struck, losses = self._cells(piece)
         if self.config.mark_onsets:
             onset, hold = self.vocab.offset("ONSET"), self.vocab.offset("HOLD")
             pitch_tokens = np.where(struck, onset, hold) + column
@@ -87,7 +101,7 @@ class FrameTokenizer(Tokenizer):
         tokens[np.arange(pitch_tokens.size) + frame] = pitch_tokens
         per_frame = np.bincount(frame, minlength=frames)
         tokens[np.cumsum(per_frame) + np.arange(frames)] = self.vocab.token("FRAME_END")
-        return tokens
+        return tokens, losses
 
     def quantize(self, piece: Piece) -> Notes:
         """Per pitch: the union of the notes' steps, split at onsets when mark_onsets (a sweep
@@ -158,3 +172,26 @@ class FrameTokenizer(Tokenizer):
             moved = shift_pitch_index(index, shift, self.num_pitches)
             return None if moved is None else (name, moved)
         return name, index
+
+
+def _runs(
+    pitch: np.ndarray, q_start: np.ndarray, q_end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pitch, the maximal runs of steps its notes cover (notes that overlap or touch unite):
+    (run pitch, run start, run end) int64 (R,) sorted by pitch then start, and `joins` bool
+    (N,): whether each note, in that order, joined a run begun by an earlier note."""
+    order = np.lexsort((q_start, pitch))
+    p, s, e = pitch[order], q_start[order], q_end[order]
+    if not p.size:
+        return p, s, e, np.zeros(0, bool)
+    # The latest end among each pitch's notes so far (a running maximum per pitch, made one
+    # running maximum by lifting each pitch above the ones before it): a note joins the run
+    # when it starts by then.
+    group = np.cumsum(np.r_[False, p[1:] != p[:-1]])
+    lift = group * (int(e.max()) + 1)
+    reach = np.maximum.accumulate(e + lift) - lift
+    joins = np.zeros(p.size, bool)
+    joins[1:] = (p[1:] == p[:-1]) & (s[1:] <= reach[:-1])
+    first = np.flatnonzero(~joins)
+    last = np.r_[first[1:], p.size] - 1
+    return p[first], s[first], reach[last], joins
