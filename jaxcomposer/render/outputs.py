@@ -109,6 +109,7 @@ def render_sample(
     qpm: float = 100.0,
     time_signature: tuple[int, int] = (4, 4),
     sample_rate: int = 22050,
+    key_number: int | None = None,
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
@@ -116,10 +117,14 @@ def render_sample(
     png, wav, roll (paths relative to out_dir; None when that stage failed), synthesizer,
     seconds (per stage), errors (stage -> message)}. Never raises for a failing stage: a batch
     job reports the error and goes on; the failed stage's old output (if any) is removed.
+    `key_number` (pretty_midi numbering) sets the key signature; None = estimated from the notes.
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
-    key_number, key = score.estimate_key(notes)
+    if key_number is None:  # no requested key: the notes' estimate
+        key_number, key = score.estimate_key(notes)
+    else:
+        key = score.key_name(key_number)
     numerator, denominator = time_signature
     info: dict = dict(
         stem=stem, title=title, key=key, key_number=key_number, qpm=float(qpm),
