@@ -132,7 +132,9 @@ def token_beats(tokenizer, tokens: np.ndarray) -> np.ndarray:
     spb = c.steps_per_beat
     bar_id, pos_lo = v.token("BAR"), v.offset("POSITION")
     is_bar = tokens == bar_id
-    timesig = (tokens >= v.offset("TIMESIG")) & (tokens < v.offset("TIMESIG") + len(tokenizer.meters))
+    timesig = (tokens >= v.offset("TIMESIG")) & (
+        tokens < v.offset("TIMESIG") + len(tokenizer.meters)
+    )
     is_pos = (tokens >= pos_lo) & (tokens < pos_lo + tokenizer.positions)
     bar_index = np.cumsum(is_bar) - 1  # -1 before the first BAR
     meter_len = np.full(max(int(is_bar.sum()), 1), 4 * spb, np.int64)

@@ -70,7 +70,7 @@ def parse_key(text: str) -> int:
     letter alone means minor, the German/Baroque convention). Raises KeyNameError (one line,
     listing the accepted forms) for anything else."""
     raw = str(text).strip()
-    compact = raw.replace(" ", "").replace("-major", "major").replace("-minor", "minor")
+    compact = raw.replace(" ", "")
     if not compact or compact[0].lower() not in _LETTERS:
         raise KeyNameError(f"unknown key {raw!r}; {ACCEPTED_FORMS}")
     letter, rest = compact[0], compact[1:]

@@ -8,8 +8,8 @@ Calling convention, shared by every token model and by the sampler's step functi
 Feeding L=1 tokens one at a time with the returned carry gives the same logits as the whole
 sequence at once. `cond_BxLxC` is the paper's music-theory vector M, concatenated to every
 step's input ([X; M], section 8.3): a model built with `cond_dim` C > 0 reads it (zeros when
-not given, e.g. at init), one built with C = 0 ignores any it is given. Dropout and recurrent-dropout masks come from the 'dropout'
-rng stream (only when train=True).
+not given, e.g. at init), one built with C = 0 ignores any it is given. Dropout and
+recurrent-dropout masks come from the 'dropout' rng stream (only when train=True).
 """
 
 from __future__ import annotations

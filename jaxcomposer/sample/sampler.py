@@ -238,8 +238,7 @@ def key_inputs(tokenizer, ks: KeySettings, primers, schedules, styles=None) -> K
     styles_B = np.full(len(primers), -1, np.int32) if styles is None else np.asarray(styles)
     bar_BxP = np.stack([counter.bars(row) for row in primers])
     key_BxP = np.stack(
-        [conditioning.key_at_bar(bars_BxN, keys_BxN, bar_BxP[:, t]) for t in range(bar_BxP.shape[1])],
-        axis=1,
+        [conditioning.key_at_bar(bars_BxN, keys_BxN, bars) for bars in bar_BxP.T], axis=1
     )
     cond = conditioning.vector(ks.spec, key_BxP, np.broadcast_to(styles_B[:, None], key_BxP.shape))
     pcs, is_pitch = conditioning.pitch_class_of_tokens(tokenizer)
