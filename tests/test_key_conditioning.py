@@ -252,14 +252,12 @@ def test_strict_scale_never_leaves_the_key_and_decodes_with_zero_skips(name):
     counter = conditioning.bar_counter(tokenizer)
     in_scale = conditioning.in_scale_table(tokenizer)
     _, is_pitch = conditioning.pitch_class_of_tokens(tokenizer)
-    bars_BxN, keys_BxN = conditioning.schedule_arrays(schedules)
+    schedule_BxN = conditioning.schedule_arrays(schedules)
     pitches = 0
     for i, row in enumerate(rows):
         bar = counter.bars(row)
-        key_in_force = conditioning.key_at_bar(
-            np.repeat(bars_BxN[i : i + 1], row.size, 0), np.repeat(keys_BxN[i : i + 1], row.size, 0),
-            bar,
-        )  # fmt: skip
+        sched_bars, sched_keys = (np.repeat(a[i : i + 1], row.size, 0) for a in schedule_BxN)
+        key_in_force = conditioning.key_at_bar(sched_bars, sched_keys, bar)
         # The mask for token t uses the key of input t - 1.
         assert in_scale[key_in_force[:-1], row[1:]].all()
         assert tokenizer.decode(row).skipped == 0
