@@ -25,7 +25,8 @@ def _window(
     variables, carry, inputs_BxL, targets_BxL, states_BxL, next_state_SxV, cond_BxLxC=None, *,
     step_fn,
 ):  # fmt: skip
-    logits, carry = step_fn(variables, inputs_BxL, carry, cond_BxLxC)
+    extra = () if cond_BxLxC is None else (cond_BxLxC,)  # step functions without M take 3
+    logits, carry = step_fn(variables, inputs_BxL, carry, *extra)
     allowed = None if next_state_SxV is None else allowed_tokens(next_state_SxV, states_BxL)
     nll, correct, _ = masked_token_nll(logits, targets_BxL, allowed)
     return carry, nll, correct
