@@ -186,6 +186,8 @@ CHOICES = {
     "train.optimizer": ("adamw", "rmsprop"),
     "train.lr_schedule": ("cosine", "constant"),
     "sample.decoder": ("argmax", "temperature"),
+    "model.condition": ("none", "key", "key+style"),
+    "sample.scale": ("off", "soft", "strict"),
 }
 _AT_LEAST = {  # field: smallest allowed value
     "data.num_workers": 0, "data.max_tracks": 1, "data.max_notes": 1, "data.max_pieces": 0,
@@ -198,6 +200,7 @@ _AT_LEAST = {  # field: smallest allowed value
     "train.checkpoint_every": 1, "train.keep_best": 0, "train.log_every": 1,
     "train.max_wall_seconds": 0, "sample.top_k": 0, "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
+    "sample.scale_penalty": 0,
 }  # fmt: skip
 _ABOVE = (  # fields that must be > 0
     "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "train.learning_rate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxcomposer.errors import UsageError
 from jaxcomposer.notes import Notes
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
@@ -59,7 +60,7 @@ MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 MINOR_SCALE = (0, 2, 3, 5, 7, 8, 9, 10, 11)
 
 
-class KeyNameError(ValueError):
+class KeyNameError(UsageError):
     """A key name or schedule that cannot be read (the message lists the accepted forms)."""
 
 

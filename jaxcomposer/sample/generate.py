@@ -200,7 +200,7 @@ def plan_keys(
     """Each sample's key schedule: `sample.key` (one schedule, or several separated by ';' used
     in turn, e.g. "C major;A minor"), else the primer's estimated key, else a key drawn from the
     training pieces' keys (manifest). Bars count from the start of the primer. Raises
-    keys.KeyNameError for a bad name and ValueError for an unknown style."""
+    keys.KeyNameError for a bad name and UsageError for an unknown style."""
     rng = np.random.default_rng([seed, 9])
     n = sample.num_samples
     if sample.key.strip():
@@ -222,7 +222,7 @@ def plan_keys(
     styles = [-1] * n
     if spec.uses_style:
         if sample.style and sample.style not in spec.styles:
-            raise ValueError(f"unknown style {sample.style!r}; the model knows {list(spec.styles)}")
+            raise UsageError(f"unknown style {sample.style!r}; the model knows {list(spec.styles)}")
         styles = [
             spec.styles.index(sample.style) if sample.style else int(rng.integers(len(spec.styles)))
             for _ in range(n)
