@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.min_qpm = 1.0  # quarter notes per minute
     c.data.max_qpm = 2_000.0
     c.data.max_pieces = 0  # 0 = all files
+    c.data.key_labels_csv = ""  # CSV rows `file, key[, style]` override the key labels
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.name = "event"  # chord | frame | event
@@ -50,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.hoist_input_projection = True  # see model/lstm.py: measured faster on CPU
     c.model.dense_size = 256  # seed_replica only
     c.model.dtype = "float32"
+    c.model.condition = "none"  # none | key | key+style: [X; M] vector at every step
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
@@ -86,4 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.primer_tokens = 64  # tokens of primer
     c.sample.grammar_mask = True
     c.sample.checkpoint = "best"  # best | latest | step number
+    c.sample.key = ""  # "D minor" or "1:D minor,9:F major"; "" = primer's key or drawn
+    c.sample.style = ""  # key+style models: a training style; "" = drawn
+    c.sample.scale = "off"  # strict | soft | off
+    c.sample.scale_penalty = 3.0  # soft: nats subtracted from out-of-scale pitch logits
     return c

@@ -1,7 +1,8 @@
 """The README's main job: a small model trained for a few minutes on 2 CPU cores, then samples.
 
 Same recipe as default.py (event tokens, every-position loss, AdamW, warmup + cosine,
-transposition), smaller and shorter so a first run finishes quickly on a laptop.
+transposition), smaller and shorter so a first run finishes quickly on a laptop; conditioned on
+the key, with its four samples in two major and two minor keys.
 """
 
 import ml_collections
@@ -15,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.hidden_size = 256  # units per layer
     c.model.num_layers = 2
     c.model.dropout = 0.1  # rate
+    c.model.condition = "key"  # the paper's [X; M]: the key vector at every step
     c.train.batch_size = 32  # windows
     c.train.seq_len = 128  # tokens
     c.train.num_steps = 1500  # steps
@@ -27,4 +29,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.num_samples = 4
     c.sample.num_bars = 16  # bars per sample
     c.sample.top_p = 0.9
+    c.sample.key = "C major;A minor;Eb major;E minor"  # one key per sample, in turn
     return c

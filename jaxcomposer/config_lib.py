@@ -32,6 +32,7 @@ class DataConfig:
     min_qpm: float  # tempo events outside [min_qpm, max_qpm] mark a file absurd
     max_qpm: float
     max_pieces: int  # 0 = all; otherwise the first N files by sorted name (smoke runs)
+    key_labels_csv: str = ""  # CSV of `file name, key[, style]` overriding the key labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ModelConfig:
     hoist_input_projection: bool  # one matmul for all steps' x @ W_x outside the scan
     dense_size: int  # seed_replica: width of the Dense(256) head layer
     dtype: str  # compute dtype: "float32" | "bfloat16" (params stay float32)
+    condition: str = "none"  # [X; M] vector: "none" | "key" | "key+style" (conditioning.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,10 @@ class SampleConfig:
     primer_tokens: int  # primer length taken from a MIDI file or the validation data
     grammar_mask: bool  # forbid tokens that cannot come next
     checkpoint: str  # "best" | "latest" | a step number
+    key: str = ""  # "D minor" or a schedule "1:D minor,9:F major"; "" = primer's or drawn
+    style: str = ""  # a style name of the training set (key+style models); "" = drawn
+    scale: str = "off"  # "strict" | "soft" | "off": out-of-scale pitch tokens masked/penalized
+    scale_penalty: float = 3.0  # soft: nats subtracted from out-of-scale logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +186,8 @@ CHOICES = {
     "train.optimizer": ("adamw", "rmsprop"),
     "train.lr_schedule": ("cosine", "constant"),
     "sample.decoder": ("argmax", "temperature"),
+    "model.condition": ("none", "key", "key+style"),
+    "sample.scale": ("off", "soft", "strict"),
 }
 _AT_LEAST = {  # field: smallest allowed value
     "data.num_workers": 0, "data.max_tracks": 1, "data.max_notes": 1, "data.max_pieces": 0,
@@ -193,9 +201,11 @@ _AT_LEAST = {  # field: smallest allowed value
     "train.max_wall_seconds": 0, "train.learning_rate": 0, "sample.top_k": 0,
     "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
+    "sample.scale_penalty": 0,
 }  # fmt: skip
 _ABOVE = (  # fields that must be > 0
-    "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "sample.temperature", "sample.repetition_penalty",
+    "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "sample.temperature",
+    "sample.repetition_penalty",
 )  # fmt: skip
 _FRACTIONS = ("data.valid_fraction", "model.dropout", "model.recurrent_dropout")  # in [0, 1)
 

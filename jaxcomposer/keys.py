@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxcomposer.errors import UsageError
 from jaxcomposer.notes import Notes
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
@@ -37,15 +38,106 @@ def estimate_key(notes: Notes) -> tuple[int, str]:
     weights = pitch_class_weights(notes)
     if np.ptp(weights) == 0:
         return 0, key_name(0)
-    # profiles_24x12[k]: key k's profile rotated so that its tonic rating sits at pitch class k%12.
+    correlation_24 = key_correlations(weights)
+    best = int(np.argmax(correlation_24))
+    return best, key_name(best)
+
+
+# --- names people write --------------------------------------------------------------------
+_LETTERS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+_MODE_WORDS = {
+    "major": 0, "maj": 0, "ma": 0, "dur": 0, "": None,
+    "minor": 1, "min": 1, "mi": 1, "m": 1, "moll": 1,
+}  # fmt: skip
+ACCEPTED_FORMS = (
+    'accepted forms: "D minor", "F# major", "Bb minor", "Eb", "Dm", "D min", "d" (lower case '
+    "letter alone = minor), sharps as # and flats as b or -, with major/maj/minor/min/m"
+)
+NUM_KEYS = 24
+# Scale pitch classes above the tonic. Minor admits its natural, harmonic and melodic forms
+# (b6/6, b7/7), so a minor key allows 9 of the 12 classes.
+MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
+MINOR_SCALE = (0, 2, 3, 5, 7, 8, 9, 10, 11)
+
+
+class KeyNameError(UsageError):
+    """A key name or schedule that cannot be read (the message lists the accepted forms)."""
+
+
+def parse_key(text: str) -> int:
+    """A key name as people write it -> pretty_midi key number (0-11 major, 12-23 minor).
+
+    "D minor", "d minor", "Dm", "D min", "F# major", "Bb minor", "Eb" (major), "d" (a lower-case
+    letter alone means minor, the German/Baroque convention). Raises KeyNameError (one line,
+    listing the accepted forms) for anything else."""
+    raw = str(text).strip()
+    compact = raw.replace(" ", "")
+    if not compact or compact[0].lower() not in _LETTERS:
+        raise KeyNameError(f"unknown key {raw!r}; {ACCEPTED_FORMS}")
+    letter, rest = compact[0], compact[1:]
+    tonic = _LETTERS[letter.lower()]
+    while rest[:1] in ("#", "b", "-", "♯", "♭"):
+        tonic += 1 if rest[0] in "#♯" else -1
+        rest = rest[1:]
+    mode_word = rest.lower() if rest != "M" else "major"
+    if mode_word not in _MODE_WORDS:
+        raise KeyNameError(f"unknown key {raw!r}; {ACCEPTED_FORMS}")
+    mode = _MODE_WORDS[mode_word]
+    if mode is None:
+        mode = 1 if letter.islower() else 0
+    return tonic % 12 + 12 * mode
+
+
+def parse_key_schedule(text: str) -> list[tuple[int, int]]:
+    """'D minor' or '1:D minor,9:F major' -> [(first bar, key number)], sorted, first bar 1.
+
+    Bars count from 1. A single key without a bar number holds from bar 1. Raises KeyNameError
+    naming the bad part."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise KeyNameError(f"empty key schedule {text!r}; give e.g. 'D minor' or '1:D minor,9:F'")
+    schedule = []
+    for part in parts:
+        bar_text, sep, name = part.partition(":")
+        if not sep:
+            bar_text, name = "1", part
+        if not bar_text.strip().isdigit() or int(bar_text) < 1:
+            raise KeyNameError(f"key schedule {text!r}: bar {bar_text!r} is not a number >= 1")
+        schedule.append((int(bar_text), parse_key(name)))
+    schedule.sort()
+    bars = [b for b, _ in schedule]
+    if len(set(bars)) != len(bars):
+        raise KeyNameError(f"key schedule {text!r}: a bar is given twice")
+    if bars[0] != 1:
+        schedule.insert(0, (1, schedule[0][1]))  # the first key also holds before its bar
+    return schedule
+
+
+def scale_pitch_classes(key_number: int) -> np.ndarray:
+    """bool[12]: the pitch classes of the key's scale (minor: natural + harmonic + melodic)."""
+    tonic, minor = key_number % 12, key_number >= 12
+    out = np.zeros(12, bool)
+    out[(tonic + np.asarray(MINOR_SCALE if minor else MAJOR_SCALE)) % 12] = True
+    return out
+
+
+def key_correlations(weights_12: np.ndarray) -> np.ndarray:
+    """float64[24]: Krumhansl-Schmuckler correlation of pitch-class weights with each key's
+    profile (pretty_midi numbering); zeros when the weights are flat (nothing to correlate)."""
+    weights = np.asarray(weights_12, np.float64)
+    if np.ptp(weights) == 0:
+        return np.zeros(24)
     profiles_24x12 = np.stack(
         [np.roll(_MAJOR_PROFILE, t) for t in range(12)]
         + [np.roll(_MINOR_PROFILE, t) for t in range(12)]
     )
     centred_p = profiles_24x12 - profiles_24x12.mean(axis=1, keepdims=True)
     centred_w = weights - weights.mean()
-    correlation_24 = (centred_p @ centred_w) / (
-        np.linalg.norm(centred_p, axis=1) * np.linalg.norm(centred_w)
-    )
-    best = int(np.argmax(correlation_24))
-    return best, key_name(best)
+    return (centred_p @ centred_w) / (np.linalg.norm(centred_p, axis=1) * np.linalg.norm(centred_w))
+
+
+def transpose_key(key_number, shift):
+    """Key number(s) moved by `shift` semitones (mode kept); negative labels (none) stay."""
+    key_number = np.asarray(key_number)
+    moved = (key_number % 12 + shift) % 12 + 12 * (key_number >= 12)
+    return np.where(key_number < 0, key_number, moved).astype(key_number.dtype)

@@ -57,6 +57,14 @@ flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = off).")
 flags.DEFINE_float("top_p", None, "Nucleus: smallest set with this much probability (1 = off).")
 flags.DEFINE_float("repetition_penalty", None, "> 1 discourages tokens already generated.")
 flags.DEFINE_string("checkpoint", None, "best | latest | a step number.")
+flags.DEFINE_string(
+    "key", None,
+    'Key, e.g. "D minor", "F# major", "Bb minor", "Dm"; a schedule "1:D minor,9:F major" (bars); '
+    "';' between keys gives each sample the next one.",
+)  # fmt: skip
+flags.DEFINE_string("style", None, "Style (a training sub-folder) for key+style models.")
+flags.DEFINE_enum("scale", None, ["strict", "soft", "off"], "Out-of-scale pitches: mask/penalize.")
+flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-scale logits.")
 # Evaluation.
 flags.DEFINE_string("eval_dir", None, "Evaluate on this MIDI folder instead of the valid split.")
 flags.DEFINE_string("samples", None, "Compare the MIDI files in this folder with real pieces.")
@@ -78,6 +86,10 @@ _SAMPLE_FLAGS = (
     "top_p",
     "repetition_penalty",
     "checkpoint",
+    "key",
+    "style",
+    "scale",
+    "scale_penalty",
 )
 
 

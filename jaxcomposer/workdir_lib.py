@@ -83,6 +83,23 @@ def is_prepared(workdir: str) -> bool:
     return os.path.exists(os.path.join(data_dir(workdir), "manifest.json"))
 
 
+def cond_spec(workdir: str, config: Config):
+    """The conditioning.Spec of a run: config.model.condition with the style names the data
+    was prepared with (manifest.json "styles"; none in older workdirs)."""
+    import json
+
+    from jaxcomposer.conditioning import Spec
+
+    styles: tuple[str, ...] = ()
+    if config.model.condition == "key+style":
+        try:
+            with open(os.path.join(data_dir(workdir), "manifest.json"), encoding="utf-8") as f:
+                styles = tuple(json.load(f).get("styles") or ())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{workdir}: cannot read the prepared style names ({e})") from e
+    return Spec(config.model.condition, styles)
+
+
 def checkpoint_steps(workdir: str) -> list[int]:
     """Steps of the finished checkpoints on disk (orbax's unfinished `*.orbax-checkpoint-tmp*`
     folders are not checkpoints), without starting orbax."""
@@ -438,6 +455,7 @@ class Restored:
     model: Any  # flax.linen.Module: build_model(config.model, vocab size)
     variables: dict  # {'params': ..., maybe 'batch_stats': ...}, ready for `model.apply`
     step: int  # the restored checkpoint's step
+    spec: Any = None  # conditioning.Spec: what the model's [X; M] vector holds
 
     @property
     def vocab(self) -> Vocab:
@@ -466,7 +484,8 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     config = load_config(workdir)
     tokenizer = get_tokenizer(config.tokenizer)
     load_vocab(workdir, tokenizer)
-    model = build_model(config.model, tokenizer.vocab.size)
+    spec = cond_spec(workdir, config)
+    model = build_model(config.model, tokenizer.vocab.size, spec.dim)
     manager = make_manager(workdir, config.train.keep_best, read_only=True)
     try:
         step = choose_step(manager, which)
@@ -490,4 +509,4 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
-    return Restored(config, tokenizer, model, variables, step)
+    return Restored(config, tokenizer, model, variables, step, spec)

@@ -206,10 +206,10 @@ def test_interrupted_prepare_keeps_the_previous_dataset(tmp_path, midi_dir, monk
 
     real_save = dataset._save_split
 
-    def crash_on_valid(path, results):
+    def crash_on_valid(path, results, *rest):
         if path.endswith("valid.npz"):
             raise KeyboardInterrupt
-        real_save(path, results)
+        real_save(path, results, *rest)
 
     monkeypatch.setattr(dataset, "_save_split", crash_on_valid)
     frame = config_lib.replace(config, tokenizer={"name": "frame"})

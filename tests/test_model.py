@@ -28,7 +28,7 @@ def _tokens(seed, batch=B, length=L):
 @pytest.fixture(scope="module")
 def lm():
     config = _model_config(layer_norm=True, tie_embeddings=True, dropout=0.3)
-    model = build_model(config, V)
+    model = build_model(config, V, cond_dim=C)  # reads a C-wide [X; M] vector
     cond = jnp.zeros((B, L, C))
     params = jax.jit(model.init)(jax.random.key(0), _tokens(0), cond_BxLxC=cond)["params"]
     apply = jax.jit(lambda p, t, carry, cond: model.apply({"params": p}, t, carry, cond_BxLxC=cond))

@@ -1,7 +1,10 @@
 """`--mode=prepare`: a MIDI folder (or the embedded Bach chorales) -> token arrays in a workdir.
 
   <workdir>/data/{train,valid}.npz   tokens int32 (T,) = pieces as [BOS, ...tokens..., EOS]
-                                     concatenated; offsets int64 (P+1,); names str (P,)
+                                     concatenated; offsets int64 (P+1,); names str (P,);
+                                     keys int8 (T,): key in force at each token (BOS/EOS take
+                                     the piece's first/last); styles int8 (T,): style index or -1
+                                     (absent in workdirs prepared before labels: unconditional)
   <workdir>/data/manifest.json       every file: split, counts, or the reason it was skipped
   <workdir>/vocab.json, config.json
 
@@ -26,8 +29,9 @@ from absl import logging
 
 from jaxcomposer import atomic, workdir_lib
 from jaxcomposer.config_lib import Config, DataConfig
-from jaxcomposer.data import corpus, ingest
+from jaxcomposer.data import corpus, ingest, labels
 from jaxcomposer.data.ingest import Encoded, Source, find_midi_files, fit_pitch_range
+from jaxcomposer.keys import key_name
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
 __all__ = [
@@ -59,6 +63,13 @@ class TokenSplit:
     tokens: np.ndarray  # int32 (T,): pieces as [BOS, ..., EOS], concatenated
     offsets: np.ndarray  # int64 (P+1,): piece i is tokens[offsets[i]:offsets[i+1]]
     names: np.ndarray  # str (P,)
+    keys: np.ndarray | None = None  # int8 (T,): pretty_midi key number per token; -1 unknown
+    styles: np.ndarray | None = None  # int8 (T,): index into the manifest's styles; -1 none
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """The label tracks this split has ({} for an unlabelled, older dataset)."""
+        return {k: v for k, v in (("keys", self.keys), ("styles", self.styles)) if v is not None}
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
@@ -71,16 +82,30 @@ class TokenSplit:
         return (self.piece(i) for i in range(len(self)))
 
     @staticmethod
-    def from_pieces(names: list[str], bodies: list[np.ndarray]) -> TokenSplit:
-        """Pieces' tokens without BOS/EOS -> one split (each wrapped in BOS ... EOS)."""
+    def from_pieces(
+        names: list[str],
+        bodies: list[np.ndarray],
+        keys: list[np.ndarray] | None = None,
+        styles: list[int] | None = None,
+    ) -> TokenSplit:
+        """Pieces' tokens without BOS/EOS -> one split (each wrapped in BOS ... EOS), with the
+        per-token key labels of each body and one style index per piece when given."""
         lengths = np.array([len(b) + 2 for b in bodies], np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         tokens = np.empty(int(offsets[-1]), np.int32)
-        for body, start, end in zip(bodies, offsets[:-1], offsets[1:], strict=True):
+        key_track = None if keys is None else np.full(tokens.size, -1, np.int8)
+        style_track = None if styles is None else np.full(tokens.size, -1, np.int8)
+        for i, (body, start, end) in enumerate(zip(bodies, offsets[:-1], offsets[1:], strict=True)):
             tokens[start] = BOS
             tokens[start + 1 : end - 1] = body
             tokens[end - 1] = EOS
-        return TokenSplit(tokens, offsets, np.array(names, dtype=str).reshape(-1))
+            if key_track is not None and len(body):
+                key_track[start + 1 : end - 1] = keys[i]
+                key_track[start], key_track[end - 1] = keys[i][0], keys[i][-1]
+            if style_track is not None:
+                style_track[start:end] = styles[i]
+        names_array = np.array(names, dtype=str).reshape(-1)
+        return TokenSplit(tokens, offsets, names_array, key_track, style_track)
 
 
 def valid_hash(name: str) -> float:
@@ -135,18 +160,52 @@ def prepare(
             f"no usable pieces in {root}: {len(skipped)} of {len(results)} file(s) skipped"
             f"{_top_reasons_text(skipped)}"
         )
+    usable, styles = _apply_labels(data, usable, tokenizer)
     manifest = _manifest(config, root, usable, splits, skipped, run, tokenizer.vocab.to_json())
+    manifest["styles"] = list(styles)
     manifest["timing"]["seconds"] = round(time.perf_counter() - started, 4)
     with atomic.atomic_dir(workdir_lib.data_dir(workdir)) as tmp:
         for split in SPLITS:
             chosen = [r for r, s in zip(usable, splits, strict=True) if s == split]
-            _save_split(os.path.join(tmp, f"{split}.npz"), chosen)
+            _save_split(os.path.join(tmp, f"{split}.npz"), chosen, styles)
         atomic.write_json(os.path.join(tmp, "manifest.json"), manifest)
     moved = workdir_lib.record_prepared(workdir, config, tokenizer.vocab, overwrite=overwrite)
     if moved:
         manifest["replaced_checkpoints"] = moved
         logging.warning("moved the checkpoints of the old settings aside to %s", moved)
     return manifest
+
+
+def _apply_labels(data: DataConfig, usable: list[Encoded], tokenizer):
+    """CSV overrides of the key (and style) labels, and the style names (() when off)."""
+    table = {}
+    if data.key_labels_csv:
+        try:
+            table = labels.read_csv(data.key_labels_csv)
+        except labels.LabelError as e:
+            raise PrepareError(str(e)) from None
+    out, styles = [], []
+    for r in usable:
+        key, style = labels.csv_entry(table, r.name) or (None, None)
+        stats = dict(r.stats, style=style if style is not None else labels.style_of(r.name))
+        keys = r.keys
+        if key is not None:
+            keys = np.full(r.tokens.size, key, np.int8)
+            stats.update(key_source="csv", key_changes=0)
+        stats["key"] = _key_text(labels.main_key(keys)) if keys is not None else None
+        styles.append(stats["style"])
+        out.append(dataclasses.replace(r, stats=stats, keys=keys))
+    return out, labels.style_names(styles) if data.midi_dir or table else ()
+
+
+def _key_text(key_number: int) -> str | None:
+    return key_name(key_number) if key_number >= 0 else None
+
+
+def key_counts(manifest: dict, split: str = "train") -> dict[str, int]:
+    """{key name: pieces} of a split's main keys (the distribution keys are drawn from)."""
+    names = [f.get("key") for f in manifest["files"] if f["split"] == split]
+    return dict(collections.Counter(n for n in names if n).most_common())
 
 
 def encode_folder(
@@ -160,7 +219,9 @@ def encode_folder(
     tokenizer = get_tokenizer(config.tokenizer)
     results = ingest.encode_sources(config, sources, tokenizer, progress=progress).results
     usable = [r for r in results if not r.reason]
-    split = TokenSplit.from_pieces([r.name for r in usable], [r.tokens for r in usable])
+    split = TokenSplit.from_pieces(
+        [r.name for r in usable], [r.tokens for r in usable], [r.keys for r in usable]
+    )
     return split, [{"name": r.name, "reason": r.reason} for r in results if r.reason]
 
 
@@ -182,10 +243,19 @@ def _sources(folder: str, data: DataConfig) -> tuple[list[Source], str]:
     return sources, root
 
 
-def _save_split(path: str, results: list[Encoded]) -> None:
-    split = TokenSplit.from_pieces([r.name for r in results], [r.tokens for r in results])
+def _save_split(path: str, results: list[Encoded], styles: tuple[str, ...]) -> None:
+    index = {name: i for i, name in enumerate(styles)}
+    split = TokenSplit.from_pieces(
+        [r.name for r in results],
+        [r.tokens for r in results],
+        [r.keys for r in results],
+        [index.get(r.stats.get("style"), -1) for r in results],
+    )
     with open(path, "wb") as f:
-        np.savez(f, tokens=split.tokens, offsets=split.offsets, names=split.names)
+        np.savez(
+            f, tokens=split.tokens, offsets=split.offsets, names=split.names, keys=split.keys,
+            styles=split.styles,
+        )  # fmt: skip
 
 
 def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:
@@ -220,6 +290,8 @@ def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:
             "cache_hits": run.cache_hits,
             "cache_misses": run.cache_misses,
             **per_split,
+            "key_sources": dict(collections.Counter(f.get("key_source", "none") for f in files)),
+            "modulating_pieces": sum(1 for f in files if f.get("key_changes")),
         },
         "files": files,
         "skipped": [{"name": r.name, "reason": r.reason} for r in skipped],
@@ -264,6 +336,11 @@ def summarize(manifest: dict) -> str:
             lines.append(
                 f"{label}: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in t[key].items())
             )
+    if t.get("key_sources"):
+        sources = ", ".join(f"{n} {k}" for k, n in t["key_sources"].items())
+        lines.append(f"key labels: {sources} ({t.get('modulating_pieces', 0)} modulate)")
+    if manifest.get("styles"):
+        lines.append("styles: " + ", ".join(manifest["styles"]))
     if manifest["skipped"]:
         lines.append(
             "top skip reasons: "
@@ -287,7 +364,8 @@ def load_split(workdir: str, split: str) -> TokenSplit:
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
         with np.load(path, allow_pickle=False) as z:
-            result = TokenSplit(z["tokens"], z["offsets"], z["names"])
+            tracks = [z[k] if k in z.files else None for k in ("keys", "styles")]
+            result = TokenSplit(z["tokens"], z["offsets"], z["names"], *tracks)
         vocab_size = int(manifest["vocab"]["size"])
     except Exception as e:  # zip, json, key and dtype errors all mean the same thing here
         raise DatasetError(
@@ -317,6 +395,11 @@ def _inconsistency(s: TokenSplit, vocab_size: int) -> str:
         return f"token ids outside the vocabulary [0, {vocab_size})"
     if np.any(s.tokens[s.offsets[:-1]] != BOS) or np.any(s.tokens[s.offsets[1:] - 1] != EOS):
         return "a piece does not start with BOS and end with EOS"
+    for name, track in s.labels.items():
+        if track.shape != s.tokens.shape or track.min(initial=-1) < -1:
+            return f"the {name} labels do not match the tokens"
+    if s.keys is not None and s.keys.max(initial=-1) >= 24:
+        return "key labels outside 0..23"
     return ""
 
 

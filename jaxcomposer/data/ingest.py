@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from jaxcomposer import atomic
 from jaxcomposer.config_lib import Config, DataConfig, TokenizerConfig
-from jaxcomposer.data import corpus, midi_io
+from jaxcomposer.data import corpus, labels, midi_io
 from jaxcomposer.data.midi_io import MidiReadError
 from jaxcomposer.notes import Piece
 from jaxcomposer.tokenizers import EncodingError, Tokenizer
@@ -87,6 +87,7 @@ class Encoded:
     stats: dict  # counts from reading (notes, drops, beats, ...)
     reason: str  # why the file was skipped; "" when usable
     cached: bool
+    keys: np.ndarray | None = None  # int8 per token: key in force (data/labels.py); None = none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,19 +159,23 @@ def read_and_encode(
                 f"no notes within the pitch range "
                 f"[{tok.pitch_min}, {tok.pitch_max}] ({len(inside)} outside)",
             )
-        tokens, losses = tokenizer.encode_counted(_replace_notes(piece, piece.notes[inside]))
+        piece = _replace_notes(piece, piece.notes[inside])
+        tokens, losses = tokenizer.encode_counted(piece)
         stats.update(losses)
         # The notes the tokens hold: read, in range, and not lost in encoding.
         stats["notes"] = int(inside.sum()) - sum(losses.get(k, 0) for k in LOST_NOTE_COUNTS)
         if tokens.size == 0:
             raise EncodingError(f"{source.name}: the piece encodes to no tokens")
+        segments, stats["key_source"] = labels.key_segments(piece, source.kind)
+        key_labels = labels.token_labels(tokenizer, tokens, segments)
+        stats["key_changes"] = len(segments) - 1
     except MidiReadError as e:
         return Encoded(source.name, None, {}, e.reason, False), True
     except EncodingError as e:
         return Encoded(source.name, None, {}, str(e), False), True
     except Exception as e:  # a batch job reports the bad file and goes on; not cached
         return Encoded(source.name, None, {}, f"unexpected {type(e).__name__}: {e}", False), False
-    return Encoded(source.name, tokens.astype(np.int32), stats, "", False), True
+    return Encoded(source.name, tokens.astype(np.int32), stats, "", False, key_labels), True
 
 
 def _read_bytes(path: str) -> bytes:
@@ -289,7 +294,8 @@ def _fingerprint(config: Config, kind: str) -> str:
 def _code_hash() -> str:
     """Hash of the code that turns bytes into tokens: editing it invalidates the cache."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    names = ["notes.py"] + [f"data/{f}" for f in ("smf.py", "midi_io.py", "corpus.py", "ingest.py")]
+    names = ["notes.py", "keys.py", "conditioning.py"]
+    names += [f"data/{f}" for f in ("smf.py", "midi_io.py", "corpus.py", "ingest.py", "labels.py")]
     tokenizers = os.path.join(package, "tokenizers")
     names += sorted(f"tokenizers/{f}" for f in os.listdir(tokenizers) if f.endswith(".py"))
     digest = hashlib.sha256()
@@ -302,8 +308,9 @@ def _code_hash() -> str:
 def _store_entry(path: str, result: Encoded) -> None:
     meta = json.dumps({"stats": result.stats, "reason": result.reason})
     tokens = result.tokens if result.tokens is not None else np.zeros(0, np.int32)
+    keys = result.keys if result.keys is not None else np.zeros(0, np.int8)
     buffer = io.BytesIO()
-    np.savez(buffer, tokens=tokens, meta=np.array(meta))
+    np.savez(buffer, tokens=tokens, keys=keys, meta=np.array(meta))
     try:
         atomic.write_bytes(path, buffer.getvalue())
     except OSError as e:
@@ -316,9 +323,12 @@ def _load_entry(path: str, name: str) -> Encoded | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             tokens = z["tokens"].astype(np.int32)
+            keys = z["keys"].astype(np.int8)
             meta = json.loads(str(z["meta"]))
         reason = str(meta["reason"])
         stats = dict(meta["stats"])
     except Exception:  # a damaged entry is a miss; it is rewritten
         return None
-    return Encoded(name, None if reason else tokens, stats, reason, True)
+    if not reason and keys.shape != tokens.shape:
+        return None  # an entry from before key labels: a miss, rewritten
+    return Encoded(name, None if reason else tokens, stats, reason, True, None if reason else keys)

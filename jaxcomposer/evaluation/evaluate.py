@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxcomposer import atomic, workdir_lib
+from jaxcomposer import atomic, conditioning, workdir_lib
 from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.data.ingest import find_midi_files
 from jaxcomposer.errors import UsageError
@@ -66,9 +66,15 @@ def total(per_piece: dict[str, dict]) -> dict:
 
 
 def score_pieces(
-    workdir: str, names: list[str], pieces: list[np.ndarray], *, progress: bool = True
+    workdir: str,
+    names: list[str],
+    pieces: list[np.ndarray],
+    *,
+    progress: bool = True,
+    labels: list[dict[str, np.ndarray]] | None = None,
 ) -> dict:
-    """Loads the best checkpoint and scores pieces; returns {'pieces': {...}, 'overall': {...}}."""
+    """Loads the best checkpoint and scores pieces; returns {'pieces': {...}, 'overall': {...}}.
+    `labels[i]` ({'keys', 'styles'}: int per token) feed a conditioned model's [X; M]."""
     restored = workdir_lib.restore_for_inference(workdir, "best")
     config, tokenizer, variables = restored.config, restored.tokenizer, restored.variables
     step_fn = StepFunction(restored.model)
@@ -80,7 +86,10 @@ def score_pieces(
         scored = likelihood.sliding_window_nll(variables, step_fn, pieces, **kwargs)
     else:
         grammar = tokenizer.grammar if config.train.grammar_mask_loss else None
-        scored = likelihood.piece_token_nll(variables, step_fn, pieces, grammar=grammar, **kwargs)
+        conds = _conds(restored.spec, pieces, labels)
+        scored = likelihood.piece_token_nll(
+            variables, step_fn, pieces, grammar=grammar, conds=conds, **kwargs
+        )
     bar.close()
     per_piece = {
         name: piece_metrics(tokenizer, tokens, nll, correct)
@@ -92,6 +101,21 @@ def score_pieces(
         "overall": total(per_piece),
         "pieces": {name: finish(m) for name, m in per_piece.items()},
     }
+
+
+def _conds(spec, pieces, labels) -> list[np.ndarray] | None:
+    if not spec.dim:
+        return None
+    if not labels or any("keys" not in lab for lab in labels):
+        raise ValueError(
+            "the model is key-conditioned but the pieces have no key labels (a dataset prepared "
+            "before labels existed): run --mode=prepare again"
+        )
+    out = []
+    for piece, lab in zip(pieces, labels, strict=True):
+        styles = lab.get("styles", np.full(piece.size, -1))
+        out.append(conditioning.vector(spec, lab["keys"][:-1], styles[: piece.size - 1]))
+    return out
 
 
 def format_table(result: dict, limit: int = 12) -> str:
@@ -139,7 +163,11 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
     if skipped:
         logging.warning("--eval_dir %s: %d of %d files skipped (listed below and in the JSON)",
                         eval_dir, len(skipped), len(skipped) + len(pieces))  # fmt: skip
-    result = score_pieces(workdir, list(split.names), pieces, progress=progress)
+    labels = [
+        {name: track[a:b] for name, track in split.labels.items()}
+        for a, b in zip(split.offsets[:-1], split.offsets[1:], strict=True)
+    ]
+    result = score_pieces(workdir, list(split.names), pieces, progress=progress, labels=labels)
     result.update(data=eval_dir or "valid split", skipped=skipped)
     path = os.path.join(workdir, f"evaluation_{label}.json")
     atomic.write_json(path, result)

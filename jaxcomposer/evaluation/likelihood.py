@@ -21,8 +21,12 @@ from jaxcomposer.tokenizers.vocab import PAD
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn",))
-def _window(variables, carry, inputs_BxL, targets_BxL, states_BxL, next_state_SxV, *, step_fn):
-    logits, carry = step_fn(variables, inputs_BxL, carry)
+def _window(
+    variables, carry, inputs_BxL, targets_BxL, states_BxL, next_state_SxV, cond_BxLxC=None, *,
+    step_fn,
+):  # fmt: skip
+    extra = () if cond_BxLxC is None else (cond_BxLxC,)  # step functions without M take 3
+    logits, carry = step_fn(variables, inputs_BxL, carry, *extra)
     allowed = None if next_state_SxV is None else allowed_tokens(next_state_SxV, states_BxL)
     nll, correct, _ = masked_token_nll(logits, targets_BxL, allowed)
     return carry, nll, correct
@@ -43,9 +47,11 @@ def piece_token_nll(
     batch_size: int,
     grammar: Grammar | None = None,
     progress: Callable[[int], None] | None = None,
+    conds: list[np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each piece ([BOS, ..., EOS]) the NLL (nats) and correctness of each of its targets
-    tokens[1:], predicted from all tokens before it."""
+    tokens[1:], predicted from all tokens before it. `conds[i]` float32 (len - 1, C): the
+    [X; M] vector of each input token of piece i, for conditioned models."""
     next_state = None if grammar is None else jnp.asarray(grammar.next_state)
     results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pieces)
     for ids in _batches(pieces, batch_size):
@@ -54,7 +60,12 @@ def piece_token_nll(
         inputs = np.full((batch_size, length), PAD, np.int32)
         targets = np.full((batch_size, length), PAD, np.int32)
         states = np.zeros((batch_size, length), np.int32)
+        cond = None
+        if conds is not None:
+            cond = np.zeros((batch_size, length, conds[0].shape[-1]), np.float32)
         for row, i in enumerate(ids):
+            if cond is not None:
+                cond[row, : pieces[i].size - 1] = conds[i]
             body = pieces[i]
             inputs[row, : body.size - 1] = body[:-1]
             targets[row, : body.size - 1] = body[1:]
@@ -70,6 +81,7 @@ def piece_token_nll(
                 targets[:, cut],
                 states[:, cut],
                 next_state,
+                None if cond is None else cond[:, cut],
                 step_fn=step_fn,
             )
             nll_parts.append(np.asarray(nll))

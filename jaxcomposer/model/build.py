@@ -13,13 +13,16 @@ from jaxcomposer.model.baseline import KerasBaseline
 from jaxcomposer.model.lm import ComposerLM
 
 
-def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
-    """The model named by config.kind ("lstm" | "seed_replica")."""
+def build_model(config: ModelConfig, vocab_size: int, cond_dim: int = 0) -> nn.Module:
+    """The model named by config.kind ("lstm" | "seed_replica"); `cond_dim` > 0 (the lstm only)
+    makes it read a conditioning vector of that width at every step."""
     stack.compute_dtype(config)  # validates config.dtype early, with a clear message
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
     if config.kind == "lstm":
-        return ComposerLM(config, vocab_size)
+        return ComposerLM(config, vocab_size, cond_dim)
+    if cond_dim:
+        raise ValueError(f"model.condition needs model.kind 'lstm', got {config.kind!r}")
     if config.kind == "seed_replica":
         return KerasBaseline(config, vocab_size)
     raise ValueError(f"model.kind must be 'lstm' or 'seed_replica', got {config.kind!r}")
@@ -38,6 +41,12 @@ class StepFunction:
     model: nn.Module
 
     def __call__(
-        self, variables, tokens_BxL: jax.Array, carry: stack.Carry | None = None
+        self,
+        variables,
+        tokens_BxL: jax.Array,
+        carry: stack.Carry | None = None,
+        cond_BxLxC: jax.Array | None = None,
     ) -> tuple[jax.Array, stack.Carry]:
-        return self.model.apply(variables, tokens_BxL, carry, train=False)
+        if cond_BxLxC is None:
+            return self.model.apply(variables, tokens_BxL, carry, train=False)
+        return self.model.apply(variables, tokens_BxL, carry, train=False, cond_BxLxC=cond_BxLxC)

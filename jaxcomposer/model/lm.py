@@ -7,8 +7,9 @@ Calling convention, shared by every token model and by the sampler's step functi
 
 Feeding L=1 tokens one at a time with the returned carry gives the same logits as the whole
 sequence at once. `cond_BxLxC` is the paper's music-theory vector M, concatenated to every
-step's input ([X; M], section 8.3). Dropout and recurrent-dropout masks come from the 'dropout'
-rng stream (only when train=True).
+step's input ([X; M], section 8.3): a model built with `cond_dim` C > 0 reads it (zeros when
+not given, e.g. at init), one built with C = 0 ignores any it is given. Dropout and
+recurrent-dropout masks come from the 'dropout' rng stream (only when train=True).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ComposerLM(nn.Module):
 
     config: ModelConfig
     vocab_size: int
+    cond_dim: int = 0  # width of the conditioning vector M (conditioning.Spec.dim)
 
     def initial_carry(self, batch_size: int) -> stack.Carry:
         return stack.initial_carry(self.config, batch_size)
@@ -50,6 +52,14 @@ class ComposerLM(nn.Module):
         batch = tokens_BxL.shape[0]
         carry = stack.checked_carry(carry, config, batch)
         embed = nn.Embed(self.vocab_size, config.embed_dim, dtype=dtype, name="embed")
+        if self.cond_dim == 0:
+            cond_BxLxC = None  # an unconditioned model: the vector is not an input
+        elif cond_BxLxC is None:
+            cond_BxLxC = jnp.zeros((*tokens_BxL.shape, self.cond_dim), jnp.float32)
+        elif cond_BxLxC.shape[-1] != self.cond_dim:
+            raise ValueError(
+                f"cond_BxLxC has {cond_BxLxC.shape[-1]} features, the model reads {self.cond_dim}"
+            )
         stack.check_cond(tokens_BxL, cond_BxLxC)
         # The first layer gets lookups, so it can project the (V, E) table instead of B*L rows.
         x_LxBxD = TokenInputs(

@@ -140,6 +140,7 @@ def render_sample(
     sample_rate: int = 22050,
     time_signatures: Sequence[TimeSignature] = (),
     key_signatures: Sequence[KeySignature] = (),
+    key_number: int | None = None,
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
@@ -152,10 +153,12 @@ def render_sample(
     png, wav, roll (paths relative to out_dir; None when that stage failed), synthesizer,
     seconds (per stage), errors (stage -> message)}. Never raises for a failing stage: a batch
     job reports the error and goes on; the failed stage's old output (if any) is removed.
+    `key_number` (pretty_midi numbering) sets the key signature; None = estimated from the notes.
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
-    key_number, key = score.estimate_key(notes)
+    if key_number is None:  # no requested key: the notes' estimate
+        key_number, _ = score.estimate_key(notes)
     end = float(notes.end.max(initial=0.0))
     meters = score.meter_map(time_signature, time_signatures, end)
     keys = score.key_map(key_number, key_signatures, end)

@@ -16,12 +16,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, config_lib, workdir_lib
+from jaxcomposer import atomic, conditioning, config_lib, keys, workdir_lib
 from jaxcomposer.config_lib import Config, SampleConfig
 from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.errors import UsageError
 from jaxcomposer.model import StepFunction
-from jaxcomposer.notes import Notes
+from jaxcomposer.notes import KeySignature, Notes
 from jaxcomposer.render import gallery, outputs
 from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import BOS, EncodingError, Tokenizer, get_tokenizer
@@ -152,6 +152,23 @@ def end_beat(tokenizer: Tokenizer, primer: np.ndarray, row: np.ndarray, meters, 
     return float(lines[first + available]), available
 
 
+def key_changes(tokenizer: Tokenizer, row: np.ndarray, meters, schedule) -> tuple:
+    """The key changes of a [(first bar, key number)] schedule after its first entry, as
+    KeySignature events at the beats where those bars start (bars counted from the row's start,
+    as the sampler counts them); changes past the music are dropped by the renderer."""
+    if len(schedule) < 2:
+        return ()
+    if "BAR" in dict(tokenizer.vocab.ranges):
+        lines = event_bar_lines(tokenizer, row)
+    else:
+        lines = bar_lines(meters, tokenizer.decode(row).beats)
+    return tuple(
+        KeySignature(float(lines[bar - 1]), int(key))
+        for bar, key in schedule[1:]
+        if 0 < bar <= len(lines)
+    )
+
+
 def cut_at_beat(notes: Notes, end_beat: float) -> Notes:
     """Notes starting before `end_beat`, each ended by it at the latest."""
     kept = notes[notes.start < end_beat]
@@ -178,6 +195,72 @@ def steps_for_bars(
     return max(sample.num_steps, math.ceil((sample.num_bars + 1) * bar * per_beat * 1.5))
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyPlan:
+    """The key schedule (and style) of each sample, and where each came from."""
+
+    schedules: list[list[tuple[int, int]]]  # per sample: [(first bar, key number)]
+    sources: list[str]  # per sample: "requested" | "primer" | "drawn"
+    styles: list[int]  # per sample: style index, -1 = none
+    style_names: tuple[str, ...]
+
+    def describe(self, i: int) -> str:
+        schedule = self.schedules[i]
+        if len(schedule) == 1:
+            return keys.key_name(schedule[0][1])
+        return ",".join(f"{bar}:{keys.key_name(k)}" for bar, k in schedule)
+
+
+def plan_keys(
+    workdir: str, sample: SampleConfig, spec, primer_notes: list[Notes | None], seed: int
+) -> KeyPlan:
+    """Each sample's key schedule: `sample.key` (one schedule, or several separated by ';' used
+    in turn, e.g. "C major;A minor"), else the primer's estimated key, else a key drawn from the
+    training pieces' keys (manifest). Bars count from the start of the primer. Raises
+    keys.KeyNameError for a bad name and UsageError for an unknown style."""
+    rng = np.random.default_rng([seed, 9])
+    n = sample.num_samples
+    if sample.key.strip():
+        given = [keys.parse_key_schedule(part) for part in sample.key.split(";") if part.strip()]
+        schedules = [given[i % len(given)] for i in range(n)]
+        sources = ["requested"] * n
+    else:
+        counts = dataset.key_counts(_manifest(workdir))
+        names, weights = list(counts), np.asarray(list(counts.values()), np.float64)
+        schedules, sources = [], []
+        for notes in primer_notes:
+            if notes is not None and len(notes):
+                schedules.append([(1, keys.estimate_key(notes)[0])])
+                sources.append("primer")
+            else:
+                drawn = names[rng.choice(len(names), p=weights / weights.sum())] if names else "C"
+                schedules.append([(1, keys.parse_key(drawn))])
+                sources.append("drawn")
+    styles = [-1] * n
+    if spec.uses_style:
+        if sample.style and sample.style not in spec.styles:
+            raise UsageError(f"unknown style {sample.style!r}; the model knows {list(spec.styles)}")
+        styles = [
+            spec.styles.index(sample.style) if sample.style else int(rng.integers(len(spec.styles)))
+            for _ in range(n)
+        ]
+    return KeyPlan(schedules, sources, styles, spec.styles)
+
+
+def _manifest(workdir: str) -> dict:
+    import json
+
+    with open(os.path.join(workdir_lib.data_dir(workdir), "manifest.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def keyed_run(restored, sample: SampleConfig, primers, plan: KeyPlan):
+    """(sampler function, its extra args, its static kwargs) for conditioned/scale sampling."""
+    ks = sampler.key_settings(restored.tokenizer, restored.spec, sample.scale, sample.scale_penalty)
+    inputs = sampler.key_inputs(restored.tokenizer, ks, primers, plan.schedules, plan.styles)
+    return inputs, ks
+
+
 def generate(
     workdir: str,
     *,
@@ -201,10 +284,15 @@ def generate(
     tokenizer, variables, step = restored.tokenizer, restored.variables, restored.step
     out_dir = os.path.abspath(out_dir or os.path.join(workdir, "samples"))
     os.makedirs(out_dir, exist_ok=True)
+    primer_notes = [None] * sample.num_samples
     if sample.primer == "none":
         primers = np.full((sample.num_samples, 1), BOS, np.int32)
     elif sample.primer == "valid":
         primers = primers_from_valid(workdir, tokenizer, sample, seed)
+    if sample.primer != "none":
+        primer_notes = [tokenizer.decode(row).notes for row in primers]
+    keyed = restored.spec.dim > 0 or bool(sample.key.strip()) or sample.scale != "off"
+    plan = plan_keys(workdir, sample, restored.spec, primer_notes, seed) if keyed else None
 
     num_steps = steps_for_bars(
         tokenizer, primers, sample, meters_of(tokenizer, primers[0], primer_piece)
@@ -213,13 +301,16 @@ def generate(
     states = sampler.grammar_states_after(tokenizer.grammar, primers)
     started = time.perf_counter()
     kwargs = dict(step_fn=StepFunction(restored.model), num_steps=num_steps, settings=settings)
-    if config.train.loss_on_last_only:  # trained on fixed windows: generate as the original did
-        run, kwargs["window"] = sampler.sample_sliding, config.train.seq_len
+    args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
+    removed = pitch_steps = None
+    if keyed:
+        inputs, kwargs["ks"] = keyed_run(restored, sample, primers, plan)
+        tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))
+        removed, pitch_steps = np.asarray(removed), np.asarray(pitch_steps)
+    elif config.train.loss_on_last_only:  # trained on fixed windows: generate as the original did
+        tokens = sampler.sample_sliding(*args, window=config.train.seq_len, **kwargs)
     else:
-        run = sampler.sample
-    tokens = run(
-        variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed), **kwargs
-    )
+        tokens = sampler.sample(*args, **kwargs)
     tokens = np.asarray(jax.device_get(tokens))
     sample_seconds = time.perf_counter() - started
     logging.info("sampled %d x %d tokens in %.2f s", *tokens.shape, sample_seconds)
@@ -248,6 +339,9 @@ def generate(
             title=f"jaxcomposer sample {i + 1} (seed {seed})",
             qpm=qpm,
             time_signature=(time_sig.numerator, time_sig.denominator) if time_sig else (4, 4),
+            time_signatures=meters,
+            key_number=plan.schedules[i][0][1] if plan else None,
+            key_signatures=key_changes(tokenizer, row, meters, plan.schedules[i]) if plan else (),
         )
         info.update(
             name=stem,
@@ -259,6 +353,18 @@ def generate(
             end_beat=end,  # the bar line the sample ends on (with --num_bars)
             bars=bars,  # bars generated after the primer (with --num_bars)
         )
+        if plan:
+            info.update(requested_key=plan.describe(i), key_source=plan.sources[i])
+            if plan.styles[i] >= 0:
+                info["style"] = plan.style_names[plan.styles[i]]
+            steps = max(int(pitch_steps[i].sum()), 1)
+            info["scale_mass_removed"] = round(float(removed[i][pitch_steps[i]].sum()) / steps, 5)
+            print(
+                f"{stem}: key {info['requested_key']} ({info['key_source']}), scale "
+                f"{sample.scale}: {info['scale_mass_removed']:.3f} probability removed per "
+                "pitch step",
+                flush=True,
+            )
         results.append(info)
         print(
             f"{stem}: {len(notes)} notes, {info['beats']:.1f} beats, "
@@ -272,6 +378,11 @@ def generate(
         checkpoint_step=step,
         primer=sample.primer,
         workdir=workdir,
+        condition=restored.spec.condition,
+        key=sample.key,
+        scale=sample.scale,
+        scale_penalty=sample.scale_penalty,
+        bar_counting=conditioning.bar_counter(tokenizer).note,
         sample_seconds=round(sample_seconds, 3),
     )
     atomic.write_json(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcomposer import conditioning
 from jaxcomposer.tokenizers.vocab import BOS, EOS
 
 NEG_INF = -1e9  # finite, so an all-masked row still gives a defined (uniform) softmax
@@ -90,9 +91,12 @@ def masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings: Dec
     return logits
 
 
-def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings):
-    """Masks, chooses the next token and advances the grammar state and token counts."""
+def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None):
+    """Masks, chooses the next token and advances the grammar state and token counts.
+    `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint."""
     logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
+    if scale is not None:
+        logits = scale(logits, logits > NEG_INF / 2)
     token_B = choose_tokens(logits, rng, settings)
     nxt = next_state_SxV[state_B, token_B]
     state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
@@ -183,3 +187,158 @@ def grammar_states_after(grammar, primers: np.ndarray) -> np.ndarray:
         nxt = grammar.next_state[last, int(body[-1])] if accepted[-1] else last
         states.append(int(nxt))
     return np.asarray(states, np.int32)
+
+
+# --- key conditioning and scale constraints ---------------------------------------------------
+SCALE_MODES = ("off", "soft", "strict")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySettings:
+    """Static settings of conditioned sampling (hashable: a static jit argument)."""
+
+    spec: conditioning.Spec  # what the model's [X; M] vector holds (dim 0: not fed)
+    scale: str = "off"  # "off" | "soft" | "strict"
+    penalty: float = 3.0  # soft: nats subtracted from out-of-scale pitch logits
+    inclusive: bool = True  # BarCounter.inclusive
+    per_bar: float = 1.0  # BarCounter.per_bar
+    base: int = 0  # BarCounter.base
+
+    def __post_init__(self):
+        if self.scale not in SCALE_MODES:
+            raise ValueError(f"scale must be one of {SCALE_MODES}, got {self.scale!r}")
+        if self.penalty < 0:
+            raise ValueError(f"scale_penalty must be >= 0, got {self.penalty}")
+
+
+class KeyInputs(NamedTuple):
+    """Per-run arrays of conditioned sampling (see `key_inputs`)."""
+
+    primer_cond_BxPxC: jax.Array  # float32: [X; M] of each primer token
+    units_B: jax.Array  # int32: bar-counter markers in the primer
+    bars_BxN: jax.Array  # int32: key schedule, first bar of each entry
+    keys_BxN: jax.Array  # int32: key schedule, key number of each entry
+    styles_B: jax.Array  # int32: style index (-1 = none)
+    unit_V: jax.Array  # int32 (V,): 1 for bar-counter markers
+    in_scale_KxV: jax.Array  # bool (24, V): token allowed in key k (conditioning.in_scale_table)
+    is_pitch_V: jax.Array  # bool (V,): tokens that sound a pitch
+
+
+def key_settings(tokenizer, spec, scale: str = "off", penalty: float = 3.0) -> KeySettings:
+    counter = conditioning.bar_counter(tokenizer)
+    return KeySettings(spec, scale, penalty, counter.inclusive, counter.per_bar, counter.base)
+
+
+def key_inputs(tokenizer, ks: KeySettings, primers, schedules, styles=None) -> KeyInputs:
+    """Host-side arrays for `sample_keyed`: the primer's vectors (bars counted from the primer's
+    start with conditioning.BarCounter) and the padded schedules ([(first bar, key)] per row)."""
+    primers = np.asarray(primers, np.int64)
+    counter = conditioning.bar_counter(tokenizer)
+    bars_BxN, keys_BxN = conditioning.schedule_arrays(schedules)
+    styles_B = np.full(len(primers), -1, np.int32) if styles is None else np.asarray(styles)
+    bar_BxP = np.stack([counter.bars(row) for row in primers])
+    key_BxP = np.stack(
+        [conditioning.key_at_bar(bars_BxN, keys_BxN, bars) for bars in bar_BxP.T], axis=1
+    )
+    cond = conditioning.vector(ks.spec, key_BxP, np.broadcast_to(styles_B[:, None], key_BxP.shape))
+    pcs, is_pitch = conditioning.pitch_class_of_tokens(tokenizer)
+    return KeyInputs(
+        primer_cond_BxPxC=cond.astype(np.float32),
+        units_B=counter.unit_V[primers].sum(axis=1).astype(np.int32),
+        bars_BxN=bars_BxN,
+        keys_BxN=keys_BxN,
+        styles_B=styles_B.astype(np.int32),
+        unit_V=counter.unit_V,
+        in_scale_KxV=conditioning.in_scale_table(tokenizer),
+        is_pitch_V=is_pitch,
+    )
+
+
+def scale_constraint(logits_BxV, allowed_BxV, key_B, inputs: KeyInputs, ks: KeySettings, temp):
+    """(logits, removed_B, pitch_step_B): the scale rule of `ks` applied to grammar-masked logits.
+
+    strict: out-of-scale tokens are masked, except in a state where the grammar allows no
+    in-scale token at all (then the grammar's choices stand, so sampling can never dead-end);
+    soft: `penalty` nats come off out-of-scale logits. removed_B is the probability mass (at the
+    sampling temperature) that the rule moved off out-of-scale tokens; pitch_step_B marks steps
+    at which the grammar allowed a pitch token."""
+    inside_BxV = inputs.in_scale_KxV[key_B]
+    outside_BxV = ~inside_BxV
+    if ks.scale == "strict":
+        keep = allowed_BxV & inside_BxV
+        keep = jnp.where(keep.any(axis=-1, keepdims=True), keep, allowed_BxV)
+        new = jnp.where(keep, logits_BxV, NEG_INF)
+    elif ks.scale == "soft":
+        new = jnp.where(outside_BxV, logits_BxV - ks.penalty, logits_BxV)
+    else:
+        new = logits_BxV
+    out_mass = lambda x: jnp.sum(jax.nn.softmax(x / temp, axis=-1) * outside_BxV, axis=-1)
+    removed_B = out_mass(logits_BxV) - out_mass(new)
+    pitch_step_B = (allowed_BxV & inputs.is_pitch_V[None]).any(axis=-1)
+    return new, removed_B, pitch_step_B
+
+
+def _key_of(units_B, incl_B, inputs: KeyInputs, ks: KeySettings):
+    bar_B = jnp.maximum(jnp.floor((units_B + incl_B) / ks.per_bar).astype(jnp.int32) + ks.base, 1)
+    return conditioning.key_at_bar(inputs.bars_BxN, inputs.keys_BxN, bar_B, xp=jnp)
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "num_steps", "settings", "ks"))
+def sample_keyed(
+    variables: Any,
+    primer_BxP: jax.Array,
+    grammar_state_B: jax.Array,
+    next_state_SxV: jax.Array,
+    rng: jax.Array,
+    inputs: KeyInputs,
+    *,
+    step_fn: Callable,
+    num_steps: int,
+    settings: DecoderSettings,
+    ks: KeySettings,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`sample` with a key schedule: returns (tokens int32 (B, N), removed float32 (B, N),
+    pitch_step bool (B, N)).
+
+    The scan carries the bar counter, so the key (and the [X; M] vector fed with each token)
+    changes at the token where the schedule's bar begins: for the event tokenizer the BAR token
+    that opens it. The scale rule (KeySettings.scale) uses the key of the latest input."""
+    cond = inputs.primer_cond_BxPxC if ks.spec.dim else None
+    logits_BxPxV, carry = step_fn(variables, primer_BxP, None, cond)
+    incl_V = inputs.unit_V if ks.inclusive else jnp.zeros_like(inputs.unit_V)
+    last_B = primer_BxP[:, -1]
+    key_B = _key_of(inputs.units_B - inputs.unit_V[last_B], incl_V[last_B], inputs, ks)
+    temp = settings.temperature if settings.decoder == "temperature" else 1.0
+
+    def scale_fn(key_B, out):
+        def apply(logits, allowed):
+            new, removed, pitch = scale_constraint(logits, allowed, key_B, inputs, ks, temp)
+            out.extend([removed, pitch])
+            return new
+
+        return apply
+
+    def body(loop, step_rng):
+        carry, logits_BxV, state_B, counts, units_B, key_B = loop
+        out: list = []
+        token_B, state_B, counts = _advance(
+            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, scale_fn(key_B, out)
+        )
+        key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
+        units_B = units_B + inputs.unit_V[token_B]
+        cond = None
+        if ks.spec.dim:
+            cond = conditioning.vector(ks.spec, key_B, inputs.styles_B, xp=jnp)[:, None, :]
+        logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry, cond)
+        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B)
+        return new_loop, (token_B, out[0], out[1])
+
+    counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
+    init = (
+        carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts,
+        inputs.units_B, key_B,
+    )  # fmt: skip
+    _, (tokens_NxB, removed_NxB, pitch_NxB) = jax.lax.scan(
+        body, init, jax.random.split(rng, num_steps)
+    )
+    return tokens_NxB.T, removed_NxB.T, pitch_NxB.T

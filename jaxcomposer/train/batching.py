@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxcomposer import conditioning
+from jaxcomposer.keys import transpose_key
 from jaxcomposer.tokenizers.grammar import START_STATE, Grammar
 from jaxcomposer.tokenizers.vocab import PAD
 
@@ -102,6 +104,8 @@ def _assemble(
     tables_RxV: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
     states_RxT: np.ndarray | None = None,
+    labels: dict[str, np.ndarray] | None = None,
+    spec: conditioning.Spec | None = None,
 ) -> Batch:
     window_BxW = np.where(real_BxW, tokens[index_BxW], PAD).astype(np.int32)
     row_B = np.zeros(len(window_BxW), np.int64)
@@ -124,7 +128,26 @@ def _assemble(
         states_BxW = np.where(real_BxW, states_RxT[row_B[:, None], index_BxW], START_STATE)
         # The state before each target is the state after reading every input up to it.
         batch["states_BxL"] = states_BxW[:, 1:].astype(np.int32)
+    if spec is not None and spec.dim:
+        batch["cond_BxLxC"] = _cond(labels or {}, spec, index_BxW, real_BxW, row_B, tables_RxV)
     return batch
+
+
+def _cond(labels, spec, index_BxW, real_BxW, row_B, tables_RxV) -> np.ndarray:
+    """float32 (B, L, C): the [X; M] vector of each input token; the key label moves with the
+    window's transposition (row r of the tables shifts by r - (R-1)/2 semitones)."""
+    if "keys" not in labels:
+        raise ValueError(
+            "the model is conditioned (model.condition) but the dataset has no key labels "
+            "(prepared before labels existed): run --mode=prepare again"
+        )
+    track = lambda name: np.where(real_BxW, labels[name][index_BxW], -1)[:, :-1]
+    keys_BxL = track("keys").astype(np.int64)
+    if tables_RxV is not None:
+        shift_B = row_B - (len(tables_RxV) - 1) // 2
+        keys_BxL = transpose_key(keys_BxL, shift_B[:, None])
+    styles_BxL = track("styles") if "styles" in labels else None
+    return conditioning.vector(spec, keys_BxL, styles_BxL)
 
 
 def sample_windows(
@@ -138,6 +161,8 @@ def sample_windows(
     transpose_tables: np.ndarray | None = None,
     loss_on_last_only: bool = False,
     states: np.ndarray | None = None,
+    labels: dict[str, np.ndarray] | None = None,
+    spec: conditioning.Spec | None = None,
 ) -> Batch:
     """The training batch of `step`: a pure function of (seed, step) and the split.
 
@@ -146,7 +171,9 @@ def sample_windows(
     given, states_BxL: the grammar state before each target. `transpose_tables` (R, V) from
     `tokenizer.transposition_tables(k)` shifts each window by a random valid amount.
     `loss_on_last_only` keeps weight only on the last target (short pieces are then left-padded
-    so that the last target is real).
+    so that the last target is real). With a conditioning `spec` (dim > 0) and the split's
+    `labels` ({'keys': int (T,), 'styles': int (T,)}), cond_BxLxC (float32) holds each input's
+    [X; M] vector, its key transposed with the window.
     """
     offsets = np.asarray(offsets, np.int64)
     counts = window_counts(offsets, seq_len)
@@ -160,7 +187,7 @@ def sample_windows(
     tables = None if transpose_tables is None else np.asarray(transpose_tables)
     return _assemble(
         tokens, index_BxW, real_BxW, loss_on_last_only=loss_on_last_only, tables_RxV=tables,
-        rng=rng, states_RxT=states,
+        rng=rng, states_RxT=states, labels=labels, spec=spec,
     )  # fmt: skip
 
 
@@ -183,6 +210,8 @@ def validation_batches(
     num_batches: int,
     loss_on_last_only: bool = False,
     states: np.ndarray | None = None,
+    labels: dict[str, np.ndarray] | None = None,
+    spec: conditioning.Spec | None = None,
 ) -> list[Batch]:
     """Fixed, seed-independent validation batches: `num_batches * batch_size` tiles evenly spread
     over the split (all tiles, padded with weight-0 windows, if the split has fewer)."""
@@ -199,11 +228,14 @@ def validation_batches(
         real_BxW,
         loss_on_last_only=loss_on_last_only,
         states_RxT=states,
+        labels=labels,
+        spec=spec,
     )
     missing = wanted - len(pieces)
     if missing:
         batch = {
-            k: np.concatenate([v, np.zeros((missing, seq_len), v.dtype)]) for k, v in batch.items()
+            k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)])
+            for k, v in batch.items()
         }
     return [
         {k: v[i * batch_size : (i + 1) * batch_size] for k, v in batch.items()}

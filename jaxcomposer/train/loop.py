@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcomposer import atomic, workdir_lib
+from jaxcomposer.conditioning import Spec
 from jaxcomposer.config_lib import Config
 from jaxcomposer.data import dataset
 from jaxcomposer.model import build_model
@@ -62,10 +63,11 @@ def _train(config: Config, workdir: str, *, progress: bool | None) -> dict:
         print(f"{workdir} was never prepared: preparing {source} first", flush=True)
         print(dataset.summarize(dataset.prepare(config, workdir, progress=show)), flush=True)
     tokenizer = get_tokenizer(config.tokenizer)
+    spec = workdir_lib.cond_spec(workdir, config)
     return fit(
         config, workdir, dataset.load_split(workdir, "train"), dataset.load_split(workdir, "valid"),
-        tokenizer=tokenizer, model=build_model(config.model, tokenizer.vocab.size),
-        progress=progress,
+        tokenizer=tokenizer, model=build_model(config.model, tokenizer.vocab.size, spec.dim),
+        progress=progress, spec=spec,
     )  # fmt: skip
 
 
@@ -78,14 +80,18 @@ def fit(
     tokenizer: Tokenizer | None = None,
     model=None,
     progress: bool | None = None,
+    spec: Spec | None = None,
 ) -> dict:
-    """Trains (or resumes) on splits with `.tokens` / `.offsets`; returns the summary.
+    """Trains (or resumes) on splits with `.tokens` / `.offsets` (and `.labels` for conditioned
+    models); returns the summary.
 
-    `tokenizer` and `model` default to the ones the config describes (pass them when built).
+    `tokenizer`, `model` and the conditioning `spec` default to the ones the config describes
+    (pass them when built; the spec's style names come from the prepared data).
     """
     tcfg = config.train
     tokenizer = tokenizer or get_tokenizer(config.tokenizer)
-    model = model or build_model(config.model, tokenizer.vocab.size)
+    spec = spec or Spec(config.model.condition)
+    model = model or build_model(config.model, tokenizer.vocab.size, spec.dim)
     manager = workdir_lib.make_manager(workdir, tcfg.keep_best)
     try:
         latest = manager.latest_step()
@@ -108,7 +114,9 @@ def fit(
             tree, meta = workdir_lib.restore(manager, latest, abstract)
             state = TrainState(**tree)
             logging.info("resumed from %s at step %d", manager.directory, latest)
-        run = _Run(config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta)
+        run = _Run(
+            config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta, spec
+        )
         run.train_step, run.eval_step = train_step, eval_step
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
@@ -124,8 +132,12 @@ def fit(
 class _Run:
     """Loop bookkeeping: batches, evals, early stopping, checkpoints, progress lines."""
 
-    def __init__(self, config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta):
+    def __init__(
+        self, config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta, spec=None
+    ):
         tcfg = self.tcfg = config.train
+        # Conditioned models read [X; M] built from the splits' label tracks.
+        self.spec, self.train_labels = spec, getattr(train_split, "labels", None)
         self.config, self.workdir, self.mesh, self.manager = config, workdir, mesh, manager
         self.metrics_path = workdir_lib.metrics_path(workdir)
         self.train_tokens = np.asarray(train_split.tokens)
@@ -148,7 +160,7 @@ class _Run:
             for b in batching.validation_batches(
                 valid_tokens, valid_offsets, batch_size=tcfg.batch_size, seq_len=tcfg.seq_len,
                 num_batches=tcfg.eval_batches, loss_on_last_only=tcfg.loss_on_last_only,
-                states=valid_states,
+                states=valid_states, labels=getattr(valid_split, "labels", None), spec=spec,
             )
         ]  # fmt: skip
         self.wall_before = float(meta.get("wall_seconds") or 0.0)
@@ -169,6 +181,7 @@ class _Run:
                 self.train_tokens, self.train_offsets, seed=self.seeds, step=step,
                 batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, transpose_tables=self.tables,
                 loss_on_last_only=tcfg.loss_on_last_only, states=self.train_states,
+                labels=self.train_labels, spec=self.spec,
             ),
             self.mesh,
         )  # fmt: skip

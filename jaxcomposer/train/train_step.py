@@ -101,7 +101,7 @@ def make_train_step(model, optimizer, schedule, mesh: Mesh, next_state_SxV=None)
         def loss_fn(params):
             out = model.apply(
                 _variables(params, state.batch_stats), batch["inputs_BxL"], train=True,
-                rngs={"dropout": rng}, mutable=mutable,
+                rngs={"dropout": rng}, mutable=mutable, cond_BxLxC=batch.get("cond_BxLxC"),
             )  # fmt: skip
             (logits, _), updates = out if mutable else (out, {})
             sums = token_loss_sums(
@@ -142,7 +142,10 @@ def make_eval_step(model, mesh: Mesh, next_state_SxV=None):
     replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
     def eval_step(params, batch_stats, batch):
-        logits, _ = model.apply(_variables(params, batch_stats), batch["inputs_BxL"], train=False)
+        logits, _ = model.apply(
+            _variables(params, batch_stats), batch["inputs_BxL"], train=False,
+            cond_BxLxC=batch.get("cond_BxLxC"),
+        )  # fmt: skip
         loss_sum, correct_sum, tokens = token_loss_sums(
             logits,
             batch["targets_BxL"],
