@@ -25,8 +25,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxcomposer import config_lib, sampler  # noqa: E402
-from jaxcomposer.model import build_model  # noqa: E402
+from jaxcomposer import config_lib  # noqa: E402
+from jaxcomposer.model import StepFunction, build_model  # noqa: E402
+from jaxcomposer.sample import sampler  # noqa: E402
 from jaxcomposer.tokenizers import BOS, get_tokenizer  # noqa: E402
 
 KERAS_RECORDED_S = 152.8  # peer_seed_keras.py --generate 500 on the development machine
@@ -49,7 +50,7 @@ def time_sampling(config, batch: int, steps: int, reps: int) -> dict:
     primers = jnp.full((batch, 1), BOS, jnp.int32)
     states = jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, np.asarray(primers)))
     table = jnp.asarray(tokenizer.grammar.next_state)
-    step_fn = sampler.make_step_fn(model)
+    step_fn = StepFunction(model)
     settings = sampler.DecoderSettings(top_p=0.95)
 
     def run(seed):

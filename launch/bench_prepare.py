@@ -27,7 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from configs import default  # noqa: E402
-from jaxcomposer import config_lib, dataset  # noqa: E402
+from jaxcomposer import config_lib  # noqa: E402
+from jaxcomposer.data import dataset  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 SEED_NOTES = os.path.join(SHARED, "bench", "seed_notes.py")
