@@ -35,6 +35,7 @@ def _cause(e: BaseException) -> str:
         e = e.args[0]
     return " ".join(str(e.args[0] if e.args else type(e).__name__).split())
 
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "all", MODES, "What to do.")
 flags.DEFINE_string("workdir", "runs/default", "Run folder: data, checkpoints, samples, reports.")

@@ -228,8 +228,14 @@ def run(args) -> dict:
                     counts["failed_resumes"] += 1
                     failures.append(info)
                 failures += check["problems"]
-                line = {"attempt": attempt, "mode": mode, "outcome": outcome, **info,
-                        "steps_on_disk": check["steps"], "problems": check["problems"]}
+                line = {
+                    "attempt": attempt,
+                    "mode": mode,
+                    "outcome": outcome,
+                    **info,
+                    "steps_on_disk": check["steps"],
+                    "problems": check["problems"],
+                }
                 print(json.dumps(line, default=str), flush=True)  # fmt: skip
                 if outcome == "finished":
                     break

@@ -141,9 +141,7 @@ def prepare(
     if data.valid_dir:
         valid_sources, _ = _sources(data.valid_dir, data)
     tokenizer = get_tokenizer(config.tokenizer)
-    run = ingest.encode_sources(
-        config, train_sources + valid_sources, tokenizer, progress=progress
-    )
+    run = ingest.encode_sources(config, train_sources + valid_sources, tokenizer, progress=progress)
     results = run.results
     usable = [r for r in results[: len(train_sources)] if not r.reason]
     if data.valid_dir:
