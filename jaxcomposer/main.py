@@ -5,6 +5,8 @@ Modes:
   train     train (or resume) the model on the prepared data
   generate  restore a checkpoint from the workdir alone and write samples (MIDI, score, audio)
   evaluate  likelihood on held-out music (and, with --samples, musical statistics vs real music)
+  finetune  reward fine-tuning of the trained model with a KL penalty (config `finetune` section);
+            then --mode=generate --checkpoint=finetuned samples from it
   all       prepare, train, generate and evaluate in one go (the README's main job)
 
 `--config.a.b=v` overrides any config value (type-checked). Generate/evaluate read the config
@@ -25,7 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("prepare", "train", "generate", "evaluate", "all")
+MODES = ("prepare", "train", "generate", "evaluate", "all", "finetune")
 
 
 def _cause(e: BaseException) -> str:
@@ -56,7 +58,9 @@ flags.DEFINE_float("temperature", None, "Softmax temperature.")
 flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = off).")
 flags.DEFINE_float("top_p", None, "Nucleus: smallest set with this much probability (1 = off).")
 flags.DEFINE_float("repetition_penalty", None, "> 1 discourages tokens already generated.")
-flags.DEFINE_string("checkpoint", None, "best | latest | a step number.")
+flags.DEFINE_string(
+    "checkpoint", None, "best | latest | a step number | finetuned | finetuned:STEP."
+)
 # Evaluation.
 flags.DEFINE_string("eval_dir", None, "Evaluate on this MIDI folder instead of the valid split.")
 flags.DEFINE_string("samples", None, "Compare the MIDI files in this folder with real pieces.")
@@ -189,6 +193,10 @@ def main(argv: list[str]) -> None:
         from jaxcomposer.train import loop
 
         loop.train(config, workdir)
+    if mode == "finetune":
+        from jaxcomposer.train import finetune
+
+        finetune.finetune(config, workdir, progress=FLAGS.progress)
     if mode in ("generate", "all"):
         from jaxcomposer.sample import generate
 

@@ -199,7 +199,12 @@ def generate(
     # The tokenizer and model are built once, by the restore; sampling settings are `config`'s.
     restored = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
     tokenizer, variables, step = restored.tokenizer, restored.variables, restored.step
-    out_dir = os.path.abspath(out_dir or os.path.join(workdir, "samples"))
+    # Which run wrote the weights, shown per sample in samples.json and the gallery.
+    model_label = f"{restored.source} (step {step})"
+    default_out = os.path.join(workdir, "samples")
+    if restored.source == "finetuned":  # never overwrite the pretrained model's samples
+        default_out = os.path.join(workdir_lib.finetune_dir(workdir), "samples")
+    out_dir = os.path.abspath(out_dir or default_out)
     os.makedirs(out_dir, exist_ok=True)
     if sample.primer == "none":
         primers = np.full((sample.num_samples, 1), BOS, np.int32)
@@ -251,6 +256,7 @@ def generate(
         )
         info.update(
             name=stem,
+            model=model_label,
             notes=len(notes),
             tokens=int(row.size),
             primer_tokens=int(primers.shape[1]),
@@ -270,6 +276,7 @@ def generate(
         seed=seed,
         num_steps=num_steps,
         checkpoint_step=step,
+        model=model_label,
         primer=sample.primer,
         workdir=workdir,
         sample_seconds=round(sample_seconds, 3),
