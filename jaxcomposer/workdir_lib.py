@@ -494,9 +494,7 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     directory = os.path.join(finetune_dir(workdir), CHECKPOINT_DIR) if finetuned else None
     if finetuned and not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no fine-tuned checkpoints (run --mode=finetune)")
-    manager = make_manager(
-        workdir, config.train.keep_best, read_only=True, directory=directory
-    )
+    manager = make_manager(workdir, config.train.keep_best, read_only=True, directory=directory)
     try:
         step = choose_step(manager, which)
         stored = manager.item_metadata(step)["state"]

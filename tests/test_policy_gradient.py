@@ -19,7 +19,9 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import tiny_config
 
+from jaxcomposer.tokenizers import get_tokenizer
 from jaxcomposer.train import policy_gradient as pg
 
 V, T, B, M = 3, 3, 4, 40_000
@@ -143,10 +145,6 @@ def test_kl_and_its_gradient_vanish_at_the_pretrained_model():
 
 
 def test_walk_states_matches_the_grammar_walk():
-    from jaxcomposer.tokenizers import get_tokenizer
-
-    from conftest import tiny_config
-
     tokenizer = get_tokenizer(tiny_config().tokenizer)
     rng = np.random.default_rng(3)
     tokens = rng.integers(0, tokenizer.vocab.size, size=(3, 40)).astype(np.int32)

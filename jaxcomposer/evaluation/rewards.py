@@ -164,7 +164,9 @@ def leap_recovery(notes: Notes, key: int, context: RewardContext) -> float:
         return 1.0
     leap = np.abs(d[:-1]) > OCTAVE
     after = d[1:]
-    recovered = (np.abs(after) >= 1) & (np.abs(after) <= STEP) & (np.sign(after) == -np.sign(d[:-1]))
+    recovered = (
+        (np.abs(after) >= 1) & (np.abs(after) <= STEP) & (np.sign(after) == -np.sign(d[:-1]))
+    )
     return float(1.0 - np.sum(leap & ~recovered) / len(d))
 
 
@@ -198,7 +200,9 @@ REWARDS: dict[str, Reward] = {
 
 
 # --- combining --------------------------------------------------------------------------------
-def range_band(pieces: list[Notes], low_quantile: float, high_quantile: float) -> tuple[float, float]:
+def range_band(
+    pieces: list[Notes], low_quantile: float, high_quantile: float
+) -> tuple[float, float]:
     """(low, high) semitones: quantiles of the pitch ranges of real pieces (or excerpts of the
     length the fine-tuning samples have, so that the band fits them)."""
     spans = [float(n.pitch.max() - n.pitch.min()) for n in map(_voiced, pieces) if len(n)]

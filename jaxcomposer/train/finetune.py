@@ -130,9 +130,7 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
         motif_length=fcfg.motif_length,
         motif_gap=fcfg.motif_gap,
         phrase_beats=fcfg.phrase_beats,
-        range_band=rewards.range_band(
-            openings, fcfg.range_low_quantile, fcfg.range_high_quantile
-        ),
+        range_band=rewards.range_band(openings, fcfg.range_low_quantile, fcfg.range_high_quantile),
     )
 
 

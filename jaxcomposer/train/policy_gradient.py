@@ -101,9 +101,7 @@ def surrogate(
     to_come_BxT = jnp.cumsum(kl_BxT[:, ::-1], axis=1)[:, ::-1] - kl_BxT
     rewards_B = jnp.asarray(rewards_B, jnp.float32)
     advantage_B = rewards_B - leave_one_out_baseline(rewards_B)
-    coefficient_BxT = jax.lax.stop_gradient(
-        advantage_B[:, None] - (beta / steps) * to_come_BxT
-    )
+    coefficient_BxT = jax.lax.stop_gradient(advantage_B[:, None] - (beta / steps) * to_come_BxT)
     per_sequence = jnp.sum(coefficient_BxT * logp_y_BxT, axis=1) - (beta / steps) * jnp.sum(
         kl_BxT, axis=1
     )
