@@ -93,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.num_steps = 300  # policy updates
     c.finetune.batch_size = 16  # sequences sampled per update
     c.finetune.num_tokens = 256  # tokens per sampled sequence
-    c.finetune.learning_rate = 5e-5  # Adam, constant
+    c.finetune.learning_rate = 1e-4  # Adam, constant
     c.finetune.grad_clip_norm = 1.0  # global norm; 0 = off
     c.finetune.kl_beta = 1.0  # reward units per nat/token of KL(policy || pretrained)
     c.finetune.alpha = 0.5  # reward units per nat/token of NLL on real windows; 0 = off

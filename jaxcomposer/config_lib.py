@@ -129,7 +129,7 @@ class FinetuneConfig:
     num_steps: int = 300  # policy updates in total
     batch_size: int = 16  # sequences sampled from the current policy per update
     num_tokens: int = 256  # tokens per sampled sequence (after BOS)
-    learning_rate: float = 5e-5  # Adam, constant
+    learning_rate: float = 1e-4  # Adam, constant
     grad_clip_norm: float = 1.0  # global norm; 0 = off
     kl_beta: float = 1.0  # reward units per nat/token of KL(pi || pi_pretrained)
     alpha: float = 0.5  # reward units per nat/token of next-token NLL on real windows; 0 = off
