@@ -239,12 +239,24 @@ _AT_LEAST = {  # field: smallest allowed value
     "train.checkpoint_every": 1, "train.keep_best": 0, "train.log_every": 1,
     "train.max_wall_seconds": 0, "sample.top_k": 0, "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
+    "finetune.num_steps": 0, "finetune.batch_size": 1, "finetune.num_tokens": 1,
+    "finetune.grad_clip_norm": 0, "finetune.kl_beta": 0, "finetune.alpha": 0,
+    "finetune.alpha_batch_size": 1, "finetune.user_reward_weight": 0, "finetune.max_run": 1,
+    "finetune.motif_length": 1, "finetune.motif_gap": 0, "finetune.eval_every": 1,
+    "finetune.log_every": 1, "finetune.max_wall_seconds": 0,
 }  # fmt: skip
 _ABOVE = (  # fields that must be > 0
     "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "train.learning_rate",
-    "sample.temperature", "sample.repetition_penalty",
+    "sample.temperature", "sample.repetition_penalty", "finetune.learning_rate",
+    "finetune.phrase_beats",
 )  # fmt: skip
 _FRACTIONS = ("data.valid_fraction", "model.dropout", "model.recurrent_dropout")  # in [0, 1)
+
+
+def _checkpoint_name_ok(which: str) -> bool:
+    """best | latest | STEP | finetuned | finetuned:STEP (workdir_lib.split_finetuned)."""
+    name = which.removeprefix("finetuned:") if which.startswith("finetuned:") else which
+    return which == "finetuned" or name in ("best", "latest") or name.isdigit()
 
 
 def validate(config: Config) -> None:
@@ -282,8 +294,11 @@ def validate(config: Config) -> None:
         ("data.programs", all(0 <= p <= 127 for p in config.data.programs),
          "GM programs are 0-127"),
         ("sample.top_p", 0 < config.sample.top_p <= 1, "must be in (0, 1]"),
-        ("sample.checkpoint", config.sample.checkpoint in ("best", "latest")
-         or config.sample.checkpoint.isdigit(), "must be best, latest or a step number"),
+        ("sample.checkpoint", _checkpoint_name_ok(config.sample.checkpoint),
+         "must be best, latest, a step number, finetuned or finetuned:STEP"),
+        ("finetune.range_high_quantile", 0 <= config.finetune.range_low_quantile
+         <= config.finetune.range_high_quantile <= 1,
+         "must be in [finetune.range_low_quantile, 1], and that in [0, 1]"),
         ("model.tie_embeddings", not config.model.tie_embeddings
          or config.model.embed_dim == config.model.hidden_size,
          "needs model.embed_dim == model.hidden_size"),

@@ -128,7 +128,7 @@ def check_flags(mode: str) -> list[str]:
         value = getattr(FLAGS, name)
         if value is not None and value < flag_value:
             raise UsageError(f"--{name}={value}: must be >= {flag_value}")
-    if mode in ("generate", "evaluate") and not os.path.isdir(FLAGS.workdir):
+    if mode in ("generate", "evaluate", "finetune") and not os.path.isdir(FLAGS.workdir):
         raise UsageError(f"--workdir {FLAGS.workdir}: no such folder (train a model there first)")
     warnings = []
     for name, modes in _FLAG_MODES.items():
@@ -231,8 +231,8 @@ def describe_error(exc: BaseException) -> tuple[int, str] | None:
 
     2: UsageError (config_lib.ConfigError, bad flags and input paths) and absl's flag errors.
     1: workdir_lib.CheckpointError (incl. WorkdirBusyError), data.dataset PrepareError and
-       DatasetError, MidiReadError, tokenizer EncodingError/TranspositionError, training
-       divergence, OSError.
+       DatasetError, MidiReadError, tokenizer EncodingError/TranspositionError, training or
+       fine-tuning divergence, OSError.
     """
     from absl.flags import Error as FlagsError
 
@@ -249,6 +249,7 @@ def describe_error(exc: BaseException) -> tuple[int, str] | None:
         + _loaded("jaxcomposer.data.smf", "MidiReadError")
         + _loaded("jaxcomposer.tokenizers.base", "EncodingError", "TranspositionError")
         + _loaded("jaxcomposer.train.loop", "TrainingDivergedError")
+        + _loaded("jaxcomposer.train.finetune", "FinetuneDivergedError")
     )
     if failures and isinstance(exc, failures):
         return 1, one_line(exc)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from jaxcomposer import keys
+from jaxcomposer.errors import UsageError
 from jaxcomposer.evaluation import musicstats
 from jaxcomposer.notes import Notes, grid_round
 
@@ -215,10 +216,11 @@ def range_band(
 def load_user_reward(spec: str) -> RewardFn:
     """'package.module:function' or 'path/to/file.py:function' -> the function.
 
-    Raises ValueError (one line, naming `spec`) when it cannot be found or is not callable."""
+    Raises errors.UsageError (a ValueError; one line, naming `spec`) when it cannot be found
+    or is not callable."""
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"finetune.user_reward {spec!r}: expected 'module:function'")
+        raise UsageError(f"config finetune.user_reward {spec!r}: expected 'module:function'")
     try:
         if module_name.endswith(".py"):
             path = os.path.abspath(module_name)
@@ -231,9 +233,9 @@ def load_user_reward(spec: str) -> RewardFn:
             module = importlib.import_module(module_name)
         fn = getattr(module, attr)
     except (ImportError, FileNotFoundError, AttributeError, SyntaxError) as e:
-        raise ValueError(f"finetune.user_reward {spec!r}: {e}") from None
+        raise UsageError(f"config finetune.user_reward {spec!r}: {e}") from None
     if not callable(fn):
-        raise ValueError(f"finetune.user_reward {spec!r}: not a function")
+        raise UsageError(f"config finetune.user_reward {spec!r}: not a function")
     return fn
 
 

@@ -172,15 +172,16 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
 
     The model, tokenizer and data settings come from the workdir's config.json; the finetune
     section from `flags_config` (the --config given on the command line). Raises
-    workdir_lib.CheckpointError for a workdir without checkpoints, ValueError for a model the
-    sampler cannot fine-tune (the Keras replica reads fixed windows)."""
+    workdir_lib.CheckpointError for a workdir without checkpoints or with a model the
+    sampler cannot fine-tune (the Keras replica reads fixed windows), errors.UsageError for a
+    user reward that cannot be loaded."""
     workdir = os.path.abspath(workdir)
     show = sys.stderr.isatty() if progress is None else progress
     base = workdir_lib.restore_for_inference(workdir, "best")
     config = dataclasses.replace(base.config, finetune=flags_config.finetune)
     fcfg = config.finetune
     if config.model.kind != "lstm" or config.train.loss_on_last_only:
-        raise ValueError(
+        raise workdir_lib.CheckpointError(
             f"{workdir}: fine-tuning needs a model that reads whole sequences (model.kind "
             f"'lstm'), not {config.model.kind!r} trained on the last target of fixed windows"
         )
