@@ -87,9 +87,39 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.primer = "none"  # none | valid | path/to/primer.mid
     c.sample.primer_tokens = 64  # tokens of primer
     c.sample.grammar_mask = True
-    c.sample.checkpoint = "best"  # best | latest | step number
+    c.sample.checkpoint = "best"  # best | latest | step number | finetuned[:step]
     c.sample.key = ""  # "D minor" or "1:D minor,9:F major"; "" = primer's key or drawn
     c.sample.style = ""  # key+style models: a training style; "" = drawn
     c.sample.scale = "off"  # strict | soft | off
     c.sample.scale_penalty = 3.0  # soft: nats subtracted from out-of-scale pitch logits
+
+    # --mode=finetune: reward fine-tuning with a KL penalty (paper section 8.2; Jaques et al. 2017)
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.seed = 0
+    c.finetune.num_steps = 300  # policy updates
+    c.finetune.batch_size = 16  # sequences sampled per update
+    c.finetune.num_tokens = 256  # tokens per sampled sequence
+    c.finetune.learning_rate = 1e-4  # Adam, constant
+    c.finetune.grad_clip_norm = 1.0  # global norm; 0 = off
+    c.finetune.kl_beta = 1.0  # reward units per nat/token of KL(policy || pretrained)
+    c.finetune.alpha = 0.5  # reward units per nat/token of NLL on real windows; 0 = off
+    c.finetune.alpha_batch_size = 16  # real windows per update
+    c.finetune.weights = ml_collections.ConfigDict()  # reward units per unit of each reward
+    c.finetune.weights.in_key = 1.0  # share of notes in the key's scale
+    c.finetune.weights.no_stuck_runs = 1.0  # 1 - share of groups beyond max_run repeats
+    c.finetune.weights.motif_return = 0.5  # share of melodic n-grams that come back later
+    c.finetune.weights.tonic_ending = 0.5  # share of phrase endings on the tonic
+    c.finetune.weights.leap_recovery = 0.5  # 1 - share of octave+ leaps not stepped back
+    c.finetune.weights.pitch_range = 0.5  # pitch range inside the data's band
+    c.finetune.user_reward = ""  # "module:function" or "file.py:function"; "" = none
+    c.finetune.user_reward_weight = 1.0  # reward units per unit of the user reward
+    c.finetune.max_run = 4  # onset groups
+    c.finetune.motif_length = 3  # melodic intervals per motif
+    c.finetune.motif_gap = 4  # notes between a motif and its return, at least
+    c.finetune.phrase_beats = 8.0  # quarter-note beats per phrase
+    c.finetune.range_low_quantile = 0.1  # band of real excerpts' pitch ranges
+    c.finetune.range_high_quantile = 0.9
+    c.finetune.eval_every = 50  # updates between validation passes and checkpoints
+    c.finetune.log_every = 10  # updates
+    c.finetune.max_wall_seconds = 0.0  # seconds; 0 = no limit
     return c

@@ -110,6 +110,51 @@ class SampleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RewardWeights:
+    """Weight of each reward in evaluation/rewards.py's REWARDS table (reward units per unit of
+    that reward; each reward is in [0, 1]); 0 = off. Field names are the table's names."""
+
+    in_key: float = 1.0
+    no_stuck_runs: float = 1.0
+    motif_return: float = 0.5
+    tonic_ending: float = 0.5
+    leap_recovery: float = 0.5
+    pitch_range: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """`--mode=finetune`: policy-gradient fine-tuning with a KL penalty to the pretrained model
+    (the paper's section 8.2 feedback update, in the form of Jaques et al. 2017). Every field has
+    a default, so config.json files written before this section existed still load.
+
+    Objective maximised per update: mean reward - kl_beta * KL(pi || pi_pretrained) per token
+    - alpha * next-token NLL on real windows (nats/token); all three terms in reward units."""
+
+    seed: int = 0  # folded into the root seed: sampling keys and real-window batches
+    num_steps: int = 300  # policy updates in total
+    batch_size: int = 16  # sequences sampled from the current policy per update
+    num_tokens: int = 256  # tokens per sampled sequence (after BOS)
+    learning_rate: float = 1e-4  # Adam, constant
+    grad_clip_norm: float = 1.0  # global norm; 0 = off
+    kl_beta: float = 1.0  # reward units per nat/token of KL(pi || pi_pretrained)
+    alpha: float = 0.5  # reward units per nat/token of next-token NLL on real windows; 0 = off
+    alpha_batch_size: int = 16  # real training windows per update (train.seq_len tokens each)
+    weights: RewardWeights = dataclasses.field(default_factory=RewardWeights)
+    user_reward: str = ""  # "module:function" or "path/file.py:function"; "" = none
+    user_reward_weight: float = 1.0  # reward units per unit of the user reward
+    max_run: int = 4  # no_stuck_runs: onset groups one group may repeat before it costs
+    motif_length: int = 3  # motif_return: melodic intervals (with their rhythm) per motif
+    motif_gap: int = 4  # motif_return: notes between a motif and its return, at least
+    phrase_beats: float = 8.0  # tonic_ending: phrase length (quarter-note beats)
+    range_low_quantile: float = 0.1  # pitch_range: the band of real excerpts' ranges, from
+    range_high_quantile: float = 0.9  # ... this quantile to this one
+    eval_every: int = 50  # updates between validation passes (and checkpoints)
+    log_every: int = 10  # updates between log lines
+    max_wall_seconds: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     seed: int
     data: DataConfig
@@ -117,6 +162,8 @@ class Config:
     model: ModelConfig
     train: TrainConfig
     sample: SampleConfig
+    # A whole section missing from an older config.json takes these defaults.
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
 
 class ConfigError(UsageError, KeyError):
@@ -202,12 +249,23 @@ _AT_LEAST = {  # field: smallest allowed value
     "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
     "sample.scale_penalty": 0,
+    "finetune.num_steps": 0, "finetune.batch_size": 1, "finetune.num_tokens": 1,
+    "finetune.grad_clip_norm": 0, "finetune.kl_beta": 0, "finetune.alpha": 0,
+    "finetune.alpha_batch_size": 1, "finetune.user_reward_weight": 0, "finetune.max_run": 1,
+    "finetune.motif_length": 1, "finetune.motif_gap": 0, "finetune.eval_every": 1,
+    "finetune.log_every": 1, "finetune.max_wall_seconds": 0,
 }  # fmt: skip
 _ABOVE = (  # fields that must be > 0
     "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "sample.temperature",
-    "sample.repetition_penalty",
+    "sample.repetition_penalty", "finetune.learning_rate", "finetune.phrase_beats",
 )  # fmt: skip
 _FRACTIONS = ("data.valid_fraction", "model.dropout", "model.recurrent_dropout")  # in [0, 1)
+
+
+def _checkpoint_name_ok(which: str) -> bool:
+    """best | latest | STEP | finetuned | finetuned:STEP (workdir_lib.split_finetuned)."""
+    name = which.removeprefix("finetuned:") if which.startswith("finetuned:") else which
+    return which == "finetuned" or name in ("best", "latest") or name.isdigit()
 
 
 def validate(config: Config) -> None:
@@ -245,8 +303,11 @@ def validate(config: Config) -> None:
         ("data.programs", all(0 <= p <= 127 for p in config.data.programs),
          "GM programs are 0-127"),
         ("sample.top_p", 0 < config.sample.top_p <= 1, "must be in (0, 1]"),
-        ("sample.checkpoint", config.sample.checkpoint in ("best", "latest")
-         or config.sample.checkpoint.isdigit(), "must be best, latest or a step number"),
+        ("sample.checkpoint", _checkpoint_name_ok(config.sample.checkpoint),
+         "must be best, latest, a step number, finetuned or finetuned:STEP"),
+        ("finetune.range_high_quantile", 0 <= config.finetune.range_low_quantile
+         <= config.finetune.range_high_quantile <= 1,
+         "must be in [finetune.range_low_quantile, 1], and that in [0, 1]"),
         ("model.tie_embeddings", not config.model.tie_embeddings
          or config.model.embed_dim == config.model.hidden_size,
          "needs model.embed_dim == model.hidden_size"),

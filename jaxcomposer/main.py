@@ -5,6 +5,8 @@ Modes:
   train     train (or resume) the model on the prepared data
   generate  restore a checkpoint from the workdir alone and write samples (MIDI, score, audio)
   evaluate  likelihood on held-out music (and, with --samples, musical statistics vs real music)
+  finetune  reward fine-tuning of the trained model with a KL penalty (config `finetune` section);
+            then --mode=generate --checkpoint=finetuned samples from it
   all       prepare, train, generate and evaluate in one go (the README's main job)
 
 `--config.a.b=v` overrides any config value (type-checked). Generate/evaluate read the config
@@ -25,7 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("prepare", "train", "generate", "evaluate", "all")
+MODES = ("prepare", "train", "generate", "evaluate", "all", "finetune")
 
 
 def _cause(e: BaseException) -> str:
@@ -57,7 +59,9 @@ flags.DEFINE_float("temperature", None, "Softmax temperature.")
 flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = off).")
 flags.DEFINE_float("top_p", None, "Nucleus: smallest set with this much probability (1 = off).")
 flags.DEFINE_float("repetition_penalty", None, "> 1 discourages tokens already generated.")
-flags.DEFINE_string("checkpoint", None, "best | latest | a step number.")
+flags.DEFINE_string(
+    "checkpoint", None, "best | latest | a step number | finetuned | finetuned:STEP."
+)
 flags.DEFINE_string(
     "key", None,
     'Key, e.g. "D minor", "F# major", "Bb minor", "Dm"; a schedule "1:D minor,9:F major" (bars); '
@@ -137,7 +141,7 @@ def check_flags(mode: str) -> list[str]:
         value = getattr(FLAGS, name)
         if value is not None and value < flag_value:
             raise UsageError(f"--{name}={value}: must be >= {flag_value}")
-    if mode in ("generate", "evaluate") and not os.path.isdir(FLAGS.workdir):
+    if mode in ("generate", "evaluate", "finetune") and not os.path.isdir(FLAGS.workdir):
         raise UsageError(f"--workdir {FLAGS.workdir}: no such folder (train a model there first)")
     warnings = []
     for name, modes in _FLAG_MODES.items():
@@ -202,6 +206,10 @@ def main(argv: list[str]) -> None:
         from jaxcomposer.train import loop
 
         loop.train(config, workdir)
+    if mode == "finetune":
+        from jaxcomposer.train import finetune
+
+        finetune.finetune(config, workdir, progress=FLAGS.progress)
     if mode in ("generate", "all"):
         from jaxcomposer.sample import generate
 
@@ -236,8 +244,8 @@ def describe_error(exc: BaseException) -> tuple[int, str] | None:
 
     2: UsageError (config_lib.ConfigError, bad flags and input paths) and absl's flag errors.
     1: workdir_lib.CheckpointError (incl. WorkdirBusyError), data.dataset PrepareError and
-       DatasetError, MidiReadError, tokenizer EncodingError/TranspositionError, training
-       divergence, OSError.
+       DatasetError, MidiReadError, tokenizer EncodingError/TranspositionError, training or
+       fine-tuning divergence, OSError.
     """
     from absl.flags import Error as FlagsError
 
@@ -254,6 +262,7 @@ def describe_error(exc: BaseException) -> tuple[int, str] | None:
         + _loaded("jaxcomposer.data.smf", "MidiReadError")
         + _loaded("jaxcomposer.tokenizers.base", "EncodingError", "TranspositionError")
         + _loaded("jaxcomposer.train.loop", "TrainingDivergedError")
+        + _loaded("jaxcomposer.train.finetune", "FinetuneDivergedError")
     )
     if failures and isinstance(exc, failures):
         return 1, one_line(exc)

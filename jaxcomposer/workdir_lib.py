@@ -40,6 +40,8 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 DATA_DIR = "data"
 CHECKPOINT_DIR = "checkpoints"
+FINETUNE_DIR = "finetune"  # --mode=finetune's own checkpoints/, metrics.jsonl, curves
+FINETUNED = "finetuned"  # --checkpoint=finetuned[:STEP] names a fine-tuned checkpoint
 METRICS_FILE = "metrics.jsonl"
 METRIC = "val_loss"
 LOCK_FILE = ".train.lock"
@@ -76,6 +78,10 @@ def checkpoint_dir(workdir: str) -> str:
 
 def metrics_path(workdir: str) -> str:
     return os.path.join(workdir, METRICS_FILE)
+
+
+def finetune_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), FINETUNE_DIR)
 
 
 def is_prepared(workdir: str) -> bool:
@@ -327,8 +333,11 @@ def _quiet_orbax() -> None:
         logger.addFilter(_QuietOrbax())
 
 
-def make_manager(workdir: str, keep_best: int, *, read_only: bool = False):
-    """A manager keeping the latest checkpoint plus the `keep_best` lowest validation losses."""
+def make_manager(
+    workdir: str, keep_best: int, *, read_only: bool = False, directory: str | None = None
+):
+    """A manager keeping the latest checkpoint plus the `keep_best` lowest validation losses,
+    in `directory` (default: the workdir's checkpoints/)."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint import checkpoint_managers
 
@@ -345,9 +354,9 @@ def make_manager(workdir: str, keep_best: int, *, read_only: bool = False):
             ),
         ]
     )
-    directory = checkpoint_dir(workdir)
+    directory = directory or checkpoint_dir(workdir)
     if not read_only:
-        empty_trash(workdir)
+        empty_trash(workdir, directory)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
         best_fn=_val_loss,  # makes the manager write metrics and answer best_step()
@@ -362,9 +371,11 @@ def make_manager(workdir: str, keep_best: int, *, read_only: bool = False):
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def empty_trash(workdir: str) -> None:
-    """Deletes the checkpoints orbax moved to `checkpoints/deleted/` (see TRASH_DIR)."""
-    shutil.rmtree(os.path.join(checkpoint_dir(workdir), TRASH_DIR), ignore_errors=True)
+def empty_trash(workdir: str, directory: str | None = None) -> None:
+    """Deletes the checkpoints orbax moved to `checkpoints/deleted/` (see TRASH_DIR), or to
+    `directory/deleted/` for a manager of another checkpoint folder (fine-tuning's)."""
+    folder = directory or checkpoint_dir(workdir)
+    shutil.rmtree(os.path.join(folder, TRASH_DIR), ignore_errors=True)
 
 
 def save(
@@ -456,6 +467,7 @@ class Restored:
     variables: dict  # {'params': ..., maybe 'batch_stats': ...}, ready for `model.apply`
     step: int  # the restored checkpoint's step
     spec: Any = None  # conditioning.Spec: what the model's [X; M] vector holds
+    source: str = "pretrained"  # "pretrained" | "finetuned": which run wrote the checkpoint
 
     @property
     def vocab(self) -> Vocab:
@@ -472,10 +484,21 @@ def abstract_variables(model, seq_len: int) -> dict:
     return dict(jax.eval_shape(lambda: model.init(rngs, tokens, train=False)))
 
 
+def split_finetuned(which: str | int) -> tuple[bool, str]:
+    """'finetuned' -> (True, 'latest'); 'finetuned:STEP' -> (True, 'STEP'); else (False, which)."""
+    text = str(which).strip()
+    if text == FINETUNED:
+        return True, "latest"
+    if text.startswith(FINETUNED + ":"):
+        return True, text[len(FINETUNED) + 1 :]
+    return False, text
+
+
 def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     """The config, tokenizer, model and variables of checkpoint `which` ('best', 'latest' or a
-    step), from config.json, vocab.json and checkpoints/ alone. Each is built once here and
-    passed on. Raises CheckpointError when the three do not fit together."""
+    step of training; 'finetuned' or 'finetuned:STEP' of --mode=finetune, whose checkpoints hold
+    the same model), from config.json, vocab.json and checkpoints/ alone. Each is built once
+    here and passed on. Raises CheckpointError when the three do not fit together."""
     import jax
 
     from jaxcomposer.model import build_model
@@ -486,7 +509,11 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     load_vocab(workdir, tokenizer)
     spec = cond_spec(workdir, config)
     model = build_model(config.model, tokenizer.vocab.size, spec.dim)
-    manager = make_manager(workdir, config.train.keep_best, read_only=True)
+    finetuned, which = split_finetuned(which)
+    directory = os.path.join(finetune_dir(workdir), CHECKPOINT_DIR) if finetuned else None
+    if finetuned and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: no fine-tuned checkpoints (run --mode=finetune)")
+    manager = make_manager(workdir, config.train.keep_best, read_only=True, directory=directory)
     try:
         step = choose_step(manager, which)
         stored = manager.item_metadata(step)["state"]
@@ -509,4 +536,5 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     variables = {"params": state["params"]}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
-    return Restored(config, tokenizer, model, variables, step, spec)
+    source = "finetuned" if finetuned else "pretrained"
+    return Restored(config, tokenizer, model, variables, step, spec, source)

@@ -282,7 +282,12 @@ def generate(
     # The tokenizer and model are built once, by the restore; sampling settings are `config`'s.
     restored = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
     tokenizer, variables, step = restored.tokenizer, restored.variables, restored.step
-    out_dir = os.path.abspath(out_dir or os.path.join(workdir, "samples"))
+    # Which run wrote the weights, shown per sample in samples.json and the gallery.
+    model_label = f"{restored.source} (step {step})"
+    default_out = os.path.join(workdir, "samples")
+    if restored.source == "finetuned":  # never overwrite the pretrained model's samples
+        default_out = os.path.join(workdir_lib.finetune_dir(workdir), "samples")
+    out_dir = os.path.abspath(out_dir or default_out)
     os.makedirs(out_dir, exist_ok=True)
     primer_notes = [None] * sample.num_samples
     if sample.primer == "none":
@@ -345,6 +350,7 @@ def generate(
         )
         info.update(
             name=stem,
+            model=model_label,
             notes=len(notes),
             tokens=int(row.size),
             primer_tokens=int(primers.shape[1]),
@@ -376,6 +382,7 @@ def generate(
         seed=seed,
         num_steps=num_steps,
         checkpoint_step=step,
+        model=model_label,
         primer=sample.primer,
         workdir=workdir,
         condition=restored.spec.condition,

@@ -1,0 +1,265 @@
+"""Rewards for feedback fine-tuning: a declared table of pure numpy functions on decoded notes.
+
+Every reward has the signature `reward(notes, key, context) -> float` and lies in [0, 1]
+(higher is better; an empty piece scores 0 on each). `notes` are the decoded notes of one piece
+(times in quarter-note beats, drums ignored); `key` is a pretty_midi key number (0-11 major
+C..B, 12-23 minor c..b): the key a key-conditioned model was asked for, or the one
+Krumhansl-Schmuckler estimates from the notes (`score` does that when given None);
+`context` holds the rewards' parameters (`RewardContext`). `score` combines the rewards with the
+config's weights (finetune.weights) into one number in reward units.
+
+Rhythm and groups use the same grid and onset groups as evaluation/musicstats.py. The melody is
+the top voice: the highest pitch of each onset group (the soprano of a chorale).
+
+A user reward is any function with the same signature, named in the config as
+`finetune.user_reward = "package.module:function"` or `"path/to/file.py:function"`
+(launch/example_reward.py is one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from jaxcomposer import keys
+from jaxcomposer.errors import UsageError
+from jaxcomposer.evaluation import musicstats
+from jaxcomposer.notes import Notes, grid_round
+
+OCTAVE = 12  # semitones
+STEP = 2  # semitones: a melodic step (a leap is anything wider)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardContext:
+    """Parameters of the rewards (from config.finetune, and the data for `range_band`)."""
+
+    steps_per_beat: int = 4  # grid steps per quarter-note beat (onset groups, rhythm)
+    max_run: int = 4  # no_stuck_runs: repeats of one onset group allowed before they cost
+    motif_length: int = 3  # motif_return: melodic intervals per motif
+    motif_gap: int = 4  # motif_return: melody notes between a motif's end and its return
+    phrase_beats: float = 8.0  # tonic_ending: phrase length in quarter-note beats
+    range_band: tuple[float, float] = (12.0, 36.0)  # pitch_range: [low, high] semitones
+
+
+RewardFn = Callable[[Notes, int, RewardContext], float]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def key_scale(key: int) -> np.ndarray:
+    """bool[12]: the pitch classes of `key`'s scale. Major: the major scale. Minor: natural
+    minor plus the raised 7th (the harmonic minor's leading tone, which tonal minor-key music,
+    Bach's above all, uses at nearly every cadence)."""
+    if not 0 <= key < 24:
+        raise ValueError(f"key number must be in 0..23, got {key}")
+    tonic = key % 12
+    steps = musicstats.MAJOR_STEPS if key < 12 else (*musicstats.NATURAL_MINOR_STEPS, 11)
+    scale = np.zeros(12, bool)
+    scale[[(tonic + s) % 12 for s in steps]] = True
+    return scale
+
+
+def _voiced(notes: Notes) -> Notes:
+    return notes[~notes.is_drum]
+
+
+def melody(notes: Notes, steps_per_beat: int) -> tuple[np.ndarray, np.ndarray]:
+    """(onset steps int64[G], top pitch int64[G]): the highest pitch of each onset group."""
+    notes = _voiced(notes)
+    if len(notes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    steps = grid_round(notes.start, steps_per_beat)
+    onsets, group = np.unique(steps, return_inverse=True)
+    top = np.full(len(onsets), -1, np.int64)
+    np.maximum.at(top, group, notes.pitch.astype(np.int64))
+    return onsets, top
+
+
+# --- the rewards ------------------------------------------------------------------------------
+def in_key(notes: Notes, key: int, context: RewardContext) -> float:
+    """Share of notes (each note counts once) whose pitch class is in `key`'s scale."""
+    notes = _voiced(notes)
+    if len(notes) == 0:
+        return 0.0
+    return float(np.mean(key_scale(key)[notes.pitch.astype(np.int64) % 12]))
+
+
+def no_stuck_runs(notes: Notes, key: int, context: RewardContext) -> float:
+    """1 - (onset groups beyond the `max_run`-th of a run of identical groups) / (groups).
+
+    The original project's failure, one note or chord repeated for ever, scores near 0; a run
+    of up to `max_run` identical groups costs nothing."""
+    _, masks_Gx2 = musicstats.onset_group_masks(_voiced(notes), context.steps_per_beat)
+    if len(masks_Gx2) == 0:
+        return 0.0
+    same = np.all(masks_Gx2[1:] == masks_Gx2[:-1], axis=1)
+    breaks = np.flatnonzero(np.concatenate([[True], ~same, [True]]))
+    runs = np.diff(breaks)
+    excess = np.maximum(runs - context.max_run, 0).sum()
+    return float(1.0 - excess / len(masks_Gx2))
+
+
+def motif_return(notes: Notes, key: int, context: RewardContext) -> float:
+    """Share of the melody's motifs that come back later or earlier in the piece.
+
+    A motif at melody note i is the `motif_length` consecutive (pitch interval, inter-onset
+    interval in grid steps) pairs from i, so a transposed return counts. It comes back if the
+    same motif starts at j with at least `motif_gap` melody notes between the end of one and the
+    start of the other. Motifs of repeated notes only (every interval 0) are not counted: they
+    are the stuck-note failure, not a theme. 0 when no motif can be counted."""
+    onsets, top = melody(notes, context.steps_per_beat)
+    n = context.motif_length
+    if len(top) < n + 1:
+        return 0.0
+    pairs_Gx2 = np.stack([np.diff(top), np.diff(onsets)], axis=1)
+    windows_Mx2xN = np.lib.stride_tricks.sliding_window_view(pairs_Gx2, n, axis=0)
+    counted = np.any(windows_Mx2xN[:, 0] != 0, axis=1)  # row 0: the pitch intervals
+    grams_MxN2 = windows_Mx2xN.reshape(len(windows_Mx2xN), -1)
+    if not counted.any():
+        return 0.0
+    index = np.flatnonzero(counted)
+    grams = grams_MxN2[index]
+    equal_MxM = np.all(grams[:, None, :] == grams[None, :, :], axis=2)
+    far_MxM = np.abs(index[:, None] - index[None, :]) >= n + context.motif_gap
+    return float(np.mean(np.any(equal_MxM & far_MxM, axis=1)))
+
+
+def tonic_ending(notes: Notes, key: int, context: RewardContext) -> float:
+    """Share of phrase endings whose lowest note is the tonic (a cadence resolving home).
+
+    Phrases are consecutive spans of `phrase_beats` beats from beat 0; a phrase's ending is its
+    last onset group; phrases without onsets are skipped."""
+    notes = _voiced(notes)
+    if len(notes) == 0:
+        return 0.0
+    spb = context.steps_per_beat
+    steps = grid_round(notes.start, spb)
+    phrase = np.floor(steps / (context.phrase_beats * spb)).astype(np.int64)
+    endings = 0
+    resolved = 0
+    for p in np.unique(phrase):
+        in_phrase = phrase == p
+        last_step = steps[in_phrase].max()
+        group = in_phrase & (steps == last_step)
+        endings += 1
+        resolved += int(notes.pitch[group].min()) % 12 == key % 12
+    return float(resolved / endings)
+
+
+def leap_recovery(notes: Notes, key: int, context: RewardContext) -> float:
+    """1 - (melodic leaps wider than an octave not followed by a step back) / (melodic intervals).
+
+    A leap of more than 12 semitones in the melody must be followed by a step (1-2 semitones) in
+    the opposite direction (gap-fill, the counterpoint rule). A leap on the melody's last
+    interval is not judged (what follows was never written). 1 with fewer than two notes."""
+    _, top = melody(notes, context.steps_per_beat)
+    if len(top) == 0:
+        return 0.0
+    d = np.diff(top)
+    if len(d) == 0:
+        return 1.0
+    leap = np.abs(d[:-1]) > OCTAVE
+    after = d[1:]
+    recovered = (
+        (np.abs(after) >= 1) & (np.abs(after) <= STEP) & (np.sign(after) == -np.sign(d[:-1]))
+    )
+    return float(1.0 - np.sum(leap & ~recovered) / len(d))
+
+
+def pitch_range(notes: Notes, key: int, context: RewardContext) -> float:
+    """1 when the piece's pitch range (highest - lowest pitch, semitones) lies inside
+    `range_band` (the band of real excerpts' ranges, see `range_band`), falling linearly to 0
+    an octave outside it."""
+    notes = _voiced(notes)
+    if len(notes) == 0:
+        return 0.0
+    span = float(notes.pitch.max() - notes.pitch.min())
+    low, high = context.range_band
+    outside = max(low - span, span - high, 0.0)
+    return float(max(0.0, 1.0 - outside / OCTAVE))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reward:
+    fn: RewardFn
+    measures: str  # what it measures, for reports
+
+
+REWARDS: dict[str, Reward] = {
+    "in_key": Reward(in_key, "share of notes in the key's scale"),
+    "no_stuck_runs": Reward(no_stuck_runs, "1 - share of onset groups stuck beyond max_run"),
+    "motif_return": Reward(motif_return, "share of melodic motifs that come back"),
+    "tonic_ending": Reward(tonic_ending, "share of phrase endings with the tonic in the bass"),
+    "leap_recovery": Reward(leap_recovery, "1 - share of octave+ leaps not stepped back"),
+    "pitch_range": Reward(pitch_range, "pitch range inside the data's band"),
+}
+
+
+# --- combining --------------------------------------------------------------------------------
+def range_band(
+    pieces: list[Notes], low_quantile: float, high_quantile: float
+) -> tuple[float, float]:
+    """(low, high) semitones: quantiles of the pitch ranges of real pieces (or excerpts of the
+    length the fine-tuning samples have, so that the band fits them)."""
+    spans = [float(n.pitch.max() - n.pitch.min()) for n in map(_voiced, pieces) if len(n)]
+    if not spans:
+        raise ValueError("no real piece with notes to measure the pitch range on")
+    low, high = np.quantile(spans, [low_quantile, high_quantile])
+    return float(low), float(high)
+
+
+def load_user_reward(spec: str) -> RewardFn:
+    """'package.module:function' or 'path/to/file.py:function' -> the function.
+
+    Raises errors.UsageError (a ValueError; one line, naming `spec`) when it cannot be found
+    or is not callable."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"config finetune.user_reward {spec!r}: expected 'module:function'")
+    try:
+        if module_name.endswith(".py"):
+            path = os.path.abspath(module_name)
+            loader_spec = importlib.util.spec_from_file_location("_user_reward", path)
+            if loader_spec is None or not os.path.isfile(path):
+                raise FileNotFoundError(f"no file {path}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        fn = getattr(module, attr)
+    except (ImportError, FileNotFoundError, AttributeError, SyntaxError) as e:
+        raise UsageError(f"config finetune.user_reward {spec!r}: {e}") from None
+    if not callable(fn):
+        raise UsageError(f"config finetune.user_reward {spec!r}: not a function")
+    return fn
+
+
+def score(
+    notes: Notes,
+    weights: Mapping[str, float],
+    context: RewardContext,
+    *,
+    key: int | None = None,
+    user: tuple[RewardFn, float] | None = None,
+) -> dict[str, float]:
+    """Every reward of the table (and the user's, as 'user'), plus 'total' = the weighted sum
+    (reward units) and 'key' (the key used). `weights` maps table names to weights; a reward
+    with weight 0 is still computed, for reports. `key` None = estimated from the notes."""
+    unknown = set(weights) - set(REWARDS)
+    if unknown:
+        raise KeyError(f"unknown rewards {sorted(unknown)}; the table has {sorted(REWARDS)}")
+    key = keys.estimate_key(notes)[0] if key is None else int(key)
+    out = {name: float(r.fn(notes, key, context)) for name, r in REWARDS.items()}
+    total = sum(float(weights.get(name, 0.0)) * value for name, value in out.items())
+    if user is not None:
+        fn, weight = user
+        out["user"] = float(fn(notes, key, context))
+        total += weight * out["user"]
+    out["total"] = float(total)
+    out["key"] = float(key)
+    return out

@@ -1,0 +1,444 @@
+"""`--mode=finetune`: feedback fine-tuning of a trained workdir's model (the paper's section 8.2).
+
+The paper's update W_new = W_old + alpha * DeltaW + beta * F(y) in its established form:
+KL-regularised policy-gradient fine-tuning (Jaques et al. 2017, Sequence Tutor / RL Tuner). Each
+update samples `finetune.batch_size` sequences from the current model with the jitted sampler
+(grammar mask on, temperature 1: the policy itself), decodes them, scores them with the reward
+table (evaluation/rewards.py) and takes an Adam step on policy_gradient.surrogate (reward with a
+leave-one-out baseline, minus beta * exact KL to the pretrained model) plus alpha * the ordinary
+next-token NLL on real training windows (the paper's alpha DeltaW).
+
+Starts from the workdir's best checkpoint; writes WORKDIR/finetune/: checkpoints/ (orbax; each
+holds the policy, its optimizer state and the frozen pretrained parameters), config.json,
+metrics.jsonl, learning_curve.png (reward, KL, validation NLL) and finetune_summary.json.
+Samples and real windows are pure functions of (seed, finetune.seed, step), so a stopped run
+resumed from its latest checkpoint reproduces an uninterrupted one bit for bit.
+`--mode=generate --checkpoint=finetuned[:STEP]` samples from the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from matplotlib.figure import Figure
+
+from jaxcomposer import atomic, config_lib, workdir_lib
+from jaxcomposer.config_lib import Config, FinetuneConfig
+from jaxcomposer.data import dataset
+from jaxcomposer.evaluation import rewards
+from jaxcomposer.model import StepFunction
+from jaxcomposer.model.loss import token_loss_sums
+from jaxcomposer.sample import sampler
+from jaxcomposer.tokenizers import BOS, Tokenizer
+from jaxcomposer.train import batching, policy_gradient, reporting
+from jaxcomposer.train.train_step import make_eval_step, make_mesh, shard_batch, validation_metrics
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "finetune_summary.json"
+CURVE_FILE = "learning_curve.png"
+# Fields that may change when a fine-tuning run resumes; any other finetune field must not.
+RESUMABLE_FIELDS = frozenset({"num_steps", "eval_every", "log_every", "max_wall_seconds"})
+# Streams folded into the fine-tuning key, so sampling and real windows never share draws.
+_SAMPLE_STREAM, _WINDOW_STREAM = 0, 1
+
+
+class FinetuneDivergedError(RuntimeError):
+    """The fine-tuning loss or gradient norm became NaN or infinite."""
+
+
+# --- pieces of one update ---------------------------------------------------------------------
+def make_optimizer(fcfg: FinetuneConfig) -> optax.GradientTransformation:
+    """Adam at a constant rate (the pretrained model is already near a good point), clipped."""
+    opt = optax.adam(fcfg.learning_rate)
+    if fcfg.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(fcfg.grad_clip_norm), opt)
+    return opt
+
+
+def make_update(model, optimizer, grammar, fcfg: FinetuneConfig, real_loss_table=None):
+    """The jitted `update(state, tokens_BxT, rewards_B, real_batch) -> (state, metrics)`.
+
+    `state` = {'step', 'params', 'opt_state', 'reference'} (the pretrained params, frozen);
+    `tokens_BxT` were sampled from `state['params']` after BOS; `real_batch` is a
+    batching.sample_windows batch (None when alpha = 0); `real_loss_table` the grammar table
+    when the model was trained with train.grammar_mask_loss."""
+    next_state = jnp.asarray(grammar.next_state)
+    beta, alpha = float(fcfg.kl_beta), float(fcfg.alpha)
+
+    def update(state, tokens_BxT, rewards_B, real_batch):
+        batch = tokens_BxT.shape[0]
+        inputs_BxT = jnp.concatenate(
+            [jnp.full((batch, 1), BOS, jnp.int32), tokens_BxT[:, :-1]], axis=1
+        )
+        start_B = jnp.full((batch,), grammar.bos_state, jnp.int32)
+        allowed = policy_gradient.sampler_mask(
+            next_state, policy_gradient.walk_states(tokens_BxT, start_B, next_state)
+        )
+        ref_logits, _ = model.apply({"params": state["reference"]}, inputs_BxT, train=False)
+
+        def loss_fn(params):
+            logits, _ = model.apply({"params": params}, inputs_BxT, train=False)
+            gain, metrics = policy_gradient.surrogate(
+                logits, ref_logits, tokens_BxT, allowed, rewards_B, beta
+            )
+            loss = -gain
+            if real_batch is not None:
+                real_logits, _ = model.apply(
+                    {"params": params}, real_batch["inputs_BxL"], train=False
+                )
+                sums = token_loss_sums(
+                    real_logits, real_batch["targets_BxL"], real_batch["weights_BxL"],
+                    real_batch.get("states_BxL"), real_loss_table,
+                )  # fmt: skip
+                metrics["real_nll"] = sums[0] / jnp.maximum(sums[2], 1.0)
+                loss = loss + alpha * metrics["real_nll"]
+            return loss, metrics
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        step_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], step_updates)
+        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+        metrics.update(loss=loss, grad_norm=optax.global_norm(grads))
+        return new_state, metrics
+
+    return jax.jit(update)
+
+
+def finetune_key(config: Config, stream: int) -> jax.Array:
+    return jax.random.fold_in(
+        jax.random.fold_in(jax.random.key(config.seed), config.finetune.seed), stream
+    )
+
+
+def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards.RewardContext:
+    """The rewards' parameters; the pitch-range band comes from the openings of the training
+    pieces cut to the sampled length (`finetune.num_tokens`), so it fits the samples."""
+    fcfg = config.finetune
+    openings = [tokenizer.decode(p[: fcfg.num_tokens + 1]).notes for p in train_split.pieces()]
+    return rewards.RewardContext(
+        steps_per_beat=config.tokenizer.steps_per_beat,
+        max_run=fcfg.max_run,
+        motif_length=fcfg.motif_length,
+        motif_gap=fcfg.motif_gap,
+        phrase_beats=fcfg.phrase_beats,
+        range_band=rewards.range_band(openings, fcfg.range_low_quantile, fcfg.range_high_quantile),
+    )
+
+
+def score_tokens(
+    tokenizer: Tokenizer,
+    tokens_BxT: np.ndarray,
+    weights: dict,
+    context: rewards.RewardContext,
+    user=None,
+    key: int | None = None,
+) -> list[dict]:
+    """Rewards of each sampled row (decoded after a BOS); `key` None = estimated per piece."""
+    out = []
+    for row in np.asarray(tokens_BxT):
+        notes = tokenizer.decode(np.concatenate([[BOS], row])).notes
+        out.append(rewards.score(notes, weights, context, key=key, user=user))
+    return out
+
+
+# --- the run ----------------------------------------------------------------------------------
+def _check_resume(folder: str, config: Config, base_step: int, resuming: bool) -> None:
+    path = os.path.join(folder, CONFIG_FILE)
+    if resuming and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = config_lib.from_json(f.read())
+        a, b = config_lib.to_dict(old)["finetune"], config_lib.to_dict(config)["finetune"]
+        changed = [f"finetune.{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a)
+                   if k not in RESUMABLE_FIELDS and a[k] != b.get(k)]  # fmt: skip
+        if changed:
+            raise workdir_lib.CheckpointError(
+                f"{folder} holds a fine-tuning run with a different config "
+                f"({'; '.join(changed)}); resume with the same values or remove that folder"
+            )
+    atomic.write_text(path, config_lib.to_json(config) + "\n")
+
+
+def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None) -> dict:
+    """Fine-tunes (or resumes fine-tuning) the best checkpoint of `workdir`; returns the summary.
+
+    The model, tokenizer and data settings come from the workdir's config.json; the finetune
+    section from `flags_config` (the --config given on the command line). Raises
+    workdir_lib.CheckpointError for a workdir without checkpoints or with a model the
+    sampler cannot fine-tune (the Keras replica reads fixed windows), errors.UsageError for a
+    user reward that cannot be loaded."""
+    workdir = os.path.abspath(workdir)
+    show = sys.stderr.isatty() if progress is None else progress
+    base = workdir_lib.restore_for_inference(workdir, "best")
+    config = dataclasses.replace(base.config, finetune=flags_config.finetune)
+    fcfg = config.finetune
+    if config.model.kind != "lstm" or config.train.loss_on_last_only:
+        raise workdir_lib.CheckpointError(
+            f"{workdir}: fine-tuning needs a model that reads whole sequences (model.kind "
+            f"'lstm'), not {config.model.kind!r} trained on the last target of fixed windows"
+        )
+    user = None
+    if fcfg.user_reward:
+        user = (rewards.load_user_reward(fcfg.user_reward), fcfg.user_reward_weight)
+    folder = workdir_lib.finetune_dir(workdir)
+    os.makedirs(folder, exist_ok=True)
+    tokenizer, model = base.tokenizer, base.model
+    train_split = dataset.load_split(workdir, "train")
+    context = reward_context(config, tokenizer, train_split)
+    optimizer = make_optimizer(fcfg)
+    real_table = tokenizer.grammar.next_state if config.train.grammar_mask_loss else None
+    manager = workdir_lib.make_manager(
+        workdir, config.train.keep_best,
+        directory=os.path.join(folder, workdir_lib.CHECKPOINT_DIR),
+    )  # fmt: skip
+    try:
+        latest = manager.latest_step()
+        _check_resume(folder, config, base.step, latest is not None)
+        params = base.variables["params"]
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": optimizer.init(params),
+            "reference": params,
+        }
+        meta = {"base_step": base.step}
+        if latest is not None:
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_device()), state
+            )
+            state, meta = workdir_lib.restore(manager, latest, abstract)
+            logging.info("resumed fine-tuning from %s at step %d", manager.directory, latest)
+        run = _Run(config, workdir, folder, manager, tokenizer, model, train_split, context, user)
+        run.update = make_update(model, optimizer, tokenizer.grammar, fcfg, real_table)
+        summary = run.loop(state, meta, progress=show)
+    finally:
+        manager.close()
+    plot_curves(os.path.join(folder, workdir_lib.METRICS_FILE), os.path.join(folder, CURVE_FILE))
+    atomic.write_json(os.path.join(folder, SUMMARY_FILE), summary)
+    print(summary_text(summary), flush=True)
+    return summary
+
+
+def _device():
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+class _Run:
+    """Loop bookkeeping: samples, rewards, real windows, validation, checkpoints, log lines."""
+
+    def __init__(self, config, workdir, folder, manager, tokenizer, model, train_split, context,
+                 user):  # fmt: skip
+        self.config, self.fcfg, self.folder, self.manager = config, config.finetune, folder, manager
+        self.tokenizer, self.context, self.user = tokenizer, context, user
+        self.weights = dataclasses.asdict(self.fcfg.weights)
+        self.metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
+        self.step_fn = StepFunction(model)
+        self.settings = sampler.DecoderSettings(decoder="temperature", temperature=1.0)
+        self.sample_key = finetune_key(config, _SAMPLE_STREAM)
+        tcfg = config.train
+        self.train_tokens = np.asarray(train_split.tokens)
+        self.train_offsets = np.asarray(train_split.offsets, np.int64)
+        k = tcfg.transpose_semitones
+        self.tables = tokenizer.transposition_tables(k) if k > 0 else None
+        self.real_states = None
+        self.real_table = tokenizer.grammar.next_state if tcfg.grammar_mask_loss else None
+        if self.real_table is not None:
+            self.real_states = batching.grammar_states(
+                self.train_tokens, self.train_offsets, tokenizer.grammar, self.tables
+            )
+        self.window_seed = (config.seed, self.fcfg.seed, _WINDOW_STREAM)
+        # Validation: the training run's fixed windows, so the NLL compares with its curve.
+        self.mesh = make_mesh(tcfg.batch_size)
+        self.eval_step = make_eval_step(model, self.mesh, self.real_table)
+        valid = dataset.load_split(workdir, "valid")
+        valid_states = None
+        if self.real_table is not None:
+            valid_states = batching.grammar_states(
+                np.asarray(valid.tokens), np.asarray(valid.offsets), tokenizer.grammar
+            )
+        self.valid_batches = [
+            shard_batch(b, self.mesh)
+            for b in batching.validation_batches(
+                np.asarray(valid.tokens), np.asarray(valid.offsets), batch_size=tcfg.batch_size,
+                seq_len=tcfg.seq_len, num_batches=tcfg.eval_batches, states=valid_states,
+            )
+        ]  # fmt: skip
+
+    # one update's inputs, each a pure function of the step
+    def sample(self, params, step: int) -> np.ndarray:
+        fcfg = self.fcfg
+        primer = np.full((fcfg.batch_size, 1), BOS, np.int32)
+        states = np.full((fcfg.batch_size,), self.tokenizer.grammar.bos_state, np.int32)
+        tokens = sampler.sample(
+            {"params": params}, primer, states, self.tokenizer.grammar.next_state,
+            jax.random.fold_in(self.sample_key, step), step_fn=self.step_fn,
+            num_steps=fcfg.num_tokens, settings=self.settings,
+        )  # fmt: skip
+        return np.asarray(jax.device_get(tokens))
+
+    def real_batch(self, step: int):
+        if self.fcfg.alpha <= 0:
+            return None
+        tcfg = self.config.train
+        batch = batching.sample_windows(
+            self.train_tokens, self.train_offsets, seed=self.window_seed, step=step,
+            batch_size=self.fcfg.alpha_batch_size, seq_len=tcfg.seq_len,
+            transpose_tables=self.tables, states=self.real_states,
+        )  # fmt: skip
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def validate(self, params, step: int, wall: float) -> float:
+        val = validation_metrics(
+            self.eval_step, types.SimpleNamespace(params=params, batch_stats={}),
+            self.valid_batches,
+        )  # fmt: skip
+        if not np.isfinite(val["loss"]):
+            raise FinetuneDivergedError(f"validation loss is {val['loss']} at step {step}")
+        reporting.append_metrics(
+            self.metrics_path, {"kind": "valid", "step": step, **val, "wall_seconds": wall}
+        )
+        return val["loss"]
+
+    def loop(self, state: dict, meta: dict, *, progress: bool) -> dict:
+        fcfg = self.fcfg
+        step = start = int(jax.device_get(state["step"]))
+        wall_before = float(meta.get("wall_seconds") or 0.0)
+        started = time.perf_counter()
+
+        def wall() -> float:
+            return wall_before + time.perf_counter() - started
+
+        reporting.append_metrics(self.metrics_path, {"kind": "start", "step": step})
+        val = meta.get("val_loss")
+        if step == 0:
+            val = self.validate(state["params"], 0, 0.0)  # the pretrained model's NLL
+        stop = "num_steps"
+        bar = reporting.progress_bar(start, fcfg.num_steps, enabled=progress)
+        saved_at, recent = None, []
+        while step < fcfg.num_steps:
+            tokens = self.sample(state["params"], step)
+            scores = score_tokens(self.tokenizer, tokens, self.weights, self.context, self.user)
+            totals = np.array([s["total"] for s in scores], np.float32)
+            state, metrics = self.update(state, tokens, totals, self.real_batch(step))
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(np.isfinite(v) for v in values.values()):
+                raise FinetuneDivergedError(
+                    f"fine-tuning diverged at step {step + 1}: {values}; the last good "
+                    "checkpoint is kept (try a lower finetune.learning_rate)"
+                )
+            step += 1
+            parts = {
+                f"reward_{name}": float(np.mean([s[name] for s in scores]))
+                for name in scores[0]
+                if name not in ("total", "key")
+            }
+            record = {"kind": "train", "step": step, **values, **parts, "wall_seconds": wall()}
+            reporting.append_metrics(self.metrics_path, record)
+            recent.append(record)
+            bar.update(1)
+            out_of_time = 0 < fcfg.max_wall_seconds <= time.perf_counter() - started
+            is_eval = step % fcfg.eval_every == 0 or step == fcfg.num_steps or out_of_time
+            if is_eval:
+                val = self.validate(state["params"], step, wall())
+                self.save(state, step, val, wall(), meta)
+                saved_at = step
+            if step % fcfg.log_every == 0 or is_eval:
+                bar.write(_line(step, fcfg.num_steps, recent, val))
+                recent = []
+            if out_of_time:
+                stop = "max_wall_seconds"
+                break
+        bar.close()
+        if step > start and saved_at != step:
+            val = self.validate(state["params"], step, wall())
+            self.save(state, step, val, wall(), meta)
+        return self.summary(step, stop, wall(), meta)
+
+    def save(self, state: dict, step: int, val: float, wall: float, meta: dict) -> None:
+        meta = {"step": step, "val_loss": val, "wall_seconds": wall,
+                "base_step": meta.get("base_step")}  # fmt: skip
+        workdir_lib.save(self.manager, step, state, meta, val)
+
+    def summary(self, step: int, stop: str, wall: float, meta: dict) -> dict:
+        records = reporting.read_metrics(self.metrics_path)
+        train = [r for r in records if r.get("kind") == "train"]
+        valid = [r for r in records if r.get("kind") == "valid"]
+        window = max(1, min(self.fcfg.log_every, len(train)))
+        return {
+            "step": step,
+            "stop_reason": stop,
+            "base_step": meta.get("base_step"),
+            "reward_first": _mean(train[:window], "reward"),
+            "reward_last": _mean(train[-window:], "reward"),
+            "kl_last": _mean(train[-window:], "kl"),
+            "val_loss_first": valid[0]["loss"] if valid else None,
+            "val_loss_last": valid[-1]["loss"] if valid else None,
+            "seconds": wall,
+        }
+
+
+def _mean(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _line(step: int, num_steps: int, recent: list[dict], val: float | None) -> str:
+    val_text = "-" if val is None else f"{val:.4f}"
+    real = _mean(recent, "real_nll")
+    real_text = "" if real is None else f"  real nll {real:.4f}"
+    walls = [r["wall_seconds"] for r in recent]
+    per_step = (walls[-1] - walls[0]) / (len(walls) - 1) if len(walls) > 1 else float("nan")
+    return (
+        f"finetune {step}/{num_steps}  reward {_mean(recent, 'reward'):.4f}  "
+        f"kl {_mean(recent, 'kl'):.5f} nats/token{real_text}  val {val_text}  "
+        f"|g| {_mean(recent, 'grad_norm'):.3g}  {per_step:.2f} s/step"
+    )
+
+
+def summary_text(summary: dict) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    return (
+        f"fine-tuned to step {summary['step']} ({summary['stop_reason']}) from pretrained step "
+        f"{summary['base_step']}: mean reward {fmt(summary['reward_first'])} -> "
+        f"{fmt(summary['reward_last'])}, KL {fmt(summary['kl_last'])} nats/token, validation "
+        f"NLL {fmt(summary['val_loss_first'])} -> {fmt(summary['val_loss_last'])} nats/token"
+    )
+
+
+def plot_curves(metrics_file: str, png_path: str) -> str | None:
+    """Mean reward, KL(pi || pi_0) per token and validation NLL vs update, as one PNG."""
+    records = reporting.read_metrics(metrics_file)
+    train = sorted((r for r in records if r.get("kind") == "train"), key=lambda r: r["step"])
+    valid = sorted((r for r in records if r.get("kind") == "valid"), key=lambda r: r["step"])
+    if not train:
+        return None
+    steps = np.array([r["step"] for r in train])
+    fig = Figure(figsize=(10, 3.2), dpi=110)
+    axes = fig.subplots(1, 3)
+    for ax, key, label in ((axes[0], "reward", "mean reward"),
+                           (axes[1], "kl", "KL(policy || pretrained), nats/token")):  # fmt: skip
+        values = np.array([r[key] for r in train])
+        ax.plot(steps, values, lw=0.6, alpha=0.4)
+        width = max(1, len(values) // 20)
+        smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+        ax.plot(steps[width - 1 :], smooth, lw=1.5)
+        ax.set_title(label, fontsize=9)
+    axes[2].plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", markersize=3)
+    axes[2].set_title("validation NLL, nats/token", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic.atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    return png_path

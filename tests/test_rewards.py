@@ -1,0 +1,115 @@
+"""Each fine-tuning reward on hand-made pieces, against values worked out by hand."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from jaxcomposer import config_lib
+from jaxcomposer.evaluation import rewards
+from jaxcomposer.notes import make_notes
+
+CTX = rewards.RewardContext(steps_per_beat=4, max_run=4, motif_length=2, motif_gap=1,
+                            phrase_beats=4.0, range_band=(12.0, 24.0))  # fmt: skip
+EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "launch" / "example_reward.py"
+
+
+def line(pitches, beats=None):
+    """A melody, one note per beat (or at the given beats), each one beat long."""
+    starts = np.arange(len(pitches), dtype=float) if beats is None else np.asarray(beats, float)
+    return make_notes(pitches, starts, starts + 1.0)
+
+
+def test_table_matches_config_weights():
+    assert set(rewards.REWARDS) == set(config_lib.RewardWeights.__dataclass_fields__)
+
+
+def test_every_reward_is_zero_on_an_empty_piece():
+    empty = make_notes([], [], [])
+    assert all(r.fn(empty, 0, CTX) == 0.0 for r in rewards.REWARDS.values())
+
+
+def test_in_key_major_and_minor_with_leading_tone():
+    assert rewards.in_key(line([60, 62, 64, 66]), 0, CTX) == 0.75  # F# outside C major
+    # A minor (21): natural minor plus G#; F# is outside.
+    assert rewards.in_key(line([69, 68, 66, 72]), 21, CTX) == 0.75
+    assert rewards.in_key(line([60, 64, 67, 72]), 0, CTX) == 1.0
+
+
+def test_no_stuck_runs_counts_groups_beyond_max_run():
+    # 6 identical groups then one other: 2 groups beyond the 4th of the run, out of 7.
+    assert rewards.no_stuck_runs(line([60] * 6 + [62]), 0, CTX) == pytest.approx(5 / 7)
+    assert rewards.no_stuck_runs(line([60] * 4 + [62] * 4), 0, CTX) == 1.0
+    chord = make_notes([60, 64] * 5, np.repeat(np.arange(5.0), 2), np.repeat(np.arange(5.0), 2) + 1)
+    assert rewards.no_stuck_runs(chord, 0, CTX) == pytest.approx(1 - 1 / 5)
+
+
+def test_motif_return_finds_a_transposed_return_with_its_rhythm():
+    # intervals 2, 2, -14, 17, 2, 2 (all one beat apart): 2-grams (2,2) at 0 and 4 return
+    # (4 >= motif_length 2 + gap 1); the other three are unique: 2 of 5.
+    pitches = [60, 62, 64, 50, 67, 69, 71]
+    assert rewards.motif_return(line(pitches), 0, CTX) == pytest.approx(2 / 5)
+    # the same pitches, the last note a beat later: its rhythm differs, nothing returns.
+    beats = [0, 1, 2, 3, 4, 5, 7]
+    assert rewards.motif_return(line(pitches, beats), 0, CTX) == 0.0
+    # a repeated note is the stuck failure, not a motif
+    assert rewards.motif_return(line([60] * 10), 0, CTX) == 0.0
+
+
+def test_tonic_ending_checks_the_bass_of_each_phrase_ending():
+    # phrases of 4 beats: [0,4) ends on {C3, E4} (bass C: yes); [4,8) ends on {G2, D4} (no);
+    # [8,12) is empty (skipped); [12,16) ends on C5 alone (yes): 2 of 3.
+    pitch = [60, 48, 64, 62, 43, 74, 72]
+    start = [0, 3, 3, 4, 7, 7, 12]
+    notes = make_notes(pitch, start, np.asarray(start, float) + 1)
+    assert rewards.tonic_ending(notes, 0, CTX) == pytest.approx(2 / 3)
+    assert rewards.tonic_ending(notes, 12, CTX) == pytest.approx(2 / 3)  # c minor: tonic C too
+    assert rewards.tonic_ending(notes, 7, CTX) == pytest.approx(1 / 3)  # G major
+
+
+def test_leap_recovery_wants_a_step_back_after_a_leap_beyond_an_octave():
+    # moves 16, -2 | -15, 2 | 14, 2 (same direction: not recovered) | -27 (last: not judged)
+    pitches = [60, 76, 74, 59, 61, 75, 77, 50]
+    assert rewards.leap_recovery(line(pitches), 0, CTX) == pytest.approx(1 - 1 / 7)
+    assert rewards.leap_recovery(line([60, 72, 60, 72]), 0, CTX) == 1.0  # an octave is no leap
+    assert rewards.leap_recovery(line([60]), 0, CTX) == 1.0
+
+
+def test_pitch_range_inside_the_band_or_falling_off_over_an_octave():
+    assert rewards.pitch_range(line([60, 80]), 0, CTX) == 1.0  # 20 in [12, 24]
+    assert rewards.pitch_range(line([50, 80]), 0, CTX) == 0.5  # 30: 6 above
+    assert rewards.pitch_range(line([60, 62]), 0, CTX) == pytest.approx(1 - 10 / 12)
+    assert rewards.pitch_range(line([40, 80]), 0, CTX) == 0.0
+
+
+def test_range_band_is_quantiles_of_real_spans():
+    pieces = [line([60, 60 + s]) for s in (10, 20, 30)]
+    assert rewards.range_band(pieces, 0.0, 1.0) == (10.0, 30.0)
+    assert rewards.range_band(pieces, 0.5, 0.5) == (20.0, 20.0)
+
+
+def test_score_is_the_weighted_sum_with_a_user_reward_and_an_estimated_key():
+    notes = line([60, 62, 64, 65, 67, 65, 64, 62, 60])
+    user = rewards.load_user_reward(f"{EXAMPLE}:stepwise_motion")
+    weights = {"in_key": 2.0, "pitch_range": 0.5}
+    out = rewards.score(notes, weights, CTX, user=(user, 3.0))
+    assert out["key"] == 0.0  # estimated: C major
+    assert out["user"] == 1.0  # every move is a step
+    by_hand = 2.0 * out["in_key"] + 0.5 * out["pitch_range"] + 3.0 * out["user"]
+    assert out["total"] == pytest.approx(by_hand)
+    assert out["in_key"] == 1.0 and out["pitch_range"] == pytest.approx(1 - 5 / 12)
+    requested = rewards.score(notes, weights, CTX, key=6)  # F# major: only F and B are in it
+    assert requested["key"] == 6.0 and requested["in_key"] == pytest.approx(2 / 9)
+    with pytest.raises(KeyError, match="unknown rewards"):
+        rewards.score(notes, {"nope": 1.0}, CTX)
+
+
+def test_user_reward_errors_are_one_line(tmp_path):
+    for spec in ("nothing", "no_such_module_xyz:f", f"{tmp_path}/missing.py:f",
+                 f"{EXAMPLE}:no_such_function"):  # fmt: skip
+        with pytest.raises(ValueError, match="finetune.user_reward") as info:
+            rewards.load_user_reward(spec)
+        assert "\n" not in str(info.value)
+    assert rewards.load_user_reward("jaxcomposer.evaluation.rewards:in_key") is rewards.in_key
