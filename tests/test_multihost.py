@@ -14,6 +14,8 @@ then A's, B's and C's checkpoints are restored on this process's 1 device and A'
 
 from __future__ import annotations
 
+import functools
+import json
 import shutil
 import textwrap
 import time
@@ -92,7 +94,9 @@ def losses(workdir) -> tuple[list, list, list]:
     return [r["step"] for r in train], [r["loss"] for r in train], [r["loss"] for r in valid]
 
 
+@functools.cache
 def params(workdir) -> list[np.ndarray]:
+    """The final parameters, restored on this process's one device (as generate does)."""
     import jax
 
     restored = workdir_lib.restore_for_inference(str(workdir), "latest")
@@ -130,7 +134,7 @@ def test_two_processes_train_like_one_process_with_four_devices(runs):
 def test_only_process_zero_writes_metrics_and_the_resume_continues(runs):
     lines = workdir_lib.metrics_path(str(runs["dirs"]["b"]))
     with open(lines, encoding="utf-8") as f:
-        records = [r for r in map(__import__("json").loads, f)]
+        records = [json.loads(line) for line in f]
     # One "start" per attempt (not per process), each step's line once: one writer.
     assert [r["step"] for r in records if r["kind"] == "start"] == [0, 3]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
