@@ -74,6 +74,15 @@ flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-s
 flags.DEFINE_string("eval_dir", None, "Evaluate on this MIDI folder instead of the valid split.")
 flags.DEFINE_string("samples", None, "Compare the MIDI files in this folder with real pieces.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+# Multi-host (jaxcomposer/distributed.py): one process per host, started with the same flags.
+flags.DEFINE_enum(
+    "distributed", "off", ["off", "auto", "on"],
+    "Start jax.distributed: off (one process, unless the three flags below are given), auto "
+    "(when JAX detects SLURM, Open MPI or a Cloud TPU pod), on (always; fail if it cannot).",
+)  # fmt: skip
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
+flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run (0 = primary).")
 flags.DEFINE_bool(
     "overwrite", False,
     "prepare: allow settings that re-map the token ids of the workdir's checkpoints, moving "
@@ -194,18 +203,32 @@ def main(argv: list[str]) -> None:
                 raise UsageError(f"config data.{field}={folder!r}: no such folder")
     workdir = os.path.abspath(FLAGS.workdir)
     logging.info("mode=%s workdir=%s", mode, workdir)
+    from jaxcomposer import distributed
+
+    try:  # before anything starts a jax backend
+        distributed.initialize(
+            FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+    except distributed.DistributedSetupError as e:
+        raise UsageError(str(e)) from None
+    primary = distributed.is_primary()
 
     if mode in ("prepare", "all"):
         from jaxcomposer.data import dataset
 
-        manifest = dataset.prepare(
-            config, workdir, progress=FLAGS.progress, overwrite=FLAGS.overwrite
-        )
-        print(dataset.summarize(manifest), flush=True)
+        if primary:  # the others wait for the files at the barrier
+            manifest = dataset.prepare(
+                config, workdir, progress=FLAGS.progress, overwrite=FLAGS.overwrite
+            )
+            print(dataset.summarize(manifest), flush=True)
+        distributed.barrier("prepare")
     if mode in ("train", "all"):
         from jaxcomposer.train import loop
 
         loop.train(config, workdir)
+    if not primary:  # fine-tuning, sampling and evaluation are single-host jobs: process 0 runs them
+        distributed.barrier("done")
+        return
     if mode == "finetune":
         from jaxcomposer.train import finetune
 
@@ -224,6 +247,7 @@ def main(argv: list[str]) -> None:
             evaluate.compare_samples(workdir, FLAGS.samples, progress=FLAGS.progress)
         else:
             evaluate.evaluate(workdir, eval_dir=FLAGS.eval_dir, progress=FLAGS.progress)
+    distributed.barrier("done")
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -256,8 +256,11 @@ def record_prepared(
     return moved
 
 
-def write_run_files(workdir: str, config: Config, vocab: Vocab, *, resuming: bool) -> None:
-    """Checks config.json / vocab.json against this training run, then records its config.
+def write_run_files(
+    workdir: str, config: Config, vocab: Vocab, *, resuming: bool, write: bool = True
+) -> None:
+    """Checks config.json / vocab.json against this training run, then records its config
+    (unless `write` is False: the other processes of a multi-host run only check).
 
     The data and tokenizer must be the ones the workdir was prepared with; when resuming,
     the model, the seeds and the training recipe must match the checkpoints too. Only the
@@ -284,8 +287,9 @@ def write_run_files(workdir: str, config: Config, vocab: Vocab, *, resuming: boo
                 )
     if os.path.exists(vocab_path(workdir)):
         _check_vocab(workdir, vocab)
-    atomic.write_text(vocab_path(workdir), vocab.to_json() + "\n")
-    atomic.write_text(path, config_lib.to_json(config) + "\n")
+    if write:
+        atomic.write_text(vocab_path(workdir), vocab.to_json() + "\n")
+        atomic.write_text(path, config_lib.to_json(config) + "\n")
 
 
 def _check_vocab(workdir: str, vocab: Vocab) -> None:
@@ -333,6 +337,22 @@ def _quiet_orbax() -> None:
         logger.addFilter(_QuietOrbax())
 
 
+def _multiprocessing_options(read_only: bool):
+    """Multi-host (distributed.py): training calls the manager on every process, as orbax's
+    multi-process API requires, with process 0 as primary host (it writes the metadata and
+    finalizes each step). Reading for inference runs on one process alone (process 0 samples
+    and evaluates), so that manager's barriers include only the calling process."""
+    import jax
+    from orbax.checkpoint.options import MultiprocessingOptions
+
+    if not read_only or jax.process_count() == 1:
+        return MultiprocessingOptions(primary_host=0)
+    me = jax.process_index()
+    return MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"inference{me}"
+    )
+
+
 def make_manager(
     workdir: str, keep_best: int, *, read_only: bool = False, directory: str | None = None
 ):
@@ -358,6 +378,7 @@ def make_manager(
     if not read_only:
         empty_trash(workdir, directory)
     options = ocp.CheckpointManagerOptions(
+        multiprocessing_options=_multiprocessing_options(read_only),
         preservation_policy=policy,
         best_fn=_val_loss,  # makes the manager write metrics and answer best_step()
         best_mode="min",

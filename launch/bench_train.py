@@ -13,6 +13,15 @@ on a shared machine are only comparable when that is ~0).
   python launch/bench_train.py --epoch            # seed_replica model: time per corpus epoch
   python launch/bench_train.py --variants         # implementation options side by side
   python launch/bench_train.py --rounds 3         # repeat; the summary takes the quietest round
+  python launch/bench_train.py --precisions fp32,bf16   # also bfloat16 compute (params fp32)
+
+On a GPU or TPU (jax's default backend) the same command times the step there, in fp32 and bf16
+by default, and on a GPU runs the PyTorch peer on CUDA in the same script (nn.LSTM is cuDNN's
+LSTM there) at the same shapes, once per precision (`--bf16` = bfloat16 autocast). JAX's fp32
+matmuls run at `--gpu-fp32-precision` (default 'highest': true fp32; torch's cuDNN RNN may use
+TF32 unless torch.backends.cudnn.allow_tf32 is off, so 'default' is the fairer setting on
+Ampere and newer if you want TF32 on both sides). A TPU has no PyTorch cuDNN peer: the script
+says so and prints JAX's figures alone. Not yet run on an accelerator: no GPU was at hand.
 
 Measured on the 2-core AMD EPYC dev VM (undisturbed rounds, Nov 2026; XLA fp32 matmul ~190
 GFLOP/s there): batch 64 JAX 4,380-4,630 vs torch 4,060-4,190 tokens/s (ratio 1.05-1.1), batch
@@ -66,6 +75,14 @@ def parse_args() -> argparse.Namespace:
         help="--epoch: input projection hoisted out of the scan (config = seed_replica.py's)",
     )
     ap.add_argument("--variants", action="store_true", help="also time implementation options")
+    ap.add_argument(
+        "--precisions", default=None,
+        help="comma-separated fp32,bf16 (default: fp32 on the CPU, fp32,bf16 on a GPU/TPU)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--gpu-fp32-precision", choices=["highest", "default"], default="highest",
+        help="jax_default_matmul_precision for fp32 on a GPU/TPU",
+    )  # fmt: skip
     ap.add_argument(
         "--recurrent-dropout", type=float, default=None, help="--epoch: override the config's rate"
     )
@@ -154,6 +171,21 @@ def _block(tree) -> None:
     jax.block_until_ready(tree)
 
 
+def accelerator() -> str:
+    """jax's default backend: 'cpu', 'gpu' or 'tpu'."""
+    import jax
+
+    return jax.default_backend()
+
+
+def precisions(args: argparse.Namespace) -> list[str]:
+    chosen = args.precisions or ("fp32" if accelerator() == "cpu" else "fp32,bf16")
+    out = [p.strip() for p in chosen.split(",")]
+    if not set(out) <= {"fp32", "bf16"}:
+        raise SystemExit(f"--precisions takes fp32 and/or bf16, got {chosen!r}")
+    return out
+
+
 def lm_config(args: argparse.Namespace, **changes):
     from configs import default
     from jaxcomposer import config_lib
@@ -221,12 +253,20 @@ def xla_matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def run_torch(args: argparse.Namespace) -> list[dict]:
-    if args.no_torch or importlib.util.find_spec("torch") is None or not TORCH_SCRIPT.exists():
-        why = "disabled" if args.no_torch else "torch not importable or script missing"
-        print(json.dumps({"system": "torch", "skipped": why}), flush=True)
+def run_torch(args: argparse.Namespace, precision: str = "fp32") -> list[dict]:
+    """The PyTorch peer at `precision` (it picks CUDA itself when torch sees a GPU)."""
+    why = None
+    if args.no_torch:
+        why = "disabled"
+    elif importlib.util.find_spec("torch") is None or not TORCH_SCRIPT.exists():
+        why = "torch not importable or script missing"
+    elif accelerator() == "tpu":
+        why = "no PyTorch cuDNN LSTM on a TPU"
+    if why:
+        print(json.dumps({"system": "torch", "precision": precision, "skipped": why}), flush=True)
         return []
     cmd = [sys.executable, str(TORCH_SCRIPT), "--batches", args.batches, "--reps", str(args.reps)]
+    cmd += ["--bf16"] if precision == "bf16" else []
     cmd += ["--threads", str(args.threads), "--vocab", str(args.vocab), "--seq", str(args.seq)]
     cmd += ["--embed", str(args.embed), "--hidden", str(args.hidden), "--layers", str(args.layers)]
     with LoadMeter() as load:
@@ -236,6 +276,7 @@ def run_torch(args: argparse.Namespace) -> list[dict]:
         return []
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     for row in rows:
+        row["precision"] = precision
         row["other_load_cores"] = round(load.other_cores, 2)
         print(json.dumps(row), flush=True)
     return rows
@@ -254,13 +295,20 @@ def bench_lm(args: argparse.Namespace) -> None:
             "autodiff_scan": {"batched_weight_grads": False},
             "unroll_2": {"unroll": 2},
         }
+    backend, kinds = accelerator(), precisions(args)
+    if backend != "cpu":
+        jax.config.update("jax_default_matmul_precision", args.gpu_fp32_precision)
+    print(json.dumps({"backend": backend, "device": str(jax.devices()[0]), "precisions": kinds}))
     steps = {}
     for batch in (int(b) for b in args.batches.split(",")):
         for name, variant in variants.items():
-            options = dict(variant)
-            hoist = options.pop("hoist_input_projection", True)
-            config = lm_config(args, hoist_input_projection=hoist)
-            steps[(name, batch)] = make_lm_step(config, args.vocab, batch, args.seq, options)
+            for precision in kinds:
+                options = dict(variant)
+                hoist = options.pop("hoist_input_projection", True)
+                dtype = "bfloat16" if precision == "bf16" else "float32"
+                config = lm_config(args, hoist_input_projection=hoist, dtype=dtype)
+                label = name if precision == "fp32" else f"{name} bf16"
+                steps[(label, batch)] = make_lm_step(config, args.vocab, batch, args.seq, options)
     runs = {}  # (system, batch) -> [(other_load_cores, tokens/s), ...] over rounds
     for round_ in range(args.rounds):
         with LoadMeter() as load:
@@ -276,8 +324,10 @@ def bench_lm(args: argparse.Namespace) -> None:
             row |= {"other_load_cores": round(load.other_cores, 2), "round": round_}
             runs.setdefault((row["system"], batch), []).append((load.other_cores, row))
             print(json.dumps(row), flush=True)
-        for row in run_torch(args):
-            runs.setdefault(("torch", row["batch"]), []).append((row["other_load_cores"], row))
+        for precision in kinds:
+            system = "torch" if precision == "fp32" else "torch bf16"
+            for row in run_torch(args, precision):
+                runs.setdefault((system, row["batch"]), []).append((row["other_load_cores"], row))
     print_summary(runs)
 
 
@@ -290,8 +340,10 @@ def print_summary(runs: dict) -> None:
     for (system, batch), (load, row) in quietest.items():
         summary = {"summary": system, "batch": batch, "tokens_per_s": row["tokens_per_s"]}
         summary["other_load_cores"] = round(load, 2)
-        torch = quietest.get(("torch", batch))
-        if torch and system != "torch":
+        # Each precision against the peer at the same precision.
+        peer = "torch bf16" if system.endswith(" bf16") else "torch"
+        torch = quietest.get((peer, batch))
+        if torch and not system.startswith("torch"):
             summary["ratio_over_torch"] = round(row["tokens_per_s"] / torch[1]["tokens_per_s"], 3)
         if max(load, torch[0] if torch else 0.0) > QUIET:
             summary["warning"] = "other processes used the CPU: rerun on a quiet machine"
@@ -368,6 +420,8 @@ def bench_epoch(args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
+    # On a GPU, jax would otherwise take 75% of its memory up front, leaving torch's peer little.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     pin_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     print(json.dumps({"cpu": cpu_model(), "cores_used": len(os.sched_getaffinity(0))}))

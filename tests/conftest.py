@@ -4,8 +4,13 @@ a compile counter that observes jax from outside (jax_log_compiles), not from in
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import pathlib
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import jax
@@ -15,6 +20,7 @@ from configs import tiny
 from jaxcomposer import config_lib
 from jaxcomposer.data.dataset import TokenSplit
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 # ../shared beside the repository: real corpora; tests that need them skip when it is absent.
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -53,3 +59,38 @@ def count_compiles() -> Iterator[list[str]]:
             yield handler.names
     finally:
         logger.removeHandler(handler)
+
+
+# --- subprocesses with forced CPU devices (XLA_FLAGS must be set before jax starts) -----------
+def start_python(
+    script: str, *args: str, devices: int = 1, env: dict | None = None
+) -> subprocess.Popen:
+    """`python -c script args...` from the repository root on `devices` forced CPU devices (with
+    `env` added); the script prints its result as one line `RESULT <json>` (see `result_of`)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", **(env or {}))
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def result_of(process: subprocess.Popen, timeout: float = 300) -> dict:
+    """The RESULT json of a `start_python` process; kills it after `timeout` seconds (a
+    distributed peer that never arrives makes jax abort only after minutes)."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {err[-3000:]}") from None
+    assert process.returncode == 0, err[-3000:]
+    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (bound once by the OS, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

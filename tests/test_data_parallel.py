@@ -5,21 +5,15 @@ run the whole `loop.fit` path (sharded batches, replicated state, checkpoints)."
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import result_of, start_python
 
 SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     devices, workdir = int(sys.argv[1]), sys.argv[2]
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     import jax
     import numpy as np
     from configs import tiny
@@ -62,20 +56,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run_with(devices: int, workdir: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(devices), workdir],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def result_of(process: subprocess.Popen) -> dict:
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err[-3000:]
-    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
+def run_with(devices: int, workdir: str):
+    return start_python(SCRIPT, devices, workdir, devices=devices)
 
 
 def test_four_devices_match_one_device(tmp_path):

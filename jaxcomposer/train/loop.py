@@ -17,7 +17,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcomposer import atomic, workdir_lib
+from jaxcomposer import atomic, distributed, workdir_lib
 from jaxcomposer.conditioning import Spec
 from jaxcomposer.config_lib import Config
 from jaxcomposer.data import dataset
@@ -57,11 +57,12 @@ def train(config: Config, workdir: str, *, progress: bool | None = None) -> dict
 
 def _train(config: Config, workdir: str, *, progress: bool | None) -> dict:
     show = sys.stderr.isatty() if progress is None else progress
-    if not workdir_lib.is_prepared(workdir):
+    if distributed.is_primary() and not workdir_lib.is_prepared(workdir):
         source = config.data.midi_dir or "the embedded Bach chorales"
         logging.info("%s was never prepared: preparing %s first", workdir, source)
         print(f"{workdir} was never prepared: preparing {source} first", flush=True)
         print(dataset.summarize(dataset.prepare(config, workdir, progress=show)), flush=True)
+    distributed.barrier("prepared")  # multi-host: the others read what process 0 prepared
     tokenizer = get_tokenizer(config.tokenizer)
     spec = workdir_lib.cond_spec(workdir, config)
     return fit(
@@ -87,6 +88,7 @@ def fit(
 
     `tokenizer`, `model` and the conditioning `spec` default to the ones the config describes
     (pass them when built; the spec's style names come from the prepared data).
+    Multi-host (distributed.py): every process calls this; process 0 alone writes the run files.
     """
     tcfg = config.train
     tokenizer = tokenizer or get_tokenizer(config.tokenizer)
@@ -95,7 +97,12 @@ def fit(
     manager = workdir_lib.make_manager(workdir, tcfg.keep_best)
     try:
         latest = manager.latest_step()
-        workdir_lib.write_run_files(workdir, config, tokenizer.vocab, resuming=latest is not None)
+        # Every process checks (the same files, the same verdict); process 0 alone writes.
+        workdir_lib.write_run_files(
+            workdir, config, tokenizer.vocab, resuming=latest is not None,
+            write=distributed.is_primary(),
+        )  # fmt: skip
+        distributed.barrier("run_files")
         mesh = make_mesh(tcfg.batch_size)
         optimizer, schedule = make_optimizer(tcfg)
         grammar = tokenizer.grammar.next_state if tcfg.grammar_mask_loss else None
@@ -121,6 +128,8 @@ def fit(
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
         manager.close()  # waits for asynchronous saves
+    if not distributed.is_primary():
+        return summary
     reporting.plot_learning_curve(
         workdir_lib.metrics_path(workdir), os.path.join(workdir, "learning_curve.png")
     )
@@ -140,6 +149,7 @@ class _Run:
         self.spec, self.train_labels = spec, getattr(train_split, "labels", None)
         self.config, self.workdir, self.mesh, self.manager = config, workdir, mesh, manager
         self.metrics_path = workdir_lib.metrics_path(workdir)
+        self.primary = distributed.is_primary()  # the one process that writes metrics.jsonl
         self.train_tokens = np.asarray(train_split.tokens)
         self.train_offsets = np.asarray(train_split.offsets, np.int64)
         grammar = tokenizer.grammar if tcfg.grammar_mask_loss else None
@@ -193,15 +203,13 @@ class _Run:
         tcfg = self.tcfg
         step = start = int(jax.device_get(state.step))
         self.started = time.perf_counter()
-        reporting.append_metrics(
-            self.metrics_path, {"kind": "start", "step": step, "devices": self.mesh.size}
-        )
+        self.log({"kind": "start", "step": step, "devices": self.mesh.size})
         window = reporting.Window(step)
         saved_at, evaluated_at, pending = None, None, None
         stop = "num_steps"
         if tcfg.early_stop_patience and self.bad_evals >= tcfg.early_stop_patience:
             stop = "early_stopping"
-        bar = reporting.progress_bar(start, tcfg.num_steps, enabled=progress)
+        bar = reporting.progress_bar(start, tcfg.num_steps, enabled=progress and self.primary)
         while step < tcfg.num_steps and stop == "num_steps":
             state, metrics = self.train_step(state, self.batch(step), self.rng)
             step += 1
@@ -217,6 +225,8 @@ class _Run:
             is_log = step % tcfg.log_every == 0
             is_save = is_eval or step % tcfg.checkpoint_every == 0
             out_of_time = 0 < tcfg.max_wall_seconds <= time.perf_counter() - self.started
+            if tcfg.max_wall_seconds > 0:  # process 0's clock decides for all: same last step
+                out_of_time = distributed.agree(out_of_time)
             if not (is_eval or is_log or is_save or out_of_time):
                 continue
             if pending is not None:
@@ -235,8 +245,9 @@ class _Run:
                 saved_at = step
             if is_log or is_eval:
                 line = window.flush(step, tcfg.num_steps, self.last_val, self.best, self.wall())
-                reporting.append_metrics(self.metrics_path, line.record)
-                bar.write(line.text)
+                self.log(line.record)
+                if self.primary:
+                    bar.write(line.text)
         bar.close()
         if step > start and evaluated_at != step:
             if pending is not None:
@@ -258,10 +269,12 @@ class _Run:
         else:
             self.bad_evals += 1
         record = {"kind": "valid", "step": step, **val, "wall_seconds": self.wall()}
-        reporting.append_metrics(
-            self.metrics_path, {**record, "best_val_loss": self.best["val_loss"]}
-        )
+        self.log({**record, "best_val_loss": self.best["val_loss"]})
         return val
+
+    def log(self, record: dict) -> None:
+        if self.primary:
+            reporting.append_metrics(self.metrics_path, record)
 
     def save(self, state: TrainState, step: int, val_loss: float | None) -> None:
         meta = {

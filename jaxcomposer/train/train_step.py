@@ -2,9 +2,10 @@
 
 The step is one jitted function (compiled once per process and config) over a `TrainState`;
 dropout keys fold in the step, so a resumed run reproduces an uninterrupted one bit for bit.
-Every local device takes a slice of the batch (`Mesh(devices, ('data',))`); one device is the
-same code path. The loss is model/loss.py's; the optimizer optimizer.py's; the loop that
-drives these lives in loop.py.
+Every device of every process takes a slice of the batch (`Mesh(jax.devices(), ('data',))`: the
+global device list; multi-host runs are distributed.py's); one device is the same code path.
+The loss is model/loss.py's; the optimizer optimizer.py's; the loop that drives these lives in
+loop.py.
 """
 
 from __future__ import annotations
@@ -46,15 +47,18 @@ def make_mesh(batch_size: int) -> Mesh:
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """The global batch -> arrays split over the 'data' axis; each process feeds its own rows."""
+    """The global batch (the same on every process) -> arrays split over the 'data' axis.
+
+    Each process transfers only the rows of its own devices: the callback is asked for exactly
+    the slices the sharding puts on this process's devices, so the rows land where the global
+    batch has them whatever order the mesh lists the hosts' devices in (a plain split by
+    process index would assume each host's devices are one contiguous block of the mesh).
+    """
     sharding = NamedSharding(mesh, P("data"))
-    count, index = jax.process_count(), jax.process_index()
-
-    def put(x: np.ndarray) -> jax.Array:
-        local = np.split(x, count)[index]
-        return jax.make_array_from_process_local_data(sharding, local, x.shape)
-
-    return {k: put(v) for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+        for k, v in batch.items()
+    }
 
 
 # --- state and steps --------------------------------------------------------------------------
