@@ -226,7 +226,7 @@ def main(argv: list[str]) -> None:
         from jaxcomposer.train import loop
 
         loop.train(config, workdir)
-    if not primary:  # fine-tuning, sampling and evaluation are single-host jobs: process 0 runs them
+    if not primary:  # fine-tuning, sampling and evaluation are single-host: process 0 runs them
         distributed.barrier("done")
         return
     if mode == "finetune":
