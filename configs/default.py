@@ -96,6 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --mode=finetune: reward fine-tuning with a KL penalty (paper section 8.2; Jaques et al. 2017)
     c.finetune = ml_collections.ConfigDict()
     c.finetune.seed = 0
+    c.finetune.key = ""  # conditioned models: "D minor" or "C major;A minor"; "" = drawn
     c.finetune.num_steps = 300  # policy updates
     c.finetune.batch_size = 16  # sequences sampled per update
     c.finetune.num_tokens = 256  # tokens per sampled sequence

@@ -132,6 +132,10 @@ class FinetuneConfig:
     - alpha * next-token NLL on real windows (nats/token); all three terms in reward units."""
 
     seed: int = 0  # folded into the root seed: sampling keys and real-window batches
+    # Key-conditioned models: the key each sampled sequence is asked for (and scored in): key
+    # names, ';' between several used in turn ("D minor;F major"); "" = drawn per update from
+    # the training pieces' keys (as sample.key = "" without a primer).
+    key: str = ""
     num_steps: int = 300  # policy updates in total
     batch_size: int = 16  # sequences sampled from the current policy per update
     num_tokens: int = 256  # tokens per sampled sequence (after BOS)

@@ -212,13 +212,14 @@ class KeyPlan:
 
 
 def plan_keys(
-    workdir: str, sample: SampleConfig, spec, primer_notes: list[Notes | None], seed: int
+    workdir: str, sample: SampleConfig, spec, primer_notes: list[Notes | None], seed
 ) -> KeyPlan:
     """Each sample's key schedule: `sample.key` (one schedule, or several separated by ';' used
     in turn, e.g. "C major;A minor"), else the primer's estimated key, else a key drawn from the
     training pieces' keys (manifest). Bars count from the start of the primer. Raises
-    keys.KeyNameError for a bad name and UsageError for an unknown style."""
-    rng = np.random.default_rng([seed, 9])
+    keys.KeyNameError for a bad name and UsageError for an unknown style. `seed`: an int or a
+    sequence of ints (the draws are a pure function of it)."""
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 9])
     n = sample.num_samples
     if sample.key.strip():
         given = [keys.parse_key_schedule(part) for part in sample.key.split(";") if part.strip()]

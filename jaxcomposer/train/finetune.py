@@ -14,6 +14,12 @@ metrics.jsonl, learning_curve.png (reward, KL, validation NLL) and finetune_summ
 Samples and real windows are pure functions of (seed, finetune.seed, step), so a stopped run
 resumed from its latest checkpoint reproduces an uninterrupted one bit for bit.
 `--mode=generate --checkpoint=finetuned[:STEP]` samples from the result.
+
+Key-conditioned models (conditioning.Spec.dim > 0): each update asks every sampled sequence for
+a key (`finetune.key`, else drawn from the training pieces' keys as generate.plan_keys draws,
+a pure function of the step), samples with sampler.sample_keyed (no scale rule: the policy
+itself), feeds every forward pass (policy, frozen reference, real windows, validation) the
+[X; M] vectors training fed, and scores in_key in the requested key.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ import optax
 from absl import logging
 from matplotlib.figure import Figure
 
-from jaxcomposer import atomic, config_lib, workdir_lib
+from jaxcomposer import atomic, config_lib, keys, workdir_lib
 from jaxcomposer.config_lib import Config, FinetuneConfig
 from jaxcomposer.data import dataset
 from jaxcomposer.evaluation import rewards
 from jaxcomposer.model import StepFunction
 from jaxcomposer.model.loss import token_loss_sums
-from jaxcomposer.sample import sampler
+from jaxcomposer.errors import UsageError
+from jaxcomposer.sample import generate, sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer
 from jaxcomposer.train import batching, policy_gradient, reporting
 from jaxcomposer.train.train_step import make_eval_step, make_mesh, shard_batch, validation_metrics
@@ -47,8 +54,9 @@ SUMMARY_FILE = "finetune_summary.json"
 CURVE_FILE = "learning_curve.png"
 # Fields that may change when a fine-tuning run resumes; any other finetune field must not.
 RESUMABLE_FIELDS = frozenset({"num_steps", "eval_every", "log_every", "max_wall_seconds"})
-# Streams folded into the fine-tuning key, so sampling and real windows never share draws.
-_SAMPLE_STREAM, _WINDOW_STREAM = 0, 1
+# Streams folded into the fine-tuning key, so sampling, real windows and key draws never share
+# draws.
+_SAMPLE_STREAM, _WINDOW_STREAM, _KEY_STREAM = 0, 1, 2
 
 
 class FinetuneDivergedError(RuntimeError):
@@ -65,16 +73,19 @@ def make_optimizer(fcfg: FinetuneConfig) -> optax.GradientTransformation:
 
 
 def make_update(model, optimizer, grammar, fcfg: FinetuneConfig, real_loss_table=None):
-    """The jitted `update(state, tokens_BxT, rewards_B, real_batch) -> (state, metrics)`.
+    """The jitted `update(state, tokens_BxT, rewards_B, real_batch, cond_BxTxC=None)
+    -> (state, metrics)`.
 
     `state` = {'step', 'params', 'opt_state', 'reference'} (the pretrained params, frozen);
     `tokens_BxT` were sampled from `state['params']` after BOS; `real_batch` is a
-    batching.sample_windows batch (None when alpha = 0); `real_loss_table` the grammar table
-    when the model was trained with train.grammar_mask_loss."""
+    batching.sample_windows batch (None when alpha = 0; with 'cond_BxLxC' for a conditioned
+    model); `cond_BxTxC` (float32, conditioned models) the [X; M] vector the sampler fed with
+    each input (BOS, tokens[:-1]); `real_loss_table` the grammar table when the model was
+    trained with train.grammar_mask_loss."""
     next_state = jnp.asarray(grammar.next_state)
     beta, alpha = float(fcfg.kl_beta), float(fcfg.alpha)
 
-    def update(state, tokens_BxT, rewards_B, real_batch):
+    def update(state, tokens_BxT, rewards_B, real_batch, cond_BxTxC=None):
         batch = tokens_BxT.shape[0]
         inputs_BxT = jnp.concatenate(
             [jnp.full((batch, 1), BOS, jnp.int32), tokens_BxT[:, :-1]], axis=1
@@ -83,18 +94,23 @@ def make_update(model, optimizer, grammar, fcfg: FinetuneConfig, real_loss_table
         allowed = policy_gradient.sampler_mask(
             next_state, policy_gradient.walk_states(tokens_BxT, start_B, next_state)
         )
-        ref_logits, _ = model.apply({"params": state["reference"]}, inputs_BxT, train=False)
+        ref_logits, _ = model.apply(
+            {"params": state["reference"]}, inputs_BxT, train=False, cond_BxLxC=cond_BxTxC
+        )
 
         def loss_fn(params):
-            logits, _ = model.apply({"params": params}, inputs_BxT, train=False)
+            logits, _ = model.apply(
+                {"params": params}, inputs_BxT, train=False, cond_BxLxC=cond_BxTxC
+            )
             gain, metrics = policy_gradient.surrogate(
                 logits, ref_logits, tokens_BxT, allowed, rewards_B, beta
             )
             loss = -gain
             if real_batch is not None:
                 real_logits, _ = model.apply(
-                    {"params": params}, real_batch["inputs_BxL"], train=False
-                )
+                    {"params": params}, real_batch["inputs_BxL"], train=False,
+                    cond_BxLxC=real_batch.get("cond_BxLxC"),
+                )  # fmt: skip
                 sums = token_loss_sums(
                     real_logits, real_batch["targets_BxL"], real_batch["weights_BxL"],
                     real_batch.get("states_BxL"), real_loss_table,
@@ -140,14 +156,30 @@ def score_tokens(
     weights: dict,
     context: rewards.RewardContext,
     user=None,
-    key: int | None = None,
+    key=None,
 ) -> list[dict]:
-    """Rewards of each sampled row (decoded after a BOS); `key` None = estimated per piece."""
+    """Rewards of each sampled row (decoded after a BOS). `key`: None = estimated per piece, a
+    key number for every row, or a sequence of B key numbers (each row's requested key)."""
+    rows = np.asarray(tokens_BxT)
+    per_row = [key] * len(rows) if key is None or np.ndim(key) == 0 else list(key)
+    if len(per_row) != len(rows):
+        raise ValueError(f"{len(per_row)} keys for {len(rows)} sampled rows")
     out = []
-    for row in np.asarray(tokens_BxT):
+    for row, row_key in zip(rows, per_row, strict=True):
         notes = tokenizer.decode(np.concatenate([[BOS], row])).notes
-        out.append(rewards.score(notes, weights, context, key=key, user=user))
+        out.append(rewards.score(notes, weights, context, key=row_key, user=user))
     return out
+
+
+def check_key(fcfg: FinetuneConfig) -> None:
+    """Raises UsageError (one line) unless finetune.key is '' or ';'-separated key names: the
+    rewards score one key per sequence, so bar schedules are not taken here."""
+    for part in fcfg.key.split(";"):
+        if part.strip() and len(keys.parse_key_schedule(part)) != 1:
+            raise UsageError(
+                f"config finetune.key {fcfg.key!r}: give key names (';' between several), "
+                "not a schedule of key changes"
+            )
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -185,6 +217,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
             f"{workdir}: fine-tuning needs a model that reads whole sequences (model.kind "
             f"'lstm'), not {config.model.kind!r} trained on the last target of fixed windows"
         )
+    check_key(fcfg)
     user = None
     if fcfg.user_reward:
         user = (rewards.load_user_reward(fcfg.user_reward), fcfg.user_reward_weight)
@@ -216,7 +249,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
             )
             state, meta = workdir_lib.restore(manager, latest, abstract)
             logging.info("resumed fine-tuning from %s at step %d", manager.directory, latest)
-        run = _Run(config, workdir, folder, manager, tokenizer, model, train_split, context, user)
+        run = _Run(config, workdir, folder, manager, base, train_split, context, user)
         run.update = make_update(model, optimizer, tokenizer.grammar, fcfg, real_table)
         summary = run.loop(state, meta, progress=show)
     finally:
@@ -234,10 +267,14 @@ def _device():
 class _Run:
     """Loop bookkeeping: samples, rewards, real windows, validation, checkpoints, log lines."""
 
-    def __init__(self, config, workdir, folder, manager, tokenizer, model, train_split, context,
-                 user):  # fmt: skip
+    def __init__(self, config, workdir, folder, manager, base, train_split, context, user):
         self.config, self.fcfg, self.folder, self.manager = config, config.finetune, folder, manager
+        tokenizer, model = base.tokenizer, base.model
         self.tokenizer, self.context, self.user = tokenizer, context, user
+        self.workdir, self.base = workdir, base
+        # Conditioned models only: the spec, and the training split's labels for real windows.
+        self.spec = base.spec if base.spec is not None and base.spec.dim else None
+        self.train_labels = getattr(train_split, "labels", None) if self.spec else None
         self.weights = dataclasses.asdict(self.fcfg.weights)
         self.metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
         self.step_fn = StepFunction(model)
@@ -269,20 +306,46 @@ class _Run:
             for b in batching.validation_batches(
                 np.asarray(valid.tokens), np.asarray(valid.offsets), batch_size=tcfg.batch_size,
                 seq_len=tcfg.seq_len, num_batches=tcfg.eval_batches, states=valid_states,
+                labels=getattr(valid, "labels", None) if self.spec else None, spec=self.spec,
             )
         ]  # fmt: skip
 
     # one update's inputs, each a pure function of the step
-    def sample(self, params, step: int) -> np.ndarray:
+    def sample(self, params, step: int):
+        """(tokens int32 (B, T), cond float32 (B, T, C) of the inputs BOS + tokens[:-1], each
+        row's requested key int (B,)); cond and keys are None for an unconditioned model."""
         fcfg = self.fcfg
         primer = np.full((fcfg.batch_size, 1), BOS, np.int32)
         states = np.full((fcfg.batch_size,), self.tokenizer.grammar.bos_state, np.int32)
-        tokens = sampler.sample(
-            {"params": params}, primer, states, self.tokenizer.grammar.next_state,
-            jax.random.fold_in(self.sample_key, step), step_fn=self.step_fn,
-            num_steps=fcfg.num_tokens, settings=self.settings,
+        args = ({"params": params}, primer, states, self.tokenizer.grammar.next_state,
+                jax.random.fold_in(self.sample_key, step))  # fmt: skip
+        kwargs = dict(step_fn=self.step_fn, num_steps=fcfg.num_tokens, settings=self.settings)
+        if self.spec is None:
+            tokens = sampler.sample(*args, **kwargs)
+            return np.asarray(jax.device_get(tokens)), None, None
+        plan = self.key_plan(step)
+        inputs, ks = generate.keyed_run(self.base, self._key_sample(), primer, plan)
+        tokens = np.asarray(jax.device_get(sampler.sample_keyed(*args, inputs, ks=ks, **kwargs)[0]))
+        # The vectors the scan fed: the same host code computes a primer's, over BOS + tokens.
+        fed = np.concatenate([primer, tokens[:, :-1]], axis=1)
+        cond = sampler.key_inputs(self.tokenizer, ks, fed, plan.schedules, plan.styles)
+        keys_B = np.array([s[0][1] for s in plan.schedules], np.int64)
+        return tokens, cond.primer_cond_BxPxC, keys_B
+
+    def _key_sample(self):
+        return dataclasses.replace(
+            self.config.sample, key=self.fcfg.key, style="", scale="off",
+            num_samples=self.fcfg.batch_size,
         )  # fmt: skip
-        return np.asarray(jax.device_get(tokens))
+
+    def key_plan(self, step: int) -> generate.KeyPlan:
+        """The requested key (and style) of each sampled row at `step`: a pure function of
+        (seed, finetune.seed, step)."""
+        seed = (self.config.seed, self.fcfg.seed, _KEY_STREAM, step)
+        sample = self._key_sample()
+        return generate.plan_keys(
+            self.workdir, sample, self.spec, [None] * sample.num_samples, seed
+        )
 
     def real_batch(self, step: int):
         if self.fcfg.alpha <= 0:
@@ -291,7 +354,8 @@ class _Run:
         batch = batching.sample_windows(
             self.train_tokens, self.train_offsets, seed=self.window_seed, step=step,
             batch_size=self.fcfg.alpha_batch_size, seq_len=tcfg.seq_len,
-            transpose_tables=self.tables, states=self.real_states,
+            transpose_tables=self.tables, states=self.real_states, labels=self.train_labels,
+            spec=self.spec,
         )  # fmt: skip
         return {k: jnp.asarray(v) for k, v in batch.items()}
 
@@ -324,10 +388,13 @@ class _Run:
         bar = reporting.progress_bar(start, fcfg.num_steps, enabled=progress)
         saved_at, recent = None, []
         while step < fcfg.num_steps:
-            tokens = self.sample(state["params"], step)
-            scores = score_tokens(self.tokenizer, tokens, self.weights, self.context, self.user)
+            tokens, cond, keys_B = self.sample(state["params"], step)
+            scores = score_tokens(
+                self.tokenizer, tokens, self.weights, self.context, self.user, key=keys_B
+            )
             totals = np.array([s["total"] for s in scores], np.float32)
-            state, metrics = self.update(state, tokens, totals, self.real_batch(step))
+            args = (state, tokens, totals, self.real_batch(step))
+            state, metrics = self.update(*args) if cond is None else self.update(*args, cond)
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not all(np.isfinite(v) for v in values.values()):
                 raise FinetuneDivergedError(
