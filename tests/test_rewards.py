@@ -58,6 +58,27 @@ def test_motif_return_finds_a_transposed_return_with_its_rhythm():
     assert rewards.motif_return(line([60] * 10), 0, CTX) == 0.0
 
 
+def test_the_melody_is_the_highest_sounding_note_so_a_held_soprano_stays_the_melody():
+    # soprano C5 (2 beats) D5 E5 C5 (2 beats) D5 E5 over an alto moving every beat.
+    soprano = [(72, 0, 2), (74, 2, 3), (76, 3, 4), (72, 4, 6), (74, 6, 7), (76, 7, 8)]
+    alto = [(p, b, b + 1) for b, p in enumerate([60, 62, 64, 65, 67, 65, 64, 62])]
+    pitch, start, end = zip(*(soprano + alto), strict=True)
+    chorale = make_notes(pitch, start, end)
+    onsets, top = rewards.melody(chorale, 4)
+    # beats 1 and 5 hear the held C5 above the alto: no new melody note there
+    np.testing.assert_array_equal(onsets, [0, 8, 12, 16, 24, 28])
+    np.testing.assert_array_equal(top, [72, 74, 76, 72, 74, 76])
+    # (interval, steps) pairs (2,8) (2,4) (-4,4) (2,8) (2,4): of the four 2-grams the first and
+    # the last are equal, 3 apart (>= motif_length 2 + gap 1): 2 of 4. The top of each onset
+    # group (the alto's 62 and 65 at beats 1 and 5) would make every 2-gram unique: 0.
+    assert rewards.motif_return(chorale, 0, CTX) == pytest.approx(2 / 4)
+    # a higher voice that ends hands the melody to the note below at the next onset
+    crossing = make_notes([72, 79, 60, 62], [0, 1, 2, 3], [4, 2, 3, 4])
+    onsets, top = rewards.melody(crossing, 4)
+    np.testing.assert_array_equal(onsets, [0, 4, 8])
+    np.testing.assert_array_equal(top, [72, 79, 72])
+
+
 def test_tonic_ending_checks_the_bass_of_each_phrase_ending():
     # phrases of 4 beats: [0,4) ends on {C3, E4} (bass C: yes); [4,8) ends on {G2, D4} (no);
     # [8,12) is empty (skipped); [12,16) ends on C5 alone (yes): 2 of 3.

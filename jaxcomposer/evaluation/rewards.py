@@ -9,7 +9,8 @@ Krumhansl-Schmuckler estimates from the notes (`score` does that when given None
 config's weights (finetune.weights) into one number in reward units.
 
 Rhythm and groups use the same grid and onset groups as evaluation/musicstats.py. The melody is
-the top voice: the highest pitch of each onset group (the soprano of a chorale).
+the top voice: at each onset, the highest note then sounding, held notes included (the soprano
+of a chorale, also where it holds while the inner voices move).
 
 A user reward is any function with the same signature, named in the config as
 `finetune.user_reward = "package.module:function"` or `"path/to/file.py:function"`
@@ -69,15 +70,34 @@ def _voiced(notes: Notes) -> Notes:
 
 
 def melody(notes: Notes, steps_per_beat: int) -> tuple[np.ndarray, np.ndarray]:
-    """(onset steps int64[G], top pitch int64[G]): the highest pitch of each onset group."""
+    """(onset steps int64[M], pitch int64[M]): the melody's notes, each once, in time order.
+
+    At every onset (grid step where some note starts) the melody note is the highest note
+    sounding there: starting at it, or started earlier and still held (grid start <= step <
+    grid end). Taking the top of the onset group instead would drop to an inner voice whenever
+    the soprano holds while the others move. A held note that stays on top over several onsets
+    counts once, at the onset where it became the top (normally its own start); of equal
+    pitches the latest struck wins (a re-struck note is a new note)."""
     notes = _voiced(notes)
     if len(notes) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    steps = grid_round(notes.start, steps_per_beat)
-    onsets, group = np.unique(steps, return_inverse=True)
-    top = np.full(len(onsets), -1, np.int64)
-    np.maximum.at(top, group, notes.pitch.astype(np.int64))
-    return onsets, top
+    start = grid_round(notes.start, steps_per_beat).astype(np.int64)
+    end = np.maximum(grid_round(notes.end, steps_per_beat).astype(np.int64), start + 1)
+    pitch = notes.pitch.astype(np.int64)
+    # Rank by (pitch, start): the argmax over sounding notes is the highest, latest struck.
+    order = np.lexsort((start, pitch))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    onsets = np.unique(start)
+    chosen = np.empty(len(onsets), np.int64)
+    for lo in range(0, len(onsets), 512):  # chunks bound the (onsets x notes) table
+        at = onsets[lo : lo + 512, None]
+        sounding = (start[None] <= at) & (at < end[None])
+        chosen[lo : lo + 512] = np.argmax(np.where(sounding, rank[None], -1), axis=1)
+    keep = np.concatenate([[True], chosen[1:] != chosen[:-1]])
+    # The onset where each entry became the top: its own start, unless it surfaced later (a
+    # higher voice ended), which keeps the onsets increasing.
+    return onsets[keep], pitch[chosen[keep]]
 
 
 # --- the rewards ------------------------------------------------------------------------------
