@@ -40,10 +40,10 @@ from matplotlib.figure import Figure
 from jaxcomposer import atomic, config_lib, keys, workdir_lib
 from jaxcomposer.config_lib import Config, FinetuneConfig
 from jaxcomposer.data import dataset
+from jaxcomposer.errors import UsageError
 from jaxcomposer.evaluation import rewards
 from jaxcomposer.model import StepFunction
 from jaxcomposer.model.loss import token_loss_sums
-from jaxcomposer.errors import UsageError
 from jaxcomposer.sample import generate, sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer
 from jaxcomposer.train import batching, policy_gradient, reporting
