@@ -35,32 +35,50 @@ from jaxcomposer.data import dataset, midi_io  # noqa: E402
 from jaxcomposer.evaluation import evaluate, musicstats, rewards  # noqa: E402
 from jaxcomposer.model import StepFunction  # noqa: E402
 from jaxcomposer.render import outputs  # noqa: E402
-from jaxcomposer.sample import sampler  # noqa: E402
+from jaxcomposer.sample import generate, sampler  # noqa: E402
 from jaxcomposer.tokenizers import BOS  # noqa: E402
 from jaxcomposer.train import finetune, reporting  # noqa: E402
 
 
-def sample_pieces(workdir: str, which: str, count: int, num_tokens: int, seed: int):
-    """`count` decoded samples of `num_tokens` tokens from checkpoint `which`; the policy's own
-    distribution (temperature 1, grammar mask on, no truncation), as fine-tuning samples it."""
+def sample_pieces(workdir: str, which: str, count: int, num_tokens: int, seed: int, key: str):
+    """(restored, tokens, notes, requested keys or None): `count` decoded samples of
+    `num_tokens` tokens from checkpoint `which`; the policy's own distribution (temperature 1,
+    grammar mask on, no truncation), as fine-tuning samples it. A key-conditioned model is
+    asked for `key` (finetune.key; "" = drawn from the training keys) per sample."""
     restored = workdir_lib.restore_for_inference(workdir, which)
     grammar = restored.tokenizer.grammar
-    tokens = sampler.sample(
-        restored.variables, np.full((count, 1), BOS, np.int32),
-        np.full((count,), grammar.bos_state, np.int32), grammar.next_state,
-        jax.random.key(seed), step_fn=StepFunction(restored.model), num_steps=num_tokens,
+    primer = np.full((count, 1), BOS, np.int32)
+    args = (restored.variables, primer, np.full((count,), grammar.bos_state, np.int32),
+            grammar.next_state, jax.random.key(seed))  # fmt: skip
+    kwargs = dict(
+        step_fn=StepFunction(restored.model),
+        num_steps=num_tokens,
         settings=sampler.DecoderSettings(decoder="temperature", temperature=1.0),
-    )  # fmt: skip
+    )
+    requested = None
+    if restored.spec.dim:
+        sample = dataclasses.replace(
+            restored.config.sample, key=key, style="", scale="off", num_samples=count
+        )
+        plan = generate.plan_keys(workdir, sample, restored.spec, [None] * count, seed)
+        inputs, ks = generate.keyed_run(restored, sample, primer, plan)
+        tokens = sampler.sample_keyed(*args, inputs, ks=ks, **kwargs)[0]
+        requested = [s[0][1] for s in plan.schedules]
+    else:
+        tokens = sampler.sample(*args, **kwargs)
     tokens = np.asarray(jax.device_get(tokens))
-    return restored, tokens, [restored.tokenizer.decode(np.r_[BOS, row]).notes for row in tokens]
+    notes = [restored.tokenizer.decode(np.r_[BOS, row]).notes for row in tokens]
+    return restored, tokens, notes, requested
 
 
 def describe(workdir, config, which, args, context, user):
-    restored, tokens, pieces = sample_pieces(
-        workdir, which, args.samples, config.finetune.num_tokens, args.seed
+    restored, tokens, pieces, requested = sample_pieces(
+        workdir, which, args.samples, config.finetune.num_tokens, args.seed, config.finetune.key
     )
     weights = {k: float(v) for k, v in config_lib.to_dict(config)["finetune"]["weights"].items()}
-    scores = finetune.score_tokens(restored.tokenizer, tokens, weights, context, user)
+    scores = finetune.score_tokens(
+        restored.tokenizer, tokens, weights, context, user, key=requested
+    )
     spb = config.tokenizer.steps_per_beat
     stats = [musicstats.piece_stats(n, steps_per_beat=spb) for n in pieces]
     folder = os.path.join(workdir_lib.finetune_dir(workdir), "compare", restored.source)
