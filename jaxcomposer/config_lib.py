@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    name: str  # "chord" | "frame" | "event"
+    name: str  # "chord" | "frame" | "event" | "performance"
     steps_per_beat: int  # grid steps per quarter-note beat (frame, event, chord durations)
     pitch_min: int  # lowest MIDI pitch in the vocabulary (21 = A0)
     pitch_max: int  # highest MIDI pitch in the vocabulary (108 = C8)
@@ -47,6 +47,11 @@ class TokenizerConfig:
     max_bar_beats: int  # event: longest bar (quarter beats) a time signature may have
     chord_step_beats: float  # chord: fixed spacing between onset groups when decoding
     chord_durations: bool  # chord: add a DURATION token after each onset group
+    # performance (Oore et al. 2018); defaults so that older config.json files still load
+    perf_steps_per_second: int = 100  # TIME_SHIFT resolution (100 = 10 ms steps)
+    perf_max_shift_steps: int = 100  # longest TIME_SHIFT (steps); longer gaps use several
+    perf_velocity_bins: int = 32  # VELOCITY tokens (MIDI velocity * bins // 128)
+    perf_sustain: bool = True  # sustain pedal (CC64) lengthens notes, as note-seq does
 
 
 @dataclasses.dataclass(frozen=True)

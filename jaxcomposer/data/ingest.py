@@ -131,7 +131,7 @@ def _in_range(piece: Piece, tok: TokenizerConfig) -> np.ndarray:
 
 
 def _replace_notes(piece: Piece, notes) -> Piece:
-    return Piece(piece.name, notes, piece.tempos, piece.time_signatures, piece.key_signatures)
+    return dataclasses.replace(piece, notes=notes)
 
 
 def read_and_encode(
