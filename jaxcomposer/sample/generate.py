@@ -308,6 +308,7 @@ def generate(
     kwargs = dict(step_fn=StepFunction(restored.model), num_steps=num_steps, settings=settings)
     args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
     removed = pitch_steps = None
+    kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
     if keyed:
         inputs, kwargs["ks"] = keyed_run(restored, sample, primers, plan)
         tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))
@@ -321,6 +322,7 @@ def generate(
     logging.info("sampled %d x %d tokens in %.2f s", *tokens.shape, sample_seconds)
 
     qpm = primer_piece.initial_qpm if primer_piece is not None else 100.0
+    qpm = tokenizer.decoded_qpm or qpm  # performance tokens decode to seconds at a fixed tempo
     results = []
     for i, row in enumerate(np.concatenate([primers, tokens], axis=1)):
         decoded = tokenizer.decode(row)

@@ -64,9 +64,8 @@ class Grammar:
             states[i] = s
             nxt = table[s, t] if 0 <= t < vocab_size else -1
             if nxt >= 0 and held is not None:
-                if (release[t] >= 0 and not held[release[t]]) or (
-                    press[t] >= 0 and held[press[t]]
-                ):
+                released, pressed = release[t], press[t]
+                if (released >= 0 and not held[released]) or (pressed >= 0 and held[pressed]):
                     nxt = -1
                 elif release[t] >= 0:
                     held[release[t]] = False

@@ -21,7 +21,8 @@ Decoded times are seconds written as beats of a fixed 120 qpm (beats = 2 * secon
 of the pipeline (beats everywhere) works unchanged; `decoded_qpm` tells writers to use 120 qpm.
 
 Grammar: the table tracks how many notes sound (0..num_pitches) and that a VELOCITY is followed
-by a NOTE_ON, so NOTE_OFF needs some sounding note and EOS may come anywhere (a note still
+by a NOTE_ON, so NOTE_OFF needs some sounding note (one right after its NOTE_ON, which encoding
+never writes, decodes as a note of one step) and EOS may come anywhere (a note still
 sounding at the end is closed there). Which pitches sound is beyond any finite table (2^88
 sets): the grammar's held-key rule (`Grammar.press/release`) adds it, forbidding NOTE_OFF(p) when
 p is silent and NOTE_ON(p) when p sounds; decoding and the sampler apply it, the table-only
@@ -137,7 +138,9 @@ class PerformanceTokenizer(Tokenizer):
 
     # --- encoding ----------------------------------------------------------------------------
     def _steps_to_beats(self, steps: np.ndarray) -> np.ndarray:
-        return np.asarray(steps, np.float64) * (BEATS_PER_SECOND / self.config.perf_steps_per_second)
+        return np.asarray(steps, np.float64) * (
+            BEATS_PER_SECOND / self.config.perf_steps_per_second
+        )
 
     def _check(self, piece: Piece) -> None:
         notes = piece.notes
@@ -245,9 +248,9 @@ class PerformanceTokenizer(Tokenizer):
                 velocity = int(centres[index])
             elif kind == "NOTE_ON":  # the grammar's held-key rule: index is not sounding
                 sounding[index] = (now, velocity)
-            elif kind == "NOTE_OFF":  # ... and here it is
+            elif kind == "NOTE_OFF":  # ... and here it is; a note lasts >= 1 step, as encoded
                 onset, vel = sounding.pop(index)
-                rows.append((index, onset, now, vel))
+                rows.append((index, onset, max(now, onset + 1), vel))
         for index, (onset, vel) in sounding.items():  # closed at the end
             rows.append((index, onset, max(now, onset + 1), vel))
         arr = np.asarray(rows, np.int64).reshape(-1, 4)
