@@ -277,6 +277,21 @@ def test_wav_plays_the_right_pitch(tmp_path):
     assert abs(np.fft.rfftfreq(2 * rate, 1 / rate)[spectrum.argmax()] - 440.0) < 2.0
 
 
+def test_wav_plays_the_velocities(tmp_path):
+    """A soft then a loud A4 in one file (normalisation keeps their ratio): the loud one has more
+    energy, and both at 440 Hz."""
+    path = str(tmp_path / "dynamics.wav")
+    notes = make_notes([69, 69], [0.0, 4.0], [3.0, 7.0], velocity=[40, 110])
+    audio.write_audio(path, notes, qpm=QPM, sample_rate=16000)
+    samples, rate = _read_wav(path)
+    beat = int(rate * 60.0 / QPM)
+    soft, loud = samples[: 2 * beat], samples[4 * beat : 6 * beat]
+    assert np.sqrt(np.mean(loud**2)) > 1.5 * np.sqrt(np.mean(soft**2))
+    for part in (soft, loud):
+        spectrum = np.abs(np.fft.rfft(part))
+        assert abs(np.fft.rfftfreq(part.size, 1 / rate)[spectrum.argmax()] - 440.0) < 2.0
+
+
 def test_fallback_synth_is_used_and_reported(rendered, tmp_path, monkeypatch):
     import pretty_midi.fluidsynth
 
