@@ -56,6 +56,7 @@ flags.DEFINE_integer("num_samples", None, "Samples to generate.")
 flags.DEFINE_integer("seed", None, "Sampling seed: the same seed gives the same music.")
 flags.DEFINE_enum("decoder", None, ["argmax", "temperature"], "Decoding rule.")
 flags.DEFINE_float("temperature", None, "Softmax temperature.")
+flags.DEFINE_float("score_qpm", None, "Performances: engrave at this tempo, not the estimate.")
 flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = off).")
 flags.DEFINE_float("top_p", None, "Nucleus: smallest set with this much probability (1 = off).")
 flags.DEFINE_float("repetition_penalty", None, "> 1 discourages tokens already generated.")
@@ -237,7 +238,11 @@ def main(argv: list[str]) -> None:
         from jaxcomposer.sample import generate
 
         paths = generate.generate(
-            workdir, out_dir=FLAGS.out_dir, seed=FLAGS.seed, overrides=sample_overrides()
+            workdir,
+            out_dir=FLAGS.out_dir,
+            seed=FLAGS.seed,
+            overrides=sample_overrides(),
+            score_qpm=FLAGS.score_qpm,
         )
         print(f"samples: {paths['index']}", flush=True)
     if mode in ("evaluate", "all"):

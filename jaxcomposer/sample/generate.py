@@ -261,14 +261,30 @@ def keyed_run(restored, sample: SampleConfig, primers, plan: KeyPlan):
     return inputs, ks
 
 
+def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None) -> dict:
+    """render_sample's score_notes/score_qpm for notes played in real time (beats of
+    `decoded_qpm`): a beat grid estimated from the onsets (tempo given by `score_qpm` if set)."""
+    from jaxcomposer.render import beat_grid
+
+    seconds_per_beat = 60.0 / decoded_qpm
+    grid = beat_grid.estimate(notes.start * seconds_per_beat, notes.velocity, qpm=score_qpm)
+    return {
+        "score_notes": beat_grid.to_score(notes, seconds_per_beat, grid),
+        "score_qpm": grid.qpm,
+    }
+
+
 def generate(
     workdir: str,
     *,
     out_dir: str | None = None,
     seed: int | None = None,
     overrides: dict | None = None,
+    score_qpm: float | None = None,
 ) -> dict:
-    """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info."""
+    """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info.
+    For tokens in real time (performance), the score is engraved on an estimated beat grid
+    (render/beat_grid.py) whose tempo `score_qpm` overrides."""
     base = workdir_lib.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
     config_lib.validate(config)  # the command line's sampling flags
@@ -339,6 +355,9 @@ def generate(
                 )  # fmt: skip
         time_sig = meters[0] if meters else None
         stem = f"sample_{i:02d}"
+        grid = {}
+        if tokenizer.decoded_qpm:
+            grid = performance_score(notes, tokenizer.decoded_qpm, score_qpm)
         info = outputs.render_sample(
             out_dir,
             stem,
@@ -349,6 +368,7 @@ def generate(
             time_signatures=meters,
             key_number=plan.schedules[i][0][1] if plan else None,
             key_signatures=key_changes(tokenizer, row, meters, plan.schedules[i]) if plan else (),
+            **grid,
         )
         info.update(
             name=stem,
