@@ -5,6 +5,7 @@ import dataclasses
 import os
 import pathlib
 
+import conftest
 import pytest
 
 from configs import tiny
@@ -12,10 +13,14 @@ from jaxcomposer import config_lib
 from jaxcomposer.data import dataset, ingest, midi_io
 from jaxcomposer.tokenizers import NAMES, get_tokenizer
 
-SHARED = pathlib.Path(
-    os.environ.get("JAXCOMPOSER_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared")
+# ../shared/data beside the repository (conftest.SHARED_DATA); JAXCOMPOSER_SHARED points
+# elsewhere, e.g. from a git worktree.
+SHARED_DATA = (
+    pathlib.Path(os.environ["JAXCOMPOSER_SHARED"]) / "data"
+    if os.environ.get("JAXCOMPOSER_SHARED")
+    else conftest.SHARED_DATA
 )
-CORPUS = SHARED / "data" / "giantmidi_piano"
+CORPUS = SHARED_DATA / "giantmidi_piano"
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"{CORPUS} is absent")
 
 

@@ -205,7 +205,8 @@ def test_round_trip_is_the_10ms_32_bin_quantization(notes, qpm):
         assert len(decoded) == 0
         return
     p, s, d, v = (np.asarray(x) for x in zip(*notes, strict=True))
-    start_s, end_s = s * 60 / qpm, (s + d) * 60 / qpm
+    spb = 60.0 / qpm  # seconds per beat (products in the order the tempo map uses)
+    start_s, end_s = s * spb, (s + d) * spb
     on = np.floor((start_s - start_s.min()) * 100 + 0.5)
     off = np.maximum(np.floor((end_s - start_s.min()) * 100 + 0.5), on + 1)
     expected = sorted(
