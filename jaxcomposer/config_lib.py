@@ -232,7 +232,7 @@ def freeze(config_dict: Any) -> Config:
 
 # --- value checks -----------------------------------------------------------------------------
 CHOICES = {
-    "tokenizer.name": ("chord", "frame", "event"),
+    "tokenizer.name": ("chord", "frame", "event", "performance"),
     "model.kind": ("lstm", "seed_replica"),
     "model.dtype": ("float32", "bfloat16"),
     "train.optimizer": ("adamw", "rmsprop"),
@@ -245,6 +245,8 @@ _AT_LEAST = {  # field: smallest allowed value
     "data.num_workers": 0, "data.max_tracks": 1, "data.max_notes": 1, "data.max_pieces": 0,
     "tokenizer.steps_per_beat": 1, "tokenizer.pitch_min": 0, "tokenizer.max_duration_steps": 1,
     "tokenizer.num_velocity_bins": 0, "tokenizer.max_bar_beats": 1,
+    "tokenizer.perf_steps_per_second": 1, "tokenizer.perf_max_shift_steps": 1,
+    "tokenizer.perf_velocity_bins": 1,
     "model.embed_dim": 1, "model.hidden_size": 1, "model.num_layers": 1, "model.dense_size": 1,
     "train.batch_size": 1, "train.seq_len": 1, "train.num_steps": 0, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.grad_clip_norm": 0, "train.transpose_semitones": 0,

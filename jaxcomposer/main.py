@@ -119,6 +119,7 @@ def sample_overrides() -> dict:
 # Which modes read each optional flag (a flag given to a mode that ignores it is a warning).
 _FLAG_MODES = {
     **{name: ("generate",) for name in _SAMPLE_FLAGS + ("out_dir", "primer_midi", "seed")},
+    "score_qpm": ("generate",),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
     "overwrite": ("prepare",),
