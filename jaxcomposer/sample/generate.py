@@ -107,8 +107,8 @@ def meters_of(tokenizer: Tokenizer, row: np.ndarray, primer_piece=None) -> tuple
     event tokenizer), else the primer file's (the other tokenizers carry no meter), else ()
     which means 4/4. A tuple of notes.TimeSignature sorted by beat."""
     decoded = tokenizer.decode(row).time_signatures
-    if decoded or tokenizer.name == "event":
-        return tuple(decoded)
+    if decoded or tokenizer.name == "event" or tokenizer.decoded_qpm:
+        return tuple(decoded)  # performances: beats are seconds, a primer's meter means nothing
     if primer_piece is not None:
         return tuple(sorted(primer_piece.time_signatures, key=lambda ts: ts.beat))
     return ()

@@ -112,9 +112,7 @@ def _update_held(held_BxK, token_B, press_V, release_V):
     return padded[:, :last]
 
 
-def _advance(
-    logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None, held=None
-):
+def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None, held=None):
     """Masks, chooses the next token and advances the grammar state, token counts and (when the
     grammar has a held-key rule) the held keys `held = (press_V, release_V, held_BxK)`.
     `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint.
@@ -355,7 +353,13 @@ def sample_keyed(
         carry, logits_BxV, state_B, counts, units_B, key_B, held = loop
         out: list = []
         token_B, state_B, counts, held = _advance(
-            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, scale_fn(key_B, out),
+            logits_BxV,
+            state_B,
+            counts,
+            step_rng,
+            next_state_SxV,
+            settings,
+            scale_fn(key_B, out),
             held,
         )
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)

@@ -162,14 +162,16 @@ class PerformanceTokenizer(Tokenizer):
                     f"{piece.name}: tempo {tempo.qpm!r} qpm at beat {tempo.beat:g} is not > 0"
                 )
 
-    def _notes(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _notes(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """(pitch, onset step, offset step, velocity bin) of the canonical notes (see the module
-        docstring), sorted by onset then pitch."""
+        docstring), sorted by onset then pitch, and how many notes merged into others (one pitch
+        struck twice in one step, or at one instant under the pedal)."""
         c = self.config
         self._check(piece)
         notes = apply_sustain(piece.notes, piece.sustain) if c.perf_sustain else piece.notes
+        merged = len(piece.notes) - len(notes)
         if len(notes) == 0:
-            return (np.zeros(0, np.int64),) * 4
+            return (*(np.zeros(0, np.int64),) * 4, merged)
         start = beats_to_seconds(notes.start, piece.tempos)
         end = beats_to_seconds(notes.end, piece.tempos)
         origin = start.min()
@@ -186,11 +188,12 @@ class PerformanceTokenizer(Tokenizer):
         next_on = np.r_[on[1:], 0]
         off = np.where(same_next, np.minimum(off, next_on), off)  # a re-strike ends the note
         order = np.lexsort((pitch, on))
-        return pitch[order], on[order], off[order], vbin[order]
+        merged += int((~keep).sum())
+        return pitch[order], on[order], off[order], vbin[order], merged
 
-    def encode(self, piece: Piece) -> np.ndarray:
+    def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
         c, v = self.config, self.vocab
-        pitch, on, off, vbin = self._notes(piece)
+        pitch, on, off, vbin, merged = self._notes(piece)
         index = pitch - c.pitch_min
         # Events sorted by (step, offs before ons, pitch).
         step = np.concatenate([off, on])
@@ -218,10 +221,10 @@ class PerformanceTokenizer(Tokenizer):
                 tokens.append(vel0 + b)
                 velocity = b
             tokens.append(on0 + p)
-        return np.asarray(tokens, np.int32)
+        return np.asarray(tokens, np.int32), {"merged_on_grid_notes": merged}
 
     def quantize(self, piece: Piece) -> Notes:
-        pitch, on, off, vbin = self._notes(piece)
+        pitch, on, off, vbin, _ = self._notes(piece)
         return Notes(
             pitch=pitch.astype(np.int16),
             start=self._steps_to_beats(on),
