@@ -281,6 +281,7 @@ class _Run:
             {"params": params}, primer, states, self.tokenizer.grammar.next_state,
             jax.random.fold_in(self.sample_key, step), step_fn=self.step_fn,
             num_steps=fcfg.num_tokens, settings=self.settings,
+            held=sampler.held_keys(self.tokenizer.grammar, primer),
         )  # fmt: skip
         return np.asarray(jax.device_get(tokens))
 
