@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.key_labels_csv = ""  # CSV rows `file, key[, style]` override the key labels
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.name = "event"  # chord | frame | event
+    c.tokenizer.name = "event"  # chord | frame | event | performance
     c.tokenizer.steps_per_beat = 4  # grid steps per quarter note (4 = sixteenth notes)
     c.tokenizer.pitch_min = 21  # MIDI pitch (A0)
     c.tokenizer.pitch_max = 108  # MIDI pitch (C8)
@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer.max_bar_beats = 8  # event: quarter beats in the longest allowed bar
     c.tokenizer.chord_step_beats = 0.5  # chord: beats between decoded groups (the original's)
     c.tokenizer.chord_durations = False  # chord: DURATION token after each group
+    c.tokenizer.perf_steps_per_second = 100  # performance: TIME_SHIFT steps per second (10 ms)
+    c.tokenizer.perf_max_shift_steps = 100  # performance: longest TIME_SHIFT (1 s)
+    c.tokenizer.perf_velocity_bins = 32  # performance: VELOCITY bins
+    c.tokenizer.perf_sustain = True  # performance: sustain pedal lengthens notes (note-seq)
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "lstm"

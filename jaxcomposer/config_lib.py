@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    name: str  # "chord" | "frame" | "event"
+    name: str  # "chord" | "frame" | "event" | "performance"
     steps_per_beat: int  # grid steps per quarter-note beat (frame, event, chord durations)
     pitch_min: int  # lowest MIDI pitch in the vocabulary (21 = A0)
     pitch_max: int  # highest MIDI pitch in the vocabulary (108 = C8)
@@ -47,6 +47,11 @@ class TokenizerConfig:
     max_bar_beats: int  # event: longest bar (quarter beats) a time signature may have
     chord_step_beats: float  # chord: fixed spacing between onset groups when decoding
     chord_durations: bool  # chord: add a DURATION token after each onset group
+    # performance (Oore et al. 2018); defaults so that older config.json files still load
+    perf_steps_per_second: int = 100  # TIME_SHIFT resolution (100 = 10 ms steps)
+    perf_max_shift_steps: int = 100  # longest TIME_SHIFT (steps); longer gaps use several
+    perf_velocity_bins: int = 32  # VELOCITY tokens (MIDI velocity * bins // 128)
+    perf_sustain: bool = True  # sustain pedal (CC64) lengthens notes, as note-seq does
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +236,7 @@ def freeze(config_dict: Any) -> Config:
 
 # --- value checks -----------------------------------------------------------------------------
 CHOICES = {
-    "tokenizer.name": ("chord", "frame", "event"),
+    "tokenizer.name": ("chord", "frame", "event", "performance"),
     "model.kind": ("lstm", "seed_replica"),
     "model.dtype": ("float32", "bfloat16"),
     "train.optimizer": ("adamw", "rmsprop"),
@@ -244,6 +249,8 @@ _AT_LEAST = {  # field: smallest allowed value
     "data.num_workers": 0, "data.max_tracks": 1, "data.max_notes": 1, "data.max_pieces": 0,
     "tokenizer.steps_per_beat": 1, "tokenizer.pitch_min": 0, "tokenizer.max_duration_steps": 1,
     "tokenizer.num_velocity_bins": 0, "tokenizer.max_bar_beats": 1,
+    "tokenizer.perf_steps_per_second": 1, "tokenizer.perf_max_shift_steps": 1,
+    "tokenizer.perf_velocity_bins": 1,
     "model.embed_dim": 1, "model.hidden_size": 1, "model.num_layers": 1, "model.dense_size": 1,
     "train.batch_size": 1, "train.seq_len": 1, "train.num_steps": 0, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.grad_clip_norm": 0, "train.transpose_semitones": 0,

@@ -56,6 +56,7 @@ flags.DEFINE_integer("num_samples", None, "Samples to generate.")
 flags.DEFINE_integer("seed", None, "Sampling seed: the same seed gives the same music.")
 flags.DEFINE_enum("decoder", None, ["argmax", "temperature"], "Decoding rule.")
 flags.DEFINE_float("temperature", None, "Softmax temperature.")
+flags.DEFINE_float("score_qpm", None, "Performances: engrave at this tempo, not the estimate.")
 flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = off).")
 flags.DEFINE_float("top_p", None, "Nucleus: smallest set with this much probability (1 = off).")
 flags.DEFINE_float("repetition_penalty", None, "> 1 discourages tokens already generated.")
@@ -118,6 +119,7 @@ def sample_overrides() -> dict:
 # Which modes read each optional flag (a flag given to a mode that ignores it is a warning).
 _FLAG_MODES = {
     **{name: ("generate",) for name in _SAMPLE_FLAGS + ("out_dir", "primer_midi", "seed")},
+    "score_qpm": ("generate",),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
     "overwrite": ("prepare",),
@@ -237,7 +239,11 @@ def main(argv: list[str]) -> None:
         from jaxcomposer.sample import generate
 
         paths = generate.generate(
-            workdir, out_dir=FLAGS.out_dir, seed=FLAGS.seed, overrides=sample_overrides()
+            workdir,
+            out_dir=FLAGS.out_dir,
+            seed=FLAGS.seed,
+            overrides=sample_overrides(),
+            score_qpm=FLAGS.score_qpm,
         )
         print(f"samples: {paths['index']}", flush=True)
     if mode in ("evaluate", "all"):

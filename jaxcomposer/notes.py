@@ -108,6 +108,10 @@ class Piece:
     tempos: tuple[Tempo, ...] = ()
     time_signatures: tuple[TimeSignature, ...] = ()
     key_signatures: tuple[KeySignature, ...] = ()
+    # Sustain pedal (CC64 >= 64) held intervals (down beat, up beat), sorted, disjoint, merged
+    # over channels; only the `performance` tokenizer uses them (it lengthens notes as a piano's
+    # dampers would). A pedal never released is up at the file's last event.
+    sustain: tuple[tuple[float, float], ...] = ()
 
     @property
     def initial_qpm(self) -> float:
@@ -117,3 +121,27 @@ class Piece:
 def grid_round(beats: np.ndarray, steps_per_beat: int) -> np.ndarray:
     """Beats -> nearest grid step (int64); halves round up so that 0.5 steps is never ambiguous."""
     return np.floor(np.asarray(beats, np.float64) * steps_per_beat + 0.5).astype(np.int64)
+
+
+def beats_to_seconds(beats: np.ndarray, tempos: tuple[Tempo, ...]) -> np.ndarray:
+    """float64 beats -> seconds through a tempo map (piecewise constant qpm from each Tempo's beat;
+    120 qpm before the first one, the MIDI default). Same shape as `beats`."""
+    beats = np.asarray(beats, np.float64)
+    changes = sorted(tempos, key=lambda t: t.beat)
+    if not changes or changes[0].beat > 0:
+        changes = [Tempo(0.0, 120.0), *changes]
+    at = np.array([t.beat for t in changes])
+    spb = np.array([60.0 / t.qpm for t in changes])  # seconds per beat in each stretch
+    seconds_at = np.concatenate([[0.0], np.cumsum(np.diff(at) * spb[:-1])])
+    k = np.clip(np.searchsorted(at, beats, side="right") - 1, 0, None)
+    return seconds_at[k] + (beats - at[k]) * spb[k]
+
+
+def piece_seconds(piece: Piece) -> float:
+    """Seconds of music in the piece: from the first onset to the last note's end, through its
+    tempo map (leading silence, e.g. in files cut from a longer recording, does not count)."""
+    if len(piece.notes) == 0:
+        return 0.0
+    span = np.array([piece.notes.start.min(), piece.notes.end.max()])
+    first, last = beats_to_seconds(span, piece.tempos)
+    return float(last - first)

@@ -77,3 +77,36 @@ def test_carried_state_across_windows_equals_one_long_scan():
         log_probs = jax.nn.log_softmax(logits[0].astype(jnp.float32))
         whole = -np.asarray(log_probs)[np.arange(piece.size - 1), piece[1:]]
         np.testing.assert_allclose(nll, whole, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["event", "chord", "performance"])
+def test_nats_per_second_uses_the_tempo_map(tmp_path, name):
+    """Seconds come from the file's tempo map (not the tokens): a piece of 2 beats at 60 qpm then
+    4 beats at 240 qpm, from its first onset (beat 1) on, lasts 1 + 1 = 2 s."""
+    import midi_factory as mf
+
+    from jaxcomposer.data import dataset
+
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    events = [mf.tempo(0, 60.0), mf.tempo(2 * mf.TICKS_PER_BEAT, 240.0)]
+    events += mf.notes([(60, 1, 2), (64, 2, 5), (67, 3, 6)])
+    mf.write_midi_file(folder / "a.mid", [events])
+    config = config_lib.freeze(tiny.get_config())
+    config = dataclasses.replace(
+        config,
+        tokenizer=dataclasses.replace(config.tokenizer, name=name),
+        data=dataclasses.replace(config.data, cache_dir=str(tmp_path / "cache")),
+    )
+    split, skipped, stats = dataset.encode_folder_with_stats(config, str(folder), progress=False)
+    assert skipped == []
+    assert stats["a.mid"]["seconds"] == pytest.approx(2.0)
+    tokenizer = get_tokenizer(config.tokenizer)
+    tokens = split.piece(0)
+    nll = np.full(tokens.size - 1, 0.5)
+    one = evaluate.piece_metrics(tokenizer, tokens, nll, np.zeros(nll.size, bool), 2.0)
+    both = evaluate.total({"a": one, "b": dict(one)})
+    assert both["nats_per_second"] == pytest.approx(2 * 0.5 * nll.size / 4.0)
+    assert "nats_per_second" not in evaluate.finish(
+        evaluate.piece_metrics(tokenizer, tokens, nll, np.zeros(nll.size, bool))
+    )

@@ -192,7 +192,7 @@ def test_chord_counts_pitch_class_merges_and_caps():
     assert tokens.size == 4  # two groups, each with a DURATION
 
 
-@pytest.mark.parametrize("name", ["event", "frame"])
+@pytest.mark.parametrize("name", ["event", "frame", "performance"])
 def test_counts_agree_with_quantize_on_random_pieces(name):
     """`quantize` (what the tokens represent, computed independently of encode) holds exactly the
     notes read minus those counted lost."""

@@ -277,15 +277,53 @@ def test_wav_plays_the_right_pitch(tmp_path):
     assert abs(np.fft.rfftfreq(2 * rate, 1 / rate)[spectrum.argmax()] - 440.0) < 2.0
 
 
+@pytest.mark.parametrize("pitch", [45, 69, 81, 93])
+def test_soundfont_piano_is_in_tune(pitch):
+    """The SF2 player's spectral peak is the note's fundamental (A2 to A6); symusic 0.5.9 put A4
+    at 1649 Hz with the same SoundFont."""
+    from jaxcomposer.render import soundfont
+
+    rate = 22050
+    wave_ = soundfont.render(
+        make_notes([pitch], [0.0], [2.0], velocity=[90]), seconds_per_beat=0.5,
+        sample_rate=rate, num_samples=rate,
+    )  # fmt: skip
+    spectrum = np.abs(np.fft.rfft(wave_ * np.hanning(rate)))
+    peak = np.fft.rfftfreq(rate, 1 / rate)[spectrum.argmax()]
+    assert peak == pytest.approx(440.0 * 2 ** ((pitch - 69) / 12), rel=0.005)
+
+
+@pytest.mark.parametrize("soundfont", [True, False])
+def test_wav_plays_the_velocities(tmp_path, monkeypatch, soundfont):
+    """A soft then a loud A4 in one file (normalisation keeps their ratio): the loud one has more
+    energy, and both at 440 Hz; by the SoundFont player and by the fallback."""
+    if not soundfont:
+        monkeypatch.setattr(audio, "soundfont_problem", lambda: "test: the fallback")
+    path = str(tmp_path / "dynamics.wav")
+    notes = make_notes([69, 69], [0.0, 4.0], [3.0, 7.0], velocity=[40, 110])
+    used = audio.write_audio(path, notes, qpm=QPM, sample_rate=16000)
+    assert (used == audio.SOUNDFONT) == soundfont
+    samples, rate = _read_wav(path)
+    beat = int(rate * 60.0 / QPM)
+    soft, loud = samples[: 2 * beat], samples[4 * beat : 6 * beat]
+    assert np.sqrt(np.mean(loud**2)) > 1.5 * np.sqrt(np.mean(soft**2))
+    for part in (soft, loud):
+        spectrum = np.abs(np.fft.rfft(part))
+        assert abs(np.fft.rfftfreq(part.size, 1 / rate)[spectrum.argmax()] - 440.0) < 2.0
+
+
 def test_fallback_synth_is_used_and_reported(rendered, tmp_path, monkeypatch):
     import pretty_midi.fluidsynth
 
     _, _, infos = rendered
     # fluidsynth is usable exactly when pretty_midi could import pyfluidsynth (and its library).
     assert (audio.fluidsynth_problem() is None) == pretty_midi.fluidsynth._HAS_FLUIDSYNTH
-    expected = audio.SINE if audio.fluidsynth_problem() else audio.FLUIDSYNTH
-    assert {info["synthesizer"] for info in infos.values()} == {expected}
+    assert audio.soundfont_problem() is None  # sf2utils is a dependency: piano from wheels
+    assert {info["synthesizer"] for info in infos.values()} == {audio.SOUNDFONT}
     notes = make_notes([60, 64], [0.0, 1.0], [1.0, 2.0])
+    monkeypatch.setattr(audio, "soundfont_problem", lambda: "test: no sf2utils here")
+    expected = audio.SINE if audio.fluidsynth_problem() else audio.FLUIDSYNTH
+    assert audio.write_audio(str(tmp_path / "c.wav"), notes, qpm=QPM) == expected
     monkeypatch.setattr(audio, "fluidsynth_problem", lambda: "test: no fluidsynth here")
     assert audio.write_audio(str(tmp_path / "a.wav"), notes, qpm=QPM) == audio.SINE
 

@@ -159,7 +159,9 @@ def test_temperature_to_zero_is_argmax(tiny_model):
     np.testing.assert_array_equal(greedy, cold)
 
 
-def skipped_per_sample(tok_overrides: dict, settings, batch: int) -> list[int]:
+def skipped_per_sample(
+    tok_overrides: dict, settings, batch: int, num_steps: int = 60, held_rule: bool = True
+) -> list[int]:
     """Samples an untrained tiny model from BOS and counts each sample's skipped tokens."""
     config = config_lib.freeze(tiny.get_config())
     tokenizer = get_tokenizer(dataclasses.replace(config.tokenizer, **tok_overrides))
@@ -173,8 +175,9 @@ def skipped_per_sample(tok_overrides: dict, settings, batch: int) -> list[int]:
         jnp.asarray(tokenizer.grammar.next_state),
         jax.random.key(2),
         step_fn=StepFunction(model),
-        num_steps=60,
+        num_steps=num_steps,
         settings=settings,
+        held=sampler.held_keys(tokenizer.grammar, primers) if held_rule else None,
     )
     rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
     return [tokenizer.decode(row).skipped for row in rows]
@@ -189,11 +192,22 @@ def skipped_per_sample(tok_overrides: dict, settings, batch: int) -> list[int]:
         dict(name="frame", mark_onsets=False),
         dict(name="chord"),
         dict(name="chord", chord_durations=True),
+        dict(name="performance"),
     ],
 )
 def test_grammar_mask_gives_zero_skips(overrides):
     skipped = skipped_per_sample(overrides, sampler.DecoderSettings(temperature=1.5), batch=100)
     assert skipped == [0] * 100
+
+
+def test_performance_samples_use_the_held_key_rule():
+    """300 untrained performance samples of 200 tokens: with the table alone NOTE_OFFs of silent
+    pitches get through and are skipped; with the held-key rule none are."""
+    settings = sampler.DecoderSettings(temperature=1.5)
+    masked = skipped_per_sample(dict(name="performance"), settings, batch=300, num_steps=200)
+    assert sum(masked) == 0
+    table_only = skipped_per_sample(dict(name="performance"), settings, 20, held_rule=False)
+    assert sum(table_only) > 0
 
 
 def test_without_the_mask_an_untrained_model_writes_ungrammatical_tokens():

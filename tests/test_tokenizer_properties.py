@@ -32,6 +32,10 @@ CONFIGS = {
     "event": dict(name="event"),
     "event-vel-spb2": dict(name="event", num_velocity_bins=8, steps_per_beat=2),
     "event-vel-spb3": dict(name="event", num_velocity_bins=32, steps_per_beat=3, max_bar_beats=6),
+    "performance": dict(name="performance"),
+    "performance-nopedal-coarse": dict(
+        name="performance", perf_sustain=False, perf_steps_per_second=7, perf_max_shift_steps=3
+    ),
 }
 
 
@@ -169,15 +173,21 @@ def test_decode_never_raises_on_random_tokens(key, data):
 
 
 def grammar_walk(tok, rng: np.random.Generator, max_steps: int) -> np.ndarray:
-    """Tokens drawn uniformly among those the grammar allows, stopped at a random length."""
-    state, out = tok.grammar.bos_state, []
+    """Tokens drawn uniformly among those the grammar allows (its held-key rule included),
+    stopped at a random length."""
+    g = tok.grammar
+    state, out, held = g.bos_state, [], np.zeros(g.num_keys + 1, bool)  # last: "no key"
     for _ in range(int(rng.integers(0, max_steps))):
-        allowed = np.flatnonzero(tok.grammar.allowed(state))
-        token = int(rng.choice(allowed))
+        allowed = g.allowed(state)
+        if g.press is not None:
+            allowed &= ~held[g.press] & (held[g.release] | (g.release < 0))
+        token = int(rng.choice(np.flatnonzero(allowed)))
         if token == EOS:
             break
         out.append(token)
-        state = int(tok.grammar.next_state[state, token])
+        state = int(g.next_state[state, token])
+        if g.press is not None:
+            held[g.press[token]], held[g.release[token]], held[-1] = True, False, False
     return np.asarray(out, np.int64)
 
 

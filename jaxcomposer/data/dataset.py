@@ -211,6 +211,24 @@ def encode_folder(
 ) -> tuple[TokenSplit, list[dict]]:
     """Every MIDI file under `folder`, read and encoded exactly as `prepare` does (same cache).
     Returns the usable pieces and the skipped files ({'name', 'reason'})."""
+    split, skipped, _ = encode_folder_with_stats(config, folder, progress=progress)
+    return split, skipped
+
+
+def file_stats(workdir: str) -> dict[str, dict]:
+    """Per usable file of a prepared dataset, the reading counts from its manifest (notes,
+    beats, seconds, ...); {} when the manifest is missing or unreadable."""
+    try:
+        with open(os.path.join(workdir, "data", "manifest.json"), encoding="utf-8") as f:
+            return {item["name"]: item for item in json.load(f)["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def encode_folder_with_stats(
+    config: Config, folder: str, *, progress: bool = True
+) -> tuple[TokenSplit, list[dict], dict[str, dict]]:
+    """`encode_folder` plus each usable file's reading counts (notes, beats, seconds, ...)."""
     if not os.path.isdir(folder):
         raise DatasetError(f"MIDI folder {folder!r} does not exist")
     sources = [Source(n, p, "midi") for n, p in find_midi_files(folder)]
@@ -220,7 +238,8 @@ def encode_folder(
     split = TokenSplit.from_pieces(
         [r.name for r in usable], [r.tokens for r in usable], [r.keys for r in usable]
     )
-    return split, [{"name": r.name, "reason": r.reason} for r in results if r.reason]
+    skipped = [{"name": r.name, "reason": r.reason} for r in results if r.reason]
+    return split, skipped, {r.name: r.stats for r in usable}
 
 
 def _sources(folder: str, data: DataConfig) -> tuple[list[Source], str]:

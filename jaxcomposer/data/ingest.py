@@ -28,7 +28,7 @@ from jaxcomposer import atomic
 from jaxcomposer.config_lib import Config, DataConfig, TokenizerConfig
 from jaxcomposer.data import corpus, labels, midi_io
 from jaxcomposer.data.midi_io import MidiReadError
-from jaxcomposer.notes import Piece
+from jaxcomposer.notes import Piece, piece_seconds
 from jaxcomposer.tokenizers import EncodingError, Tokenizer
 from jaxcomposer.tokenizers.base import LOST_NOTE_COUNTS, SHORTENED_NOTE_COUNTS
 
@@ -131,7 +131,7 @@ def _in_range(piece: Piece, tok: TokenizerConfig) -> np.ndarray:
 
 
 def _replace_notes(piece: Piece, notes) -> Piece:
-    return Piece(piece.name, notes, piece.tempos, piece.time_signatures, piece.key_signatures)
+    return dataclasses.replace(piece, notes=notes)
 
 
 def read_and_encode(
@@ -164,6 +164,7 @@ def read_and_encode(
         stats.update(losses)
         # The notes the tokens hold: read, in range, and not lost in encoding.
         stats["notes"] = int(inside.sum()) - sum(losses.get(k, 0) for k in LOST_NOTE_COUNTS)
+        stats["seconds"] = piece_seconds(piece)  # for nats per second, whatever the tokenizer
         if tokens.size == 0:
             raise EncodingError(f"{source.name}: the piece encodes to no tokens")
         segments, stats["key_source"] = labels.key_segments(piece, source.kind)

@@ -11,6 +11,7 @@ Writing goes through pretty_midi.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -74,6 +75,7 @@ def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tu
             TimeSignature(t / smf.resolution, num, den) for t, num, den in smf.time_signatures
         ),
         key_signatures=_dedupe(KeySignature(t / smf.resolution, k) for t, k in smf.key_signatures),
+        sustain=_sustain(smf),
     )
     return finish_piece(piece, data, path, stats)
 
@@ -103,7 +105,31 @@ def finish_piece(piece: Piece, data: DataConfig, path: str, stats: dict) -> tupl
 
 
 def _replace_notes(piece: Piece, notes: Notes) -> Piece:
-    return Piece(piece.name, notes, piece.tempos, piece.time_signatures, piece.key_signatures)
+    return dataclasses.replace(piece, notes=notes)
+
+
+def _sustain(smf: SmfFile) -> tuple[tuple[float, float], ...]:
+    """Pedal-down intervals in beats: per channel (not the drum channel) a value >= 64 presses
+    and < 64 releases (note-seq's rule), then united over channels."""
+    intervals: list[tuple[int, int]] = []
+    for channel in sorted({c for _, c, _ in smf.sustain} - {DRUM_CHANNEL}):
+        down = None
+        for tick, _, value in sorted((e for e in smf.sustain if e[1] == channel), key=_tick):
+            if value >= 64 and down is None:
+                down = tick
+            elif value < 64 and down is not None:
+                if tick > down:
+                    intervals.append((down, tick))
+                down = None
+        if down is not None and smf.last_tick > down:
+            intervals.append((down, smf.last_tick))
+    merged: list[list[int]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return tuple((a / smf.resolution, b / smf.resolution) for a, b in merged)
 
 
 def _describe_losses(stats: dict) -> str:
@@ -228,3 +254,7 @@ def _instrument_groups(
     if drum.any():
         groups.append(("Drums", drum, True))
     return groups
+
+
+def _tick(event: tuple) -> int:
+    return event[0]

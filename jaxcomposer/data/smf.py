@@ -46,6 +46,9 @@ class SmfFile:
     after_end: int = 0  # bytes that follow a track's end-of-track event inside its chunk
     unknown_chunks: int = 0  # chunks of other types than MTrk among the tracks (skipped)
     after_tracks: int = 0  # bytes after the last declared track
+    # Sustain pedal (controller 64) changes: (tick, channel, value); value >= 64 = down.
+    sustain: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
+    last_tick: int = 0  # the latest event tick in any track (where an unreleased pedal ends)
 
 
 def read_header(raw: bytes, path: str) -> tuple[int, int, int]:
@@ -174,7 +177,10 @@ def _parse_track(d: bytes, i: int, end: int, smf: SmfFile, notes: list) -> None:
         i += 2
         if (pitch | velocity) & 0x80:
             raise _Corrupt(f"data byte out of range at tick {tick}")
-        if kind == 0x90 and velocity:
+        if kind == 0xB0:
+            if pitch == 64:  # (pitch, velocity) are (controller, value) for 0xB0
+                smf.sustain.append((tick, channel, velocity))
+        elif kind == 0x90 and velocity:
             open_notes.setdefault(channel << 7 | pitch, []).append((tick, velocity))
         elif kind == 0x80 or kind == 0x90:
             key = channel << 7 | pitch
@@ -196,6 +202,7 @@ def _parse_track(d: bytes, i: int, end: int, smf: SmfFile, notes: list) -> None:
     if i > end:
         raise _Corrupt("an event runs past the end of its track")
     smf.after_end += end - i
+    smf.last_tick = max(smf.last_tick, tick)
     if tick >= MAX_TICK:  # only overlong delta times get here; int64 arrays must hold ticks
         raise _Corrupt(f"delta times add up to an impossible tick {tick}")
     smf.unterminated += sum(len(p) for p in open_notes.values())

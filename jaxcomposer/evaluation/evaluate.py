@@ -3,7 +3,10 @@
 Per piece (keyed by file name) and overall: tokens, nll_nats, nats_per_token, bits_per_token,
 perplexity, accuracy, beats + nats_per_beat, and for the `frame` tokenizer frames +
 nats_per_frame = (sum of the NLLs of the tokens inside frames, FRAME_END included, i.e. every
-target but EOS) / number of frames, the unit of the classic piano-roll benchmarks.
+target but EOS) / number of frames, the unit of the classic piano-roll benchmarks; and
+seconds + nats_per_second = NLL / seconds of music (first onset to last note end through the
+file's tempo map, as read, before tokenization), which compares models whatever their
+tokenizer on the same pieces (absent for datasets prepared before it was recorded).
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ from jaxcomposer.tokenizers import EOS, Tokenizer, get_tokenizer
 
 
 def piece_metrics(
-    tokenizer: Tokenizer, tokens: np.ndarray, nll: np.ndarray, correct: np.ndarray
+    tokenizer: Tokenizer,
+    tokens: np.ndarray,
+    nll: np.ndarray,
+    correct: np.ndarray,
+    seconds: float | None = None,
 ) -> dict:
-    """Sums for one piece; `nll[i]` is the NLL of tokens[i + 1]."""
+    """Sums for one piece; `nll[i]` is the NLL of tokens[i + 1]; `seconds` of music if known."""
     decoded = tokenizer.decode(tokens)
     out = {
         "tokens": int(nll.size),
@@ -39,6 +46,8 @@ def piece_metrics(
         in_frames = tokens[1:] != EOS
         out["frames"] = int(decoded.frames)
         out["frame_nll_nats"] = float(nll[in_frames].sum())
+    if seconds is not None:
+        out["seconds"] = float(seconds)
     return out
 
 
@@ -52,6 +61,8 @@ def finish(sums: dict) -> dict:
     out["accuracy"] = sums["correct"] / n
     if sums.get("beats", 0) > 0:
         out["nats_per_beat"] = sums["nll_nats"] / sums["beats"]
+    if sums.get("seconds", 0) > 0:
+        out["nats_per_second"] = sums["nll_nats"] / sums["seconds"]
     if "frames" in sums and sums["frames"] > 0:
         out["nats_per_frame"] = sums["frame_nll_nats"] / sums["frames"]
     return out
@@ -72,9 +83,11 @@ def score_pieces(
     *,
     progress: bool = True,
     labels: list[dict[str, np.ndarray]] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict:
     """Loads the best checkpoint and scores pieces; returns {'pieces': {...}, 'overall': {...}}.
-    `labels[i]` ({'keys', 'styles'}: int per token) feed a conditioned model's [X; M]."""
+    `labels[i]` ({'keys', 'styles'}: int per token) feed a conditioned model's [X; M];
+    `seconds` (by piece name) adds nats_per_second where every piece has it."""
     restored = workdir_lib.restore_for_inference(workdir, "best")
     config, tokenizer, variables = restored.config, restored.tokenizer, restored.variables
     step_fn = StepFunction(restored.model)
@@ -91,8 +104,9 @@ def score_pieces(
             variables, step_fn, pieces, grammar=grammar, conds=conds, **kwargs
         )
     bar.close()
+    seconds = seconds if seconds and all(n in seconds for n in names) else {}
     per_piece = {
-        name: piece_metrics(tokenizer, tokens, nll, correct)
+        name: piece_metrics(tokenizer, tokens, nll, correct, seconds.get(name))
         for name, tokens, (nll, correct) in zip(names, pieces, scored, strict=True)
     }
     return {
@@ -126,6 +140,7 @@ def format_table(result: dict, limit: int = 12) -> str:
         "perplexity",
         "accuracy",
         "nats_per_beat",
+        "nats_per_second",
         "nats_per_frame",
     )
     present = [c for c in cols if c in result["overall"]]
@@ -150,11 +165,14 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
     skipped: list[dict] = []
     if eval_dir:
         config = workdir_lib.load_config(workdir)
-        split, skipped = dataset.encode_folder(config, eval_dir, progress=progress)
+        split, skipped, stats = dataset.encode_folder_with_stats(
+            config, eval_dir, progress=progress
+        )
         label = os.path.basename(os.path.normpath(eval_dir))
     else:
-        split = dataset.load_split(workdir, "valid")
+        split, stats = dataset.load_split(workdir, "valid"), dataset.file_stats(workdir)
         label = "valid"
+    seconds = {name: s["seconds"] for name, s in stats.items() if "seconds" in s}
     pieces = [split.tokens[a:b] for a, b in zip(split.offsets[:-1], split.offsets[1:], strict=True)]
     if not pieces and eval_dir:
         raise UsageError(f"--eval_dir {eval_dir}: {_nothing_usable(skipped)}")
@@ -167,7 +185,14 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
         {name: track[a:b] for name, track in split.labels.items()}
         for a, b in zip(split.offsets[:-1], split.offsets[1:], strict=True)
     ]
-    result = score_pieces(workdir, list(split.names), pieces, progress=progress, labels=labels)
+    result = score_pieces(
+        workdir,
+        list(split.names),
+        pieces,
+        progress=progress,
+        labels=labels,
+        seconds=seconds,
+    )
     result.update(data=eval_dir or "valid split", skipped=skipped)
     path = os.path.join(workdir, f"evaluation_{label}.json")
     atomic.write_json(path, result)

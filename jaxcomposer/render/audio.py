@@ -1,5 +1,10 @@
-"""Notes -> a 16-bit PCM WAV: fluidsynth with pretty_midi's General MIDI soundfont when the
-system libfluidsynth is installed, else pretty_midi's pure-numpy sine synthesiser."""
+"""Notes -> a 16-bit PCM WAV, by the first synthesiser that works, each with pretty_midi's
+General MIDI SoundFont (TimGM6mb.sf2):
+  1. "soundfont": our SF2 sample player over the sf2utils wheel (render/soundfont.py): piano
+     sound from pip wheels alone;
+  2. "fluidsynth": when pyfluidsynth and the system libfluidsynth are installed;
+  3. "sine": pretty_midi's pure-numpy sine synthesiser, the last resort.
+The name of the one used is returned, and samples.json and the gallery show it."""
 
 from __future__ import annotations
 
@@ -19,7 +24,21 @@ from jaxcomposer.notes import Notes
 
 TAIL_SECONDS = 1.0  # silence/release kept after the last note ends
 PEAK = 0.9  # normalised peak amplitude: headroom against clipping in players
-FLUIDSYNTH, SINE = "fluidsynth", "sine"
+SOUNDFONT, FLUIDSYNTH, SINE = "soundfont", "fluidsynth", "sine"
+
+
+@functools.cache
+def soundfont_problem() -> str | None:
+    """Why the wheel-only SoundFont player cannot be used, or None."""
+    if importlib.util.find_spec("sf2utils") is None:
+        return "sf2utils is not installed (pip install sf2utils)"
+    from jaxcomposer.render import soundfont
+
+    try:
+        soundfont.load_zones(soundfont.default_soundfont())
+    except (OSError, ValueError, ImportError) as e:
+        return f"the SoundFont cannot be read ({e})"
+    return None
 
 
 @functools.cache
@@ -43,17 +62,31 @@ def _pretty_midi(notes: Notes, qpm: float):
 
 
 def synthesize(
-    notes: Notes, *, qpm: float, sample_rate: int = 22050, use_fluidsynth: bool = True
+    notes: Notes,
+    *,
+    qpm: float,
+    sample_rate: int = 22050,
+    use_fluidsynth: bool = True,
+    use_soundfont: bool = True,
 ) -> tuple[np.ndarray, str]:
     """(float32 mono waveform peaking at PEAK, synthesiser name). The length is exactly the last
     note's end plus TAIL_SECONDS, whichever synthesiser made it."""
     end_seconds = float(notes.end.max(initial=0.0)) * 60.0 / qpm
     num_samples = int(round((end_seconds + TAIL_SECONDS) * sample_rate))
     problem = fluidsynth_problem() if use_fluidsynth else "not requested"
+    own = soundfont_problem() if use_soundfont else "not requested"
     if len(notes) == 0:
-        return np.zeros(num_samples, np.float32), FLUIDSYNTH if problem is None else SINE
-    pm = _pretty_midi(notes, qpm)
+        first = SOUNDFONT if own is None else FLUIDSYNTH if problem is None else SINE
+        return np.zeros(num_samples, np.float32), first
     waveform, used = None, FLUIDSYNTH
+    if own is None:
+        from jaxcomposer.render import soundfont
+
+        waveform = soundfont.render(
+            notes, seconds_per_beat=60.0 / qpm, sample_rate=sample_rate, num_samples=num_samples
+        )
+        return _normalised(waveform, num_samples), SOUNDFONT
+    pm = _pretty_midi(notes, qpm)
     if problem is None:
         try:
             waveform = pm.fluidsynth(fs=sample_rate, normalize=False)
@@ -62,12 +95,16 @@ def synthesize(
     if problem is not None:
         logging.getLogger(__name__).info("audio by the sine synthesiser: %s", problem)
         waveform, used = pm.synthesize(fs=sample_rate), SINE
+    return _normalised(waveform, num_samples), used
+
+
+def _normalised(waveform: np.ndarray, num_samples: int) -> np.ndarray:
     waveform = np.asarray(waveform, np.float64)[:num_samples]
     waveform = np.pad(waveform, (0, num_samples - waveform.size))
     peak = np.abs(waveform).max()
     if peak > 0:
         waveform *= PEAK / peak
-    return waveform.astype(np.float32), used
+    return waveform.astype(np.float32)
 
 
 def write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:
@@ -84,7 +121,7 @@ def write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:
 def write_audio(
     path: str, notes: Notes, *, qpm: float, sample_rate: int = 22050, use_fluidsynth: bool = True
 ) -> str:
-    """Writes the WAV; returns which synthesiser made it ("fluidsynth" or "sine")."""
+    """Writes the WAV; returns which synthesiser made it ("soundfont", "fluidsynth" or "sine")."""
     waveform, used = synthesize(
         notes, qpm=qpm, sample_rate=sample_rate, use_fluidsynth=use_fluidsynth
     )

@@ -141,6 +141,8 @@ def render_sample(
     time_signatures: Sequence[TimeSignature] = (),
     key_signatures: Sequence[KeySignature] = (),
     key_number: int | None = None,
+    score_notes: Notes | None = None,
+    score_qpm: float | None = None,
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
@@ -154,6 +156,9 @@ def render_sample(
     seconds (per stage), errors (stage -> message)}. Never raises for a failing stage: a batch
     job reports the error and goes on; the failed stage's old output (if any) is removed.
     `key_number` (pretty_midi numbering) sets the key signature; None = estimated from the notes.
+    `score_notes` at `score_qpm` (a performance put on a beat grid) replace `notes` in the
+    score only; the MIDI, audio and piano roll keep the notes as played. The score's tempo
+    marking goes into its title (music21's metronome marks engrave as an empty box).
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
@@ -172,6 +177,8 @@ def render_sample(
         midi=None, musicxml=None, svg=[], png=None, wav=None, roll=None, synthesizer=None,
         seconds={}, errors={},
     )  # fmt: skip
+    if score_notes is not None:
+        info["score_qpm"] = float(score_qpm or qpm)
 
     def stage(name: str, outputs: list[str], fn: Callable[[], object]) -> object:
         started = time.perf_counter()
@@ -196,8 +203,12 @@ def render_sample(
         return f"{stem}.mid"
 
     def write_xml() -> str:
+        engraved, engraved_qpm, heading = notes, qpm, title
+        if score_notes is not None:
+            engraved, engraved_qpm = score_notes, score_qpm or qpm
+            heading = f"{title}, quarter = {engraved_qpm:.0f}"
         score.write_musicxml(
-            f"{base}.musicxml", notes, title=title, qpm=qpm,
+            f"{base}.musicxml", engraved, title=heading, qpm=engraved_qpm,
             time_signature=(numerator, denominator), key_number=key_number,
             time_signatures=meters, key_signatures=keys,
         )  # fmt: skip

@@ -107,8 +107,8 @@ def meters_of(tokenizer: Tokenizer, row: np.ndarray, primer_piece=None) -> tuple
     event tokenizer), else the primer file's (the other tokenizers carry no meter), else ()
     which means 4/4. A tuple of notes.TimeSignature sorted by beat."""
     decoded = tokenizer.decode(row).time_signatures
-    if decoded or tokenizer.name == "event":
-        return tuple(decoded)
+    if decoded or tokenizer.name == "event" or tokenizer.decoded_qpm:
+        return tuple(decoded)  # performances: beats are seconds, a primer's meter means nothing
     if primer_piece is not None:
         return tuple(sorted(primer_piece.time_signatures, key=lambda ts: ts.beat))
     return ()
@@ -262,14 +262,30 @@ def keyed_run(restored, sample: SampleConfig, primers, plan: KeyPlan):
     return inputs, ks
 
 
+def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None) -> dict:
+    """render_sample's score_notes/score_qpm for notes played in real time (beats of
+    `decoded_qpm`): a beat grid estimated from the onsets (tempo given by `score_qpm` if set)."""
+    from jaxcomposer.render import beat_grid
+
+    seconds_per_beat = 60.0 / decoded_qpm
+    grid = beat_grid.estimate(notes.start * seconds_per_beat, notes.velocity, qpm=score_qpm)
+    return {
+        "score_notes": beat_grid.to_score(notes, seconds_per_beat, grid),
+        "score_qpm": grid.qpm,
+    }
+
+
 def generate(
     workdir: str,
     *,
     out_dir: str | None = None,
     seed: int | None = None,
     overrides: dict | None = None,
+    score_qpm: float | None = None,
 ) -> dict:
-    """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info."""
+    """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info.
+    For tokens in real time (performance), the score is engraved on an estimated beat grid
+    (render/beat_grid.py) whose tempo `score_qpm` overrides."""
     base = workdir_lib.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
     config_lib.validate(config)  # the command line's sampling flags
@@ -309,6 +325,7 @@ def generate(
     kwargs = dict(step_fn=StepFunction(restored.model), num_steps=num_steps, settings=settings)
     args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
     removed = pitch_steps = None
+    kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
     if keyed:
         inputs, kwargs["ks"] = keyed_run(restored, sample, primers, plan)
         tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))
@@ -322,6 +339,7 @@ def generate(
     logging.info("sampled %d x %d tokens in %.2f s", *tokens.shape, sample_seconds)
 
     qpm = primer_piece.initial_qpm if primer_piece is not None else 100.0
+    qpm = tokenizer.decoded_qpm or qpm  # performance tokens decode to seconds at a fixed tempo
     results = []
     for i, row in enumerate(np.concatenate([primers, tokens], axis=1)):
         decoded = tokenizer.decode(row)
@@ -338,6 +356,9 @@ def generate(
                 )  # fmt: skip
         time_sig = meters[0] if meters else None
         stem = f"sample_{i:02d}"
+        grid = {}
+        if tokenizer.decoded_qpm:
+            grid = performance_score(notes, tokenizer.decoded_qpm, score_qpm)
         info = outputs.render_sample(
             out_dir,
             stem,
@@ -348,6 +369,7 @@ def generate(
             time_signatures=meters,
             key_number=plan.schedules[i][0][1] if plan else None,
             key_signatures=key_changes(tokenizer, row, meters, plan.schedules[i]) if plan else (),
+            **grid,
         )
         info.update(
             name=stem,

@@ -91,17 +91,44 @@ def masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings: Dec
     return logits
 
 
-def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None):
-    """Masks, chooses the next token and advances the grammar state and token counts.
-    `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint."""
+def held_key_mask(held_BxK, press_V, release_V):
+    """bool (B, V): tokens the grammar's held-key rule allows (grammar.py): a press of a key not
+    held, a release of a key held, anything else."""
+    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))  # column K: "no key", never held
+    last = held_BxK.shape[1]
+    released_ok = padded[:, jnp.where(release_V >= 0, release_V, last)] | (release_V < 0)
+    pressed_ok = ~padded[:, jnp.where(press_V >= 0, press_V, last)] | (press_V < 0)
+    return released_ok & pressed_ok
+
+
+def _update_held(held_BxK, token_B, press_V, release_V):
+    rows = jnp.arange(token_B.shape[0])
+    last = held_BxK.shape[1]
+    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))
+    padded = padded.at[rows, jnp.where(press_V[token_B] >= 0, press_V[token_B], last)].set(True)
+    padded = padded.at[rows, jnp.where(release_V[token_B] >= 0, release_V[token_B], last)].set(
+        False
+    )
+    return padded[:, :last]
+
+
+def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None, held=None):
+    """Masks, chooses the next token and advances the grammar state, token counts and (when the
+    grammar has a held-key rule) the held keys `held = (press_V, release_V, held_BxK)`.
+    `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint.
+    Returns (token_B, state_B, counts_BxV, held)."""
     logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
+    if held is not None and settings.grammar_mask:
+        logits = jnp.where(held_key_mask(held[2], held[0], held[1]), logits, NEG_INF)
     if scale is not None:
         logits = scale(logits, logits > NEG_INF / 2)
     token_B = choose_tokens(logits, rng, settings)
     nxt = next_state_SxV[state_B, token_B]
     state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
     counts_BxV = counts_BxV.at[jnp.arange(token_B.shape[0]), token_B].add(1)
-    return token_B, state_B, counts_BxV
+    if held is not None:
+        held = (held[0], held[1], _update_held(held[2], token_B, held[0], held[1]))
+    return token_B, state_B, counts_BxV, held
 
 
 def _token_counts(tokens_BxP, vocab_size: int):
@@ -119,24 +146,26 @@ def sample(
     step_fn: Callable,
     num_steps: int,
     settings: DecoderSettings,
+    held: tuple | None = None,
 ) -> jax.Array:
     """Generates `num_steps` tokens after a primer; returns them as int32 (B, num_steps).
 
     `step_fn(variables, tokens_BxL, carry) -> (logits_BxLxV, carry)` is the model's apply;
-    `grammar_state_B` is the grammar state after the primer (from `Grammar.walk`).
+    `grammar_state_B` is the grammar state after the primer (from `Grammar.walk`); `held` is
+    `held_keys(grammar, primers)` for grammars with a held-key rule, else None.
     """
     logits_BxPxV, carry = step_fn(variables, primer_BxP, None)  # the whole primer in one scan
 
     def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts = loop
-        token_B, state_B, counts = _advance(
-            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings
+        carry, logits_BxV, state_B, counts, held = loop
+        token_B, state_B, counts, held = _advance(
+            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, held=held
         )
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry)
-        return (carry, logits_Bx1xV[:, -1], state_B, counts), token_B
+        return (carry, logits_Bx1xV[:, -1], state_B, counts, held), token_B
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts)
+    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts, held)
     _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
     return tokens_NxB.T
 
@@ -153,6 +182,7 @@ def sample_sliding(
     num_steps: int,
     settings: DecoderSettings,
     window: int,
+    held: tuple | None = None,
 ) -> jax.Array:
     """The original project's procedure, for models trained on fixed windows (seed_replica):
     every step re-reads the last `window` tokens from a zero state (left-padded with PAD)."""
@@ -160,16 +190,16 @@ def sample_sliding(
     buffer_BxW = jnp.concatenate([pad, primer_BxP.astype(jnp.int32)], axis=1)[:, -window:]
 
     def body(loop, step_rng):
-        buffer_BxW, state_B, counts = loop
+        buffer_BxW, state_B, counts, held = loop
         logits_BxWxV, _ = step_fn(variables, buffer_BxW, None)
-        token_B, state_B, counts = _advance(
-            logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings
+        token_B, state_B, counts, held = _advance(
+            logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings, held=held
         )
         buffer_BxW = jnp.concatenate([buffer_BxW[:, 1:], token_B[:, None]], axis=1)
-        return (buffer_BxW, state_B, counts), token_B
+        return (buffer_BxW, state_B, counts, held), token_B
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts)
+    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts, held)
     _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
     return tokens_NxB.T
 
@@ -296,6 +326,7 @@ def sample_keyed(
     num_steps: int,
     settings: DecoderSettings,
     ks: KeySettings,
+    held: tuple | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`sample` with a key schedule: returns (tokens int32 (B, N), removed float32 (B, N),
     pitch_step bool (B, N)).
@@ -319,10 +350,17 @@ def sample_keyed(
         return apply
 
     def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts, units_B, key_B = loop
+        carry, logits_BxV, state_B, counts, units_B, key_B, held = loop
         out: list = []
-        token_B, state_B, counts = _advance(
-            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, scale_fn(key_B, out)
+        token_B, state_B, counts, held = _advance(
+            logits_BxV,
+            state_B,
+            counts,
+            step_rng,
+            next_state_SxV,
+            settings,
+            scale_fn(key_B, out),
+            held,
         )
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
         units_B = units_B + inputs.unit_V[token_B]
@@ -330,15 +368,25 @@ def sample_keyed(
         if ks.spec.dim:
             cond = conditioning.vector(ks.spec, key_B, inputs.styles_B, xp=jnp)[:, None, :]
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry, cond)
-        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B)
+        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held)
         return new_loop, (token_B, out[0], out[1])
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
     init = (
         carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts,
-        inputs.units_B, key_B,
+        inputs.units_B, key_B, held,
     )  # fmt: skip
     _, (tokens_NxB, removed_NxB, pitch_NxB) = jax.lax.scan(
         body, init, jax.random.split(rng, num_steps)
     )
     return tokens_NxB.T, removed_NxB.T, pitch_NxB.T
+
+
+def held_keys(grammar, primers: np.ndarray) -> tuple | None:
+    """(press_V, release_V, held_BxK) for the samplers' `held` argument: the keys each primer
+    row leaves held; None when the grammar has no held-key rule."""
+    if grammar.press is None:
+        return None
+    rows = [row[1:] if row.size and row[0] == BOS else row for row in np.asarray(primers)]
+    held = np.stack([grammar.held_after(row) for row in rows])
+    return (jnp.asarray(grammar.press), jnp.asarray(grammar.release), jnp.asarray(held))

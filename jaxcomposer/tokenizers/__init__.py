@@ -11,7 +11,7 @@ from jaxcomposer.tokenizers.base import (
 )
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
 
-NAMES = ("chord", "frame", "event")
+NAMES = ("chord", "frame", "event", "performance")
 
 
 def get_tokenizer(config: TokenizerConfig) -> Tokenizer:
@@ -21,6 +21,8 @@ def get_tokenizer(config: TokenizerConfig) -> Tokenizer:
         from jaxcomposer.tokenizers.frame import FrameTokenizer as cls
     elif config.name == "event":
         from jaxcomposer.tokenizers.event import EventTokenizer as cls
+    elif config.name == "performance":
+        from jaxcomposer.tokenizers.performance import PerformanceTokenizer as cls
     else:
         raise ValueError(f"unknown tokenizer {config.name!r}; choose one of {NAMES}")
     return cls(config)

@@ -51,6 +51,9 @@ class Tokenizer(abc.ABC):
     """Declared vocabulary + grammar + encode/decode. Subclasses build both in __init__."""
 
     name: str
+    # Decoded beats are seconds at this tempo (tokens that hold real time), or None when they are
+    # score beats with no tempo of their own; writers of MIDI/audio must then use this qpm.
+    decoded_qpm: float | None = None
 
     def __init__(self, config: TokenizerConfig):
         if not 0 <= config.pitch_min <= config.pitch_max <= 127:

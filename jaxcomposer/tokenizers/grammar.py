@@ -7,6 +7,13 @@ The same table drives three things, so they can never disagree:
   * the optional grammar-masked training loss.
 State 0 is "before BOS"; `bos_state` is the state after BOS, where a piece's first token is read.
 After EOS only PAD is allowed.
+
+Optionally a grammar also tracks held keys, which no finite table can (the set of sounding
+pitches has 2^88 values): `press[t]` / `release[t]` name the key (e.g. a pitch index) that token
+`t` starts / stops holding, -1 for tokens that do neither. A release of a key not held, or a press
+of a key already held, is then forbidden on top of the table. `walk` (hence decoding) and the
+sampler apply it; training and evaluation masks use the table alone, a superset of what is
+allowed, since real data never breaks the rule.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ class Grammar:
     next_state: np.ndarray  # int32 (S, V); -1 = token not allowed in that state
     bos_state: int  # state after BOS
     state_names: tuple[str, ...]  # for error messages and debugging
+    press: np.ndarray | None = None  # int32 (V,): key token t starts holding; -1 = none
+    release: np.ndarray | None = None  # int32 (V,): key token t stops holding; -1 = none
+    num_keys: int = 0
 
     @property
     def num_states(self) -> int:
@@ -46,13 +56,39 @@ class Grammar:
         accepted = np.zeros(tokens.shape[0], bool)
         table = self.next_state
         vocab_size = table.shape[1]
+        press = release = held = None
+        if self.press is not None:
+            press, release = self.press.tolist(), self.release.tolist()
+            held = [False] * self.num_keys
         for i, t in enumerate(tokens.tolist()):
             states[i] = s
             nxt = table[s, t] if 0 <= t < vocab_size else -1
+            if nxt >= 0 and held is not None:
+                released, pressed = release[t], press[t]
+                if (released >= 0 and not held[released]) or (pressed >= 0 and held[pressed]):
+                    nxt = -1
+                elif release[t] >= 0:
+                    held[release[t]] = False
+                elif press[t] >= 0:
+                    held[press[t]] = True
             if nxt >= 0:
                 accepted[i] = True
                 s = int(nxt)
         return states, accepted
+
+    def held_after(self, tokens: np.ndarray) -> np.ndarray:
+        """bool (num_keys,): the keys held after walking `tokens` from the BOS state."""
+        held = np.zeros(self.num_keys, bool)
+        if self.press is None:
+            return held
+        tokens = np.asarray(tokens, np.int64)
+        _, accepted = self.walk(tokens)
+        for t in tokens[accepted].tolist():
+            if self.release[t] >= 0:
+                held[self.release[t]] = False
+            elif self.press[t] >= 0:
+                held[self.press[t]] = True
+        return held
 
 
 class GrammarBuilder:
@@ -78,13 +114,21 @@ class GrammarBuilder:
             (self.state(src), np.asarray(tokens, np.int64).reshape(-1), self.state(dst))
         )
 
-    def build(self, bos_state: str) -> Grammar:
+    def build(
+        self, bos_state: str, press: np.ndarray | None = None, release: np.ndarray | None = None
+    ) -> Grammar:
         self.allow("START", [BOS], bos_state)
         table = np.full((len(self.names), self.vocab.size), -1, np.int32)
         for src, toks, dst in self.edges:
             table[src, toks] = dst
+        num_keys = 0 if press is None else int(max(press.max(), release.max()) + 1)
         return Grammar(
-            next_state=table, bos_state=self.index[bos_state], state_names=tuple(self.names)
+            next_state=table,
+            bos_state=self.index[bos_state],
+            state_names=tuple(self.names),
+            press=None if press is None else np.asarray(press, np.int32),
+            release=None if release is None else np.asarray(release, np.int32),
+            num_keys=num_keys,
         )
 
 

@@ -319,7 +319,10 @@ class _Run:
         states = np.full((fcfg.batch_size,), self.tokenizer.grammar.bos_state, np.int32)
         args = ({"params": params}, primer, states, self.tokenizer.grammar.next_state,
                 jax.random.fold_in(self.sample_key, step))  # fmt: skip
-        kwargs = dict(step_fn=self.step_fn, num_steps=fcfg.num_tokens, settings=self.settings)
+        kwargs = dict(
+            step_fn=self.step_fn, num_steps=fcfg.num_tokens, settings=self.settings,
+            held=sampler.held_keys(self.tokenizer.grammar, primer),
+        )  # fmt: skip
         if self.spec is None:
             tokens = sampler.sample(*args, **kwargs)
             return np.asarray(jax.device_get(tokens)), None, None
