@@ -161,11 +161,12 @@ def token_beats(tokenizer, tokens: np.ndarray) -> np.ndarray:
 # --- scales -----------------------------------------------------------------------------------
 def pitch_class_of_tokens(tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(pcs_VxC bool (V, 12): the pitch classes each token sounds, is_pitch_V bool): pitch tokens
-    (PITCH, NOTE, ONSET, HOLD) sound one class, CHORD tokens their set, others none."""
+    (PITCH, NOTE, ONSET, HOLD, NOTE_ON) sound one class, CHORD tokens their set, others none
+    (NOTE_OFF only ends a note, so a scale rule never needs to hold it back)."""
     v, c = tokenizer.vocab, tokenizer.config
     pcs = np.zeros((v.size, 12), bool)
     names = dict(v.ranges)
-    for name in ("PITCH", "NOTE", "ONSET", "HOLD"):
+    for name in ("PITCH", "NOTE", "ONSET", "HOLD", "NOTE_ON"):
         if name in names:
             ids = v.range_ids(name)
             pcs[ids, (c.pitch_min + np.arange(ids.size)) % 12] = True

@@ -86,8 +86,8 @@ flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run (0 = primary).")
 flags.DEFINE_bool(
     "overwrite", False,
-    "prepare: allow settings that re-map the token ids of the workdir's checkpoints, moving "
-    "those checkpoints aside to checkpoints.replaced-<time>/.",
+    "prepare: allow tokenizer or data settings other than those of the workdir's checkpoints, "
+    "moving those checkpoints aside to checkpoints.replaced-<time>/.",
 )  # fmt: skip
 
 _SAMPLE_FLAGS = (
@@ -152,9 +152,18 @@ def check_flags(mode: str) -> list[str]:
         value = getattr(FLAGS, name)
         if value is not None and value < flag_value:
             raise UsageError(f"--{name}={value}: must be >= {flag_value}")
+    if FLAGS.score_qpm is not None and FLAGS.score_qpm <= 0:
+        raise UsageError(f"--score_qpm={FLAGS.score_qpm}: must be > 0 (leave it out to estimate)")
     if mode in ("generate", "evaluate", "finetune") and not os.path.isdir(FLAGS.workdir):
         raise UsageError(f"--workdir {FLAGS.workdir}: no such folder (train a model there first)")
     warnings = []
+    if mode in ("generate", "evaluate") and any(a.startswith("--config") for a in sys.argv[1:]):
+        warnings.append(
+            f"--config and --config.* are ignored by --mode={mode}: it rebuilds the run from "
+            f"{FLAGS.workdir}/config.json; use the generation flags (--temperature, ...) instead"
+        )
+    if FLAGS.num_bars and FLAGS.num_steps:
+        warnings.append("--num_steps is only a minimum when --num_bars is given (bars decide)")
     for name, modes in _FLAG_MODES.items():
         given = getattr(FLAGS, name) not in (None, False)
         if given and mode != "all" and mode not in modes:
@@ -219,9 +228,12 @@ def main(argv: list[str]) -> None:
         from jaxcomposer.data import dataset
 
         if primary:  # the others wait for the files at the barrier
-            manifest = dataset.prepare(
-                config, workdir, progress=FLAGS.progress, overwrite=FLAGS.overwrite
-            )
+            from jaxcomposer import workdir_lib
+
+            with workdir_lib.train_lock(workdir):  # never re-prepare under a running train
+                manifest = dataset.prepare(
+                    config, workdir, progress=FLAGS.progress, overwrite=FLAGS.overwrite
+                )
             print(dataset.summarize(manifest), flush=True)
         distributed.barrier("prepare")
     if mode in ("train", "all"):

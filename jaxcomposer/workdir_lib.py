@@ -118,7 +118,8 @@ def checkpoint_steps(workdir: str) -> list[int]:
 # --- the training lock -------------------------------------------------------------------------
 @contextlib.contextmanager
 def train_lock(workdir: str) -> Iterator[dict]:
-    """Holds `<workdir>/.train.lock` for the block, so two runs never train one workdir at once.
+    """Holds `<workdir>/.train.lock` for the block, so two runs never train (or prepare while
+    another trains) one workdir at once.
 
     An exclusive `fcntl.flock` on the open file: the kernel drops it when the holder dies, even
     by SIGKILL, so a killed run never leaves the workdir stuck. The holder writes its pid, host
@@ -134,8 +135,8 @@ def train_lock(workdir: str) -> Iterator[dict]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise WorkdirBusyError(
-                f"{workdir} is being trained by another process ({_holder(fd)}); wait for it "
-                "to finish, stop it, or use another --workdir"
+                f"{workdir} is in use by another run ({_holder(fd)}); wait for it to "
+                "finish, stop it, or use another --workdir"
             ) from None
         except OSError as e:  # e.g. ENOLCK on some network filesystems
             logging.warning("%s: cannot lock (%s); not guarding against a second run", path, e)
@@ -214,12 +215,17 @@ def _write_config_and_vocab(workdir: str, config: Config, vocab: Vocab) -> None:
 
 
 def prepare_conflicts(workdir: str, config: Config) -> list[str]:
-    """The tokenizer settings that differ from those the workdir's checkpoints were trained with
-    ([] when there are no checkpoints or nothing changed). Such a change alters what the token
-    ids mean (pitch range, steps per beat, tokenizer...), so those weights no longer fit."""
+    """The tokenizer and data settings that differ from those the workdir's checkpoints were
+    trained with ([] when there are no checkpoints or nothing changed). A tokenizer change alters
+    what the token ids mean (pitch range, steps per beat, tokenizer...), so those weights no
+    longer fit; a data change would let a resumed run mix two datasets and compare validation
+    losses measured on different pieces."""
     if not (checkpoint_steps(workdir) and os.path.exists(config_path(workdir))):
         return []
-    return _differences(load_config(workdir), config, "tokenizer")
+    old = load_config(workdir)
+    return _differences(old, config, "tokenizer") + _differences(
+        old, config, "data", NEUTRAL_DATA_FIELDS
+    )
 
 
 def check_prepare(workdir: str, config: Config, *, overwrite: bool = False) -> None:
@@ -228,9 +234,9 @@ def check_prepare(workdir: str, config: Config, *, overwrite: bool = False) -> N
     changed = prepare_conflicts(workdir, config)
     if changed and not overwrite:
         raise CheckpointError(
-            f"{workdir} holds checkpoints trained with other tokenizer settings "
-            f"({'; '.join(changed)}); preparing with these would change what their token ids "
-            "mean: use another --workdir, or pass --overwrite to move the old checkpoints aside"
+            f"{workdir} holds checkpoints trained with other settings ({'; '.join(changed)}); "
+            "preparing with these would re-map their token ids or mix two datasets in one run: "
+            "use another --workdir, or pass --overwrite to move the old checkpoints aside"
         )
 
 
@@ -241,8 +247,7 @@ def record_prepared(
 
     Checkpoints whose token ids the new settings re-map make this raise CheckpointError (see
     check_prepare), unless `overwrite`, which moves them, with their metrics, aside to
-    `checkpoints.replaced-<time>/` (returned). A change of data settings alone keeps them:
-    training then resumes those weights on the new data.
+    `checkpoints.replaced-<time>/` (returned).
     """
     check_prepare(workdir, config, overwrite=overwrite)
     moved = None

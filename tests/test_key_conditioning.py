@@ -229,7 +229,7 @@ def test_primer_vectors_count_bars_like_the_scan():
     np.testing.assert_array_equal(tonic, [0, 0, 0, 0, 0, 7, 7])
 
 
-@pytest.mark.parametrize("name", ["event", "chord"])
+@pytest.mark.parametrize("name", ["event", "chord", "performance"])
 def test_strict_scale_never_leaves_the_key_and_decodes_with_zero_skips(name):
     """An untrained model, 24 keys x 12 samples each, 60 tokens: no pitch token outside the
     scale of the key in force (recomputed from the tokens with the bar counter), no skips."""
@@ -247,6 +247,7 @@ def test_strict_scale_never_leaves_the_key_and_decodes_with_zero_skips(name):
         variables, jnp.asarray(primers), jnp.asarray(states),
         jnp.asarray(tokenizer.grammar.next_state), jax.random.key(1), inputs,
         step_fn=StepFunction(model), num_steps=60, settings=sampler.DecoderSettings(), ks=ks,
+        held=sampler.held_keys(tokenizer.grammar, primers),
     )  # fmt: skip
     rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
     counter = conditioning.bar_counter(tokenizer)

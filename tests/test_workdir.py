@@ -13,7 +13,7 @@ import midi_factory as mf
 import pytest
 from conftest import count_compiles, tiny_config
 
-from jaxcomposer import workdir_lib
+from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.data import dataset
 from jaxcomposer.evaluation import evaluate
 from jaxcomposer.sample import generate
@@ -65,9 +65,25 @@ def test_prepare_refuses_settings_that_remap_checkpoint_tokens(trained, tmp_path
     assert "tokenizer.pitch_min: 21 -> 30" in message and "--overwrite" in message
     assert "another --workdir" in message
     assert open(workdir_lib.config_path(workdir)).read() == before  # nothing rewritten
+    # Other data would mix two datasets in one run (and compare validation losses measured on
+    # different pieces): refused the same way.
+    other_data = config_for(config.data.midi_dir, config.data.cache_dir)
+    other_data = config_lib.replace(other_data, data={"max_pieces": 3})
+    with pytest.raises(workdir_lib.CheckpointError, match=r"data.max_pieces: 24 -> 3"):
+        dataset.prepare(other_data, workdir, progress=False)
     # The same settings may be prepared again; the checkpoints stay.
     dataset.prepare(config, workdir, progress=False)
     assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
+
+
+def test_prepare_needs_a_piece_to_train_on_and_one_to_validate(tmp_path):
+    root = tmp_path / "one"
+    root.mkdir()
+    mf.simple_file(root / "only.mid", mf.melody(0), qpm=90)
+    (root / "broken.mid").write_text("not MIDI")
+    config = config_for(root, tmp_path / "cache")
+    with pytest.raises(dataset.PrepareError, match=r"only 1 usable piece\(s\).*held out"):
+        dataset.prepare(config, str(tmp_path / "w"), progress=False)
 
 
 def test_overwrite_moves_the_old_checkpoints_aside(corpus, tmp_path):
@@ -89,8 +105,13 @@ def test_generate_twice_compiles_once_and_evaluate_reads_the_workdir(trained, tm
     jax.clear_caches()  # an earlier test in this process may have compiled the same sampler
     with count_compiles() as compiled_first:
         first = generate.generate(workdir, out_dir=str(tmp_path / "a"), seed=1)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "sample_07.mid").write_bytes(b"an earlier run's sample")
+    (tmp_path / "b" / "notes.txt").write_text("the user's own file")
     with count_compiles() as compiled_second:
         second = generate.generate(workdir, out_dir=str(tmp_path / "b"), seed=1)
+    assert not (tmp_path / "b" / "sample_07.mid").exists()  # never two runs in one folder
+    assert (tmp_path / "b" / "notes.txt").exists()
     assert compiled_first.count("jit(sample)") == 1
     assert compiled_second.count("jit(sample)") == 0
     assert first["samples"][0]["notes"] == second["samples"][0]["notes"]  # same seed, same music

@@ -153,6 +153,13 @@ def prepare(
     skipped = [r for r in results if r.reason]
     for r in skipped:
         logging.warning("skipped %s: %s", r.name, r.reason)
+    if "train" in splits and "valid" not in splits:
+        where = data.valid_dir or root
+        raise PrepareError(
+            f"only {len(usable)} usable piece(s) in {where}: training needs at least one piece "
+            "to learn from and one held out for validation; add files (or a data.valid_dir)"
+            f"{_top_reasons_text(skipped)}"
+        )
     if "train" not in splits:
         raise PrepareError(
             f"no usable pieces in {root}: {len(skipped)} of {len(results)} file(s) skipped"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
 
 import jax
@@ -150,6 +151,22 @@ def end_beat(tokenizer: Tokenizer, primer: np.ndarray, row: np.ndarray, meters, 
         first = int(np.searchsorted(lines, primer_end - 1e-9))
     available = min(bars, len(lines) - 1 - first)
     return float(lines[first + available]), available
+
+
+SAMPLE_FILE = re.compile(r"^sample_\d+([-.].*)?$")  # the files render_sample writes
+
+
+def remove_earlier_samples(out_dir: str) -> int:
+    """Removes an earlier run's samples (sample_NN*, samples.json, index.html) from out_dir, so
+    the folder never mixes two runs (a later `--samples` evaluation would score them all);
+    other files stay. Returns how many files were removed, and says so."""
+    names = [n for n in os.listdir(out_dir) if SAMPLE_FILE.match(n)]
+    names += [n for n in ("samples.json", "index.html") if os.path.exists(os.path.join(out_dir, n))]
+    for name in names:
+        os.remove(os.path.join(out_dir, name))
+    if names:
+        logging.warning("replaced the earlier samples in %s (%d files)", out_dir, len(names))
+    return len(names)
 
 
 def key_changes(tokenizer: Tokenizer, row: np.ndarray, meters, schedule) -> tuple:
@@ -306,6 +323,7 @@ def generate(
         default_out = os.path.join(workdir_lib.finetune_dir(workdir), "samples")
     out_dir = os.path.abspath(out_dir or default_out)
     os.makedirs(out_dir, exist_ok=True)
+    remove_earlier_samples(out_dir)
     primer_notes = [None] * sample.num_samples
     if sample.primer == "none":
         primers = np.full((sample.num_samples, 1), BOS, np.int32)
