@@ -1,0 +1,29 @@
+"""The JSB chorales piano-roll benchmark (Boulanger-Lewandowski et al. 2012): `frame` tokens at
+one step per beat without onset marks, so evaluate's `nats_per_frame` is the benchmark's number.
+
+Data: the shared folder's own split (train/ for training, valid/ for validation only; the test
+split is held out). Pass another data root as the config argument:
+  python -m jaxcomposer.main --mode=all --config=configs/jsb.py:/path/to/jsb_chorales
+The default root is `../shared/data/jsb_chorales`, relative to the working directory.
+The recipe (levers measured one at a time on valid) is in README, "JSB chorales benchmark".
+"""
+
+import os
+
+import ml_collections
+
+from configs import default
+
+DATA_ROOT = os.path.join("..", "shared", "data", "jsb_chorales")
+
+
+def get_config(data_root: str = "") -> ml_collections.ConfigDict:
+    c = default.get_config()
+    root = data_root or DATA_ROOT
+    c.data.midi_dir = os.path.join(root, "train")
+    c.data.valid_dir = os.path.join(root, "valid")  # the dataset's own split, not a name hash
+
+    c.tokenizer.name = "frame"
+    c.tokenizer.steps_per_beat = 1  # one frame per quarter-note beat, as the benchmark
+    c.tokenizer.mark_onsets = False  # NOTE(p) only: the 2012 piano-roll semantics
+    return c
