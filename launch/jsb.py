@@ -75,23 +75,20 @@ def cpu_seconds() -> float:
 
 
 def score_valid(workdir: str, variables) -> dict:
-    """evaluate's overall figures for the valid split under the given weights."""
+    """evaluate's overall figures for the valid split under the given weights (the model,
+    tokenizer and mask are those of the workdir's best checkpoint)."""
     from jaxcomposer import workdir_lib
     from jaxcomposer.data import dataset
     from jaxcomposer.evaluation import evaluate, likelihood
-    from jaxcomposer.model.lm import build_model
-    from jaxcomposer.sample import sampler
-    from jaxcomposer.tokenizers import get_tokenizer
+    from jaxcomposer.model import StepFunction
 
-    config = workdir_lib.load_config(workdir)
-    vocab = workdir_lib.load_vocab(workdir, config)
-    tokenizer = get_tokenizer(config.tokenizer)
+    restored = workdir_lib.restore_for_inference(workdir, "best")
+    config, tokenizer = restored.config, restored.tokenizer
     split = dataset.load_split(workdir, "valid")
     pieces = list(split.pieces())
-    step_fn = sampler.make_step_fn(build_model(config.model, vocab.size))
     grammar = tokenizer.grammar if config.train.grammar_mask_loss else None
     scored = likelihood.piece_token_nll(
-        variables, step_fn, pieces, window=config.train.seq_len,
+        variables, StepFunction(restored.model), pieces, window=config.train.seq_len,
         batch_size=config.train.batch_size, grammar=grammar,
     )  # fmt: skip
     per_piece = {
@@ -104,27 +101,22 @@ def score_valid(workdir: str, variables) -> dict:
 
 
 def averaged_variables(workdir: str, count: int) -> tuple[dict, list[int]]:
-    """Mean weights of the `count` best checkpoints by validation loss (Polyak-style averaging
-    of late iterates; Izmailov et al. 2018 average a cyclic schedule's, here the cosine tail's)."""
+    """Mean weights of the `count` kept checkpoints with the lowest validation loss
+    (Polyak-style averaging of late iterates, as Izmailov et al. 2018 do along a cyclic
+    schedule; here along the cosine tail)."""
     import jax
 
     from jaxcomposer import workdir_lib
-    from jaxcomposer.train import reporting
 
-    config = workdir_lib.load_config(workdir)
-    manager = workdir_lib.make_manager(workdir, config.train.keep_best, read_only=True)
-    try:
-        kept = {int(s) for s in manager.all_steps()}
-    finally:
-        manager.close()
+    kept = set(workdir_lib.checkpoint_steps(workdir))
     losses = {}
-    with open(reporting.metrics_path(workdir), encoding="utf-8") as f:
+    with open(workdir_lib.metrics_path(workdir), encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
             if record.get("kind") == "valid" and record["step"] in kept:
                 losses[int(record["step"])] = float(record["loss"])
     chosen = sorted(losses, key=losses.get)[:count]
-    trees = [workdir_lib.restore_for_inference(workdir, s)[2] for s in chosen]
+    trees = [workdir_lib.restore_for_inference(workdir, s).variables for s in chosen]
     mean = jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
     return mean, sorted(chosen)
 

@@ -17,10 +17,10 @@ import pytest
 from configs import jsb
 from jaxcomposer import config_lib
 from jaxcomposer.evaluation import evaluate, likelihood
+from jaxcomposer.model.loss import masked_token_nll, token_loss_sums
 from jaxcomposer.notes import Piece, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 from jaxcomposer.train import batching
-from jaxcomposer.train.train_step import token_loss_sums
 
 PITCH_MIN, PITCH_MAX = 60, 64
 # frames x pitches 60..64; frame 2 is silent, pitch 62 is held over frames 0-1 (one note).
@@ -137,19 +137,25 @@ def test_training_loss_uses_the_evaluation_mask(masked):
 
 
 def test_masked_probabilities_sum_to_one_over_allowed_tokens():
+    """In every grammar state, the masked model's probabilities of the allowed tokens (each
+    scored as the target) sum to one; a forbidden target is flagged as such."""
     tokenizer = _tokenizer()
     vocab_size = tokenizer.vocab.size
     grammar = tokenizer.grammar
     logits = np.random.default_rng(3).normal(size=(grammar.num_states, vocab_size)) * 5
     allowed = grammar.next_state >= 0
+    assert allowed.any(axis=1).all()  # every state allows something
     every_target = np.broadcast_to(np.arange(vocab_size), logits.shape)
-    nll, _ = likelihood.token_nll(
+    nll, _, forbidden = masked_token_nll(
         jnp.asarray(logits[:, None, :].repeat(vocab_size, 1), jnp.float32),
         jnp.asarray(every_target),
         jnp.asarray(allowed[:, None, :].repeat(vocab_size, 1)),
     )
-    probs = np.exp(-np.asarray(nll, np.float64))
-    rows = allowed.any(axis=1)  # every state allows something
-    assert rows.all()
+    probs = np.where(allowed, np.exp(-np.asarray(nll, np.float64)), 0.0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert (probs[~allowed] == 0.0).all()
+    # float64 reference: softmax over the allowed tokens only
+    masked = np.where(allowed, logits, -np.inf)
+    reference = np.exp(masked - masked.max(axis=1, keepdims=True))
+    reference /= reference.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, reference, rtol=1e-4, atol=1e-7)
+    assert (np.asarray(forbidden) == ~allowed).all()
