@@ -20,16 +20,26 @@ def stream_split(lengths):
 
 def grammar_piece(grammar, rng, length):
     """A random piece the grammar accepts: BOS, `length` allowed tokens (fewer at a dead end),
-    EOS."""
+    EOS. With a held-key rule (performance tokens) only sounding keys are released and only
+    silent ones pressed, as `Grammar.walk` requires."""
     state, body = grammar.bos_state, []
+    held = set()
     for _ in range(length):
         allowed = np.flatnonzero(grammar.next_state[state] >= 0)
         allowed = allowed[(allowed != PAD) & (allowed != EOS)]
+        if grammar.press is not None:
+            releases_held = [grammar.release[t] < 0 or grammar.release[t] in held for t in allowed]
+            presses_silent = [grammar.press[t] < 0 or grammar.press[t] not in held for t in allowed]
+            allowed = allowed[np.asarray(releases_held, bool) & np.asarray(presses_silent, bool)]
         if allowed.size == 0:
             break
         token = int(rng.choice(allowed))
         body.append(token)
         state = int(grammar.next_state[state, token])
+        if grammar.press is not None:
+            held.discard(int(grammar.release[token]))
+            if grammar.press[token] >= 0:
+                held.add(int(grammar.press[token]))
     return np.array([BOS, *body, EOS], np.int32)
 
 

@@ -76,14 +76,14 @@ def test_prepare_refuses_settings_that_remap_checkpoint_tokens(trained, tmp_path
     assert workdir_lib.checkpoint_steps(workdir) == [2, 4]
 
 
-def test_prepare_needs_a_piece_to_train_on_and_one_to_validate(tmp_path):
+def test_train_needs_a_piece_held_out_for_validation(tmp_path):
     root = tmp_path / "one"
     root.mkdir()
     mf.simple_file(root / "only.mid", mf.melody(0), qpm=90)
     (root / "broken.mid").write_text("not MIDI")
     config = config_for(root, tmp_path / "cache")
-    with pytest.raises(dataset.PrepareError, match=r"only 1 usable piece\(s\).*held out"):
-        dataset.prepare(config, str(tmp_path / "w"), progress=False)
+    with pytest.raises(dataset.DatasetError, match=r"no piece for validation \(1 training"):
+        loop.train(config, str(tmp_path / "w"), progress=False)  # prepares, then refuses
 
 
 def test_overwrite_moves_the_old_checkpoints_aside(corpus, tmp_path):

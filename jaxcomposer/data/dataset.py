@@ -154,12 +154,11 @@ def prepare(
     for r in skipped:
         logging.warning("skipped %s: %s", r.name, r.reason)
     if "train" in splits and "valid" not in splits:
-        where = data.valid_dir or root
-        raise PrepareError(
-            f"only {len(usable)} usable piece(s) in {where}: training needs at least one piece "
-            "to learn from and one held out for validation; add files (or a data.valid_dir)"
-            f"{_top_reasons_text(skipped)}"
-        )
+        logging.warning(
+            "only %d usable piece(s) in %s: none is held out for validation, so this dataset "
+            "cannot be trained on; add files (or a data.valid_dir)", len(usable),
+            data.valid_dir or root,
+        )  # fmt: skip
     if "train" not in splits:
         raise PrepareError(
             f"no usable pieces in {root}: {len(skipped)} of {len(results)} file(s) skipped"

@@ -59,14 +59,19 @@ def _train(config: Config, workdir: str, *, progress: bool | None) -> dict:
     show = sys.stderr.isatty() if progress is None else progress
     if distributed.is_primary() and not workdir_lib.is_prepared(workdir):
         source = config.data.midi_dir or "the embedded Bach chorales"
-        logging.info("%s was never prepared: preparing %s first", workdir, source)
         print(f"{workdir} was never prepared: preparing {source} first", flush=True)
         print(dataset.summarize(dataset.prepare(config, workdir, progress=show)), flush=True)
     distributed.barrier("prepared")  # multi-host: the others read what process 0 prepared
     tokenizer = get_tokenizer(config.tokenizer)
     spec = workdir_lib.cond_spec(workdir, config)
+    train_split, valid_split = (dataset.load_split(workdir, s) for s in ("train", "valid"))
+    if len(valid_split) == 0:
+        raise dataset.DatasetError(
+            f"{workdir_lib.data_dir(workdir)} holds no piece for validation ({len(train_split)} "
+            "training piece(s)): add MIDI files, or set data.valid_dir, and prepare again"
+        )
     return fit(
-        config, workdir, dataset.load_split(workdir, "train"), dataset.load_split(workdir, "valid"),
+        config, workdir, train_split, valid_split,
         tokenizer=tokenizer, model=build_model(config.model, tokenizer.vocab.size, spec.dim),
         progress=progress, spec=spec,
     )  # fmt: skip
