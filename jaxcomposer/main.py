@@ -120,6 +120,7 @@ def sample_overrides() -> dict:
 _FLAG_MODES = {
     **{name: ("generate",) for name in _SAMPLE_FLAGS + ("out_dir", "primer_midi", "seed")},
     "score_qpm": ("generate",),
+    "checkpoint": ("generate", "evaluate"),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
     "overwrite": ("prepare",),
@@ -264,7 +265,10 @@ def main(argv: list[str]) -> None:
         if FLAGS.samples:
             evaluate.compare_samples(workdir, FLAGS.samples, progress=FLAGS.progress)
         else:
-            evaluate.evaluate(workdir, eval_dir=FLAGS.eval_dir, progress=FLAGS.progress)
+            evaluate.evaluate(
+                workdir, eval_dir=FLAGS.eval_dir, progress=FLAGS.progress,
+                checkpoint=FLAGS.checkpoint or "best",
+            )  # fmt: skip
     distributed.barrier("done")
 
 

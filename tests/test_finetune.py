@@ -15,6 +15,7 @@ import pytest
 from conftest import tiny_config
 
 from jaxcomposer import config_lib, workdir_lib
+from jaxcomposer.evaluation import evaluate
 from jaxcomposer.sample import generate
 from jaxcomposer.train import finetune, loop, reporting
 
@@ -128,6 +129,14 @@ def test_generate_from_the_finetuned_checkpoint_says_which_model(straight):
         assert "finetuned (step 2)" in f.read()
     with pytest.raises(workdir_lib.CheckpointError, match="no checkpoint at step 3"):
         workdir_lib.restore_for_inference(workdir, "finetuned:3")
+
+
+def test_evaluate_scores_the_checkpoint_asked_for(straight):
+    workdir = straight[0]
+    tuned = evaluate.evaluate(workdir, progress=False, checkpoint="finetuned:4")
+    base = evaluate.evaluate(workdir, progress=False)
+    assert tuned["checkpoint_step"] == 4 and base["overall"]["tokens"] == tuned["overall"]["tokens"]
+    assert tuned["overall"]["nll_nats"] != base["overall"]["nll_nats"]  # another model scored
 
 
 def test_finetune_without_checkpoints_is_a_clear_error(tmp_path):

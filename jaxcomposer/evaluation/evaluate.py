@@ -84,11 +84,13 @@ def score_pieces(
     progress: bool = True,
     labels: list[dict[str, np.ndarray]] | None = None,
     seconds: dict[str, float] | None = None,
+    checkpoint: str = "best",
 ) -> dict:
-    """Loads the best checkpoint and scores pieces; returns {'pieces': {...}, 'overall': {...}}.
+    """Loads `checkpoint` ('best', 'latest', a step, 'finetuned[:STEP]') and scores pieces;
+    returns {'pieces': {...}, 'overall': {...}}.
     `labels[i]` ({'keys', 'styles'}: int per token) feed a conditioned model's [X; M];
     `seconds` (by piece name) adds nats_per_second where every piece has it."""
-    restored = workdir_lib.restore_for_inference(workdir, "best")
+    restored = workdir_lib.restore_for_inference(workdir, checkpoint)
     config, tokenizer, variables = restored.config, restored.tokenizer, restored.variables
     step_fn = StepFunction(restored.model)
     bar = tqdm(total=len(pieces), desc="evaluate", unit="piece", disable=not progress)
@@ -160,8 +162,15 @@ def _fmt(value) -> str:
     return f"{value:>14d}" if isinstance(value, int) else f"{value:>14.4f}"
 
 
-def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True) -> dict:
-    """Scores the validation split, or every readable MIDI file of `eval_dir`."""
+def evaluate(
+    workdir: str,
+    *,
+    eval_dir: str | None = None,
+    progress: bool = True,
+    checkpoint: str = "best",
+) -> dict:
+    """Scores the validation split, or every readable MIDI file of `eval_dir`, with the model of
+    `checkpoint` ('best', 'latest', a step, 'finetuned[:STEP]')."""
     skipped: list[dict] = []
     if eval_dir:
         config = workdir_lib.load_config(workdir)
@@ -192,6 +201,7 @@ def evaluate(workdir: str, *, eval_dir: str | None = None, progress: bool = True
         progress=progress,
         labels=labels,
         seconds=seconds,
+        checkpoint=checkpoint,
     )
     result.update(data=eval_dir or "valid split", skipped=skipped)
     path = os.path.join(workdir, f"evaluation_{label}.json")

@@ -312,7 +312,7 @@ def _checked(step: int, metrics: dict) -> tuple[int, dict]:
     if not all(np.isfinite(values[k]) for k in ("loss", "grad_norm", "param_norm")):
         raise TrainingDivergedError(
             f"training diverged at step {step}: loss {values['loss']}, gradient norm "
-            f"{values['grad_norm']}; the last good checkpoint is kept (try a lower "
+            f"{values['grad_norm']}; checkpoints saved before it are kept (try a lower "
             f"train.learning_rate or train.grad_clip_norm > 0)"
         )
     return step, values
