@@ -4,7 +4,7 @@ CPU budget: at most 30 minutes on 2 cores (fine-tuning is capped by --minutes, d
 sampling, scoring and the statistics take a few minutes more).
 
     # the quick model first (README's main job, training only), then:
-    python launch/finetune_quick.py --workdir=/tmp/i10_quick
+    python launch/finetune_quick.py --workdir=runs/quick
 
 Fine-tunes WORKDIR's best checkpoint with `--mode=finetune`'s code (resuming if WORKDIR/finetune
 holds a run), then samples --samples pieces from the pretrained and from the fine-tuned model
@@ -101,7 +101,7 @@ def describe(workdir, config, which, args, context, user):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="/tmp/i10_quick")
+    parser.add_argument("--workdir", default="runs/quick", help="the main job's workdir")
     parser.add_argument("--minutes", type=float, default=15.0, help="fine-tuning wall limit")
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning updates")
     parser.add_argument("--samples", type=int, default=32, help="samples per model compared")
