@@ -124,9 +124,13 @@ def csv_entry(table: dict, name: str):
     return table.get(name) or table.get(os.path.basename(name))
 
 
+TOP_LEVEL_STYLE = "(top level)"  # the style of files directly under midi_dir
+
+
 def style_of(name: str) -> str:
-    """The first folder of a file name relative to midi_dir ('' at the top level)."""
-    return name.split("/", 1)[0] if "/" in name else ""
+    """The first folder of a file name relative to midi_dir (TOP_LEVEL_STYLE for files directly
+    under it, so every style has a name a user can type with --style)."""
+    return name.split("/", 1)[0] if "/" in name else TOP_LEVEL_STYLE
 
 
 def style_names(styles: list[str]) -> tuple[str, ...]:

@@ -465,11 +465,12 @@ def _line(step: int, num_steps: int, recent: list[dict], val: float | None) -> s
     real = _mean(recent, "real_nll")
     real_text = "" if real is None else f"  real nll {real:.4f}"
     walls = [r["wall_seconds"] for r in recent]
-    per_step = (walls[-1] - walls[0]) / (len(walls) - 1) if len(walls) > 1 else float("nan")
+    # One record in the window has no interval to time: say nothing rather than "nan s/step".
+    timing = f"  {(walls[-1] - walls[0]) / (len(walls) - 1):.2f} s/step" if len(walls) > 1 else ""
     return (
         f"finetune {step}/{num_steps}  reward {_mean(recent, 'reward'):.4f}  "
         f"kl {_mean(recent, 'kl'):.5f} nats/token{real_text}  val {val_text}  "
-        f"|g| {_mean(recent, 'grad_norm'):.3g}  {per_step:.2f} s/step"
+        f"|g| {_mean(recent, 'grad_norm'):.3g}{timing}"
     )
 
 
