@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 
 import jax
+import midi_factory as mf
 import numpy as np
 
 from configs import tiny
@@ -28,6 +29,26 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 def tiny_config(**sections) -> config_lib.Config:
     """configs/tiny.py, frozen, with `section={field: value}` replacements."""
     return config_lib.replace(config_lib.freeze(tiny.get_config()), **sections)
+
+
+def melody_corpus(folder: pathlib.Path, count: int = 4) -> pathlib.Path:
+    """`count` short melodies (midi_factory) written as MIDI files into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        mf.simple_file(folder / f"m{i}.mid", mf.melody(i), qpm=90)
+    return folder
+
+
+def small_run_config(corpus, cache, **sections) -> config_lib.Config:
+    """The tiny config on `corpus`: 4 steps, validation and checkpoints every 2 (`sections`
+    replace fields, e.g. model={"condition": "key"})."""
+    base = {
+        "data": {"midi_dir": str(corpus), "cache_dir": str(cache), "num_workers": 1},
+        "train": {"num_steps": 4, "eval_every": 2, "checkpoint_every": 2, "log_every": 2},
+    }
+    for name, fields in sections.items():
+        base[name] = {**base.get(name, {}), **fields}
+    return tiny_config(**base)
 
 
 def random_split(seed: int, lengths: list[int], vocab_size: int) -> TokenSplit:

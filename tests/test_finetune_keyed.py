@@ -8,10 +8,9 @@ import os
 import shutil
 
 import jax
-import midi_factory as mf
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import melody_corpus, small_run_config
 
 from jaxcomposer import conditioning, config_lib, keys, workdir_lib
 from jaxcomposer.errors import UsageError
@@ -23,14 +22,10 @@ FINETUNE = dict(batch_size=3, num_tokens=20, num_steps=4, eval_every=2, log_ever
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    corpus = tmp_path_factory.mktemp("midi")
-    for i in range(4):
-        mf.simple_file(corpus / f"m{i}.mid", mf.melody(i), qpm=90)
-    config = tiny_config(
-        data={"midi_dir": str(corpus), "cache_dir": str(tmp_path_factory.mktemp("cache")),
-              "num_workers": 1},
-        model={"condition": "key"},
-        train={"num_steps": 2, "eval_every": 2, "checkpoint_every": 2, "log_every": 2},
+    corpus = melody_corpus(tmp_path_factory.mktemp("midi"))
+    config = small_run_config(
+        corpus, tmp_path_factory.mktemp("cache"), model={"condition": "key"},
+        train={"num_steps": 2},
     )  # fmt: skip
     workdir = str(tmp_path_factory.mktemp("run"))
     loop.train(config, workdir, progress=False)

@@ -11,7 +11,7 @@ import os
 import jax
 import midi_factory as mf
 import pytest
-from conftest import count_compiles, tiny_config
+from conftest import count_compiles, melody_corpus, small_run_config
 
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.data import dataset
@@ -22,19 +22,14 @@ from jaxcomposer.train import loop
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("midi")
-    for i in range(4):
-        mf.simple_file(root / f"m{i}.mid", mf.melody(i), qpm=90)
-    return root
+    return melody_corpus(tmp_path_factory.mktemp("midi"))
 
 
 def config_for(corpus, cache, **tokenizer):
-    return tiny_config(
-        data={"midi_dir": str(corpus), "cache_dir": str(cache), "num_workers": 1},
-        train={"num_steps": 4, "eval_every": 2, "checkpoint_every": 2, "log_every": 2},
-        sample={"num_steps": 13, "num_samples": 1},
+    return small_run_config(
+        corpus, cache, sample={"num_steps": 13, "num_samples": 1},
         **({"tokenizer": tokenizer} if tokenizer else {}),
-    )
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
