@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dense_size = 256  # seed_replica only
     c.model.dtype = "float32"
     c.model.condition = "none"  # none | key | key+style: [X; M] vector at every step
+    c.model.condition_logits = False  # conditioned: M also biases the logits (learned M @ W)
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
@@ -116,6 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.weights.tonic_ending = 0.5  # share of phrase endings on the tonic
     c.finetune.weights.leap_recovery = 0.5  # 1 - share of octave+ leaps not stepped back
     c.finetune.weights.pitch_range = 0.5  # pitch range inside the data's band
+    c.finetune.weights.note_length = 0.5  # mean note length inside the data's band
     c.finetune.user_reward = ""  # "module:function" or "file.py:function"; "" = none
     c.finetune.user_reward_weight = 1.0  # reward units per unit of the user reward
     c.finetune.max_run = 4  # onset groups

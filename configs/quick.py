@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_layers = 2
     c.model.dropout = 0.1  # rate
     c.model.condition = "key"  # the paper's [X; M]: the key vector at every step
+    c.model.condition_logits = True  # ... and a learned per-key bias on the logits
     c.train.batch_size = 32  # windows
     c.train.seq_len = 128  # tokens
     c.train.num_steps = 1500  # steps

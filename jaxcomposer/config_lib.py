@@ -68,6 +68,9 @@ class ModelConfig:
     dense_size: int  # seed_replica: width of the Dense(256) head layer
     dtype: str  # compute dtype: "float32" | "bfloat16" (params stay float32)
     condition: str = "none"  # [X; M] vector: "none" | "key" | "key+style" (conditioning.py)
+    # Conditioned models: the vector also adds a learned bias to the logits (M @ W, W zero at
+    # init), so each key's pitch profile need not pass through the LSTM.
+    condition_logits: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +128,7 @@ class RewardWeights:
     tonic_ending: float = 0.5
     leap_recovery: float = 0.5
     pitch_range: float = 0.5
+    note_length: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +162,7 @@ class FinetuneConfig:
     phrase_beats: float = 8.0  # tonic_ending: phrase length (quarter-note beats)
     range_low_quantile: float = 0.1  # pitch_range: the band of real excerpts' ranges, from
     range_high_quantile: float = 0.9  # ... this quantile to this one
+    # note_length: the band of real excerpts' mean note lengths, between the same quantiles
     eval_every: int = 50  # updates between validation passes (and checkpoints)
     log_every: int = 10  # updates between log lines
     max_wall_seconds: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
@@ -322,6 +327,8 @@ def validate(config: Config) -> None:
         ("model.tie_embeddings", not config.model.tie_embeddings
          or config.model.embed_dim == config.model.hidden_size,
          "needs model.embed_dim == model.hidden_size"),
+        ("model.condition_logits", not config.model.condition_logits
+         or config.model.condition != "none", "needs model.condition key or key+style"),
         ("train.transpose_semitones", config.train.transpose_semitones <= 127,
          "must be <= 127"),
     ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Key estimation (Krumhansl-Schmuckler) and key names in pretty_midi's numbering."""
+"""Key estimation (profile correlation, Krumhansl-Schmuckler style) and key names in pretty_midi's
+numbering."""
 
 from __future__ import annotations
 
@@ -7,9 +8,26 @@ import numpy as np
 from jaxcomposer.errors import UsageError
 from jaxcomposer.notes import Notes
 
-# Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
-_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+# Key profiles, (major, minor), index 0 = the tonic. Krumhansl-Kessler: probe-tone ratings
+# (Krumhansl 1990); Aarden-Essen: pitch-class frequencies of the Essen folksong collection
+# (Aarden 2003), the values music21's analysis.discrete.AardenEssen uses.
+PROFILES = {
+    "krumhansl_kessler": (
+        np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
+        np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]),
+    ),
+    "aarden_essen": (
+        np.array([17.7661, 0.145624, 14.9265, 0.160186, 19.8049, 11.3587, 0.291248, 22.062,
+                  0.145624, 8.15494, 0.232998, 4.95122]),
+        np.array([18.2648, 0.737619, 14.0499, 16.8599, 0.702494, 14.4362, 0.702494, 18.6161,
+                  4.56621, 1.93186, 7.37619, 1.75623]),
+    ),
+}  # fmt: skip
+# estimate_key's bonus (in correlation units) for keys whose tonic is the opening bass note.
+# Chosen on the 309 embedded training chorales' 8-bar openings against their score keys:
+# agreement 0.60 (Krumhansl-Kessler alone), 0.74 (Aarden-Essen), 0.80 (Aarden-Essen + 0.2);
+# on the 40 validation chorales 0.60, 0.70, 0.725 (README, "Key conditioning").
+OPENING_BASS_BONUS = 0.2
 # Tonic spellings with the fewer accidentals in the key signature (ASCII: b = flat).
 _MAJOR_TONICS = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _MINOR_TONICS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
@@ -32,14 +50,20 @@ def pitch_class_weights(notes: Notes) -> np.ndarray:
 
 
 def estimate_key(notes: Notes) -> tuple[int, str]:
-    """Krumhansl-Schmuckler: the key whose profile correlates best with the duration-weighted
-    pitch classes. Returns (pretty_midi key number, name); C major when there is nothing to
-    correlate (no notes, or every pitch class equally weighted)."""
+    """The key of a passage: the Krumhansl-Schmuckler method (correlate the duration-weighted
+    pitch classes with each key's profile) with Aarden-Essen profiles, plus OPENING_BASS_BONUS
+    for keys whose tonic is the pitch class of the lowest note of the first onset (tonal pieces
+    open on the tonic). Returns (pretty_midi key number, name); C major when there is nothing
+    to correlate (no notes, or every pitch class equally weighted)."""
+    notes = notes[~notes.is_drum]
     weights = pitch_class_weights(notes)
     if np.ptp(weights) == 0:
         return 0, key_name(0)
-    correlation_24 = key_correlations(weights)
-    best = int(np.argmax(correlation_24))
+    score_24 = key_correlations(weights, "aarden_essen")
+    first = notes.start == notes.start.min()
+    bass = int(notes.pitch[first].min()) % 12
+    score_24 = score_24 + OPENING_BASS_BONUS * (np.arange(NUM_KEYS) % 12 == bass)
+    best = int(np.argmax(score_24))
     return best, key_name(best)
 
 
@@ -121,15 +145,15 @@ def scale_pitch_classes(key_number: int) -> np.ndarray:
     return out
 
 
-def key_correlations(weights_12: np.ndarray) -> np.ndarray:
-    """float64[24]: Krumhansl-Schmuckler correlation of pitch-class weights with each key's
-    profile (pretty_midi numbering); zeros when the weights are flat (nothing to correlate)."""
+def key_correlations(weights_12: np.ndarray, profile: str = "krumhansl_kessler") -> np.ndarray:
+    """float64[24]: Pearson correlation of pitch-class weights with each key's profile
+    (pretty_midi numbering; `profile` a PROFILES name); zeros when the weights are flat."""
     weights = np.asarray(weights_12, np.float64)
     if np.ptp(weights) == 0:
         return np.zeros(24)
+    major, minor = PROFILES[profile]
     profiles_24x12 = np.stack(
-        [np.roll(_MAJOR_PROFILE, t) for t in range(12)]
-        + [np.roll(_MINOR_PROFILE, t) for t in range(12)]
+        [np.roll(major, t) for t in range(12)] + [np.roll(minor, t) for t in range(12)]
     )
     centred_p = profiles_24x12 - profiles_24x12.mean(axis=1, keepdims=True)
     centred_w = weights - weights.mean()

@@ -328,11 +328,23 @@ def report(exc: BaseException) -> int | None:
     return code
 
 
+def _resume_hint() -> str:
+    """What a person can do after Ctrl-C: training and fine-tuning resume from their last
+    checkpoint when the same command runs again."""
+    try:
+        mode, workdir = FLAGS.mode, FLAGS.workdir
+    except Exception:  # noqa: BLE001 - flags not parsed yet: nothing to add
+        return ""
+    if mode in ("train", "finetune", "all"):
+        return f"; run the same command again to resume from the last checkpoint in {workdir}"
+    return ""
+
+
 def _main_reporting_errors(argv: list[str]) -> None:
     try:
         main(argv)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
+        print(f"error: interrupted{_resume_hint()}", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as exc:
         code = report(exc)

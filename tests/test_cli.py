@@ -12,6 +12,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import midi_factory as mf
 import pytest
@@ -99,6 +100,7 @@ def test_config_values_are_checked_naming_the_field():
         "tokenizer.pitch_max": lambda c: setattr(c.tokenizer, "pitch_max", 10),
         "sample.checkpoint": lambda c: setattr(c.sample, "checkpoint", "newest"),
         "data.programs": lambda c: setattr(c.data, "programs", (0, 200)),
+        "model.condition_logits": lambda c: setattr(c.model, "condition_logits", True),
     }
     for field, edit in bad.items():
         with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
@@ -130,3 +132,19 @@ def test_primer_files_that_yield_nothing_are_errors_and_partial_ones_warn(tmp_pa
         primers, piece = generate.primer_from_midi(config, tokenizer, str(tmp_path / "part.mid"))
     assert len(piece.notes) == 2 and primers.shape[0] == config.sample.num_samples
     assert "1 of 3 notes outside the pitch range [21, 108] dropped" in caplog.text
+
+
+def test_ctrl_c_tells_how_to_resume_training_and_fine_tuning(capsys):
+    try:
+        for mode, hint in (("train", True), ("finetune", True), ("generate", False)):
+            main.FLAGS.unparse_flags()
+            main.FLAGS(["jaxcomposer", f"--mode={mode}", "--workdir=/w/run"])
+            with mock.patch.object(main, "main", side_effect=KeyboardInterrupt):
+                with pytest.raises(SystemExit) as exit_info:
+                    main._main_reporting_errors(["jaxcomposer"])
+            assert exit_info.value.code == 130
+            line = capsys.readouterr().err.strip()
+            resume = "; run the same command again to resume from the last checkpoint in /w/run"
+            assert line == "error: interrupted" + (resume if hint else "")
+    finally:
+        main.FLAGS.unparse_flags()

@@ -322,3 +322,25 @@ def test_bach_chorales_become_pieces(tmp_path):
     assert "Bach chorales" in manifest["source"]
     assert [f["name"] for f in manifest["files"]] == [n for n, _ in sources[:2]]
     assert manifest["totals"]["train"]["pieces"] == 1 and manifest["totals"]["valid"]["pieces"] == 1
+
+
+def test_key_labels_csv_overrides_and_reports_rows_naming_no_file(tmp_path, midi_dir):
+    table = tmp_path / "keys.csv"
+    table.write_text(
+        "file,key,style\n"
+        "sub/d.midi,F# minor,mine\n"  # by the name under midi_dir
+        "a.mid,Bb major\n"  # by the base name
+        "sub/bad.mid,D minor\n"  # skipped at reading: no piece to label
+        "missing.mid,C\n"  # misspelt or absent
+    )
+    config = make_config(tmp_path, midi_dir, key_labels_csv=str(table))
+    manifest = dataset.prepare(config, str(tmp_path / "w"), progress=False)
+    files = {f["name"]: f for f in manifest["files"]}
+    assert files["sub/d.midi"]["key"] == "F# minor" and files["sub/d.midi"]["style"] == "mine"
+    assert files["a.mid"]["key"] == "Bb major" and files["a.mid"]["key_source"] == "csv"
+    assert files["b.mid"]["key_source"] != "csv"
+    assert manifest["key_labels_unmatched"] == ["missing.mid", "sub/bad.mid"]
+    assert "key labels CSV rows naming no usable file: 2" in dataset.summarize(manifest)
+    table.write_text("a.mid,H major\n")
+    with pytest.raises(PrepareError, match=r"keys\.csv row 1: unknown key 'H major'"):
+        dataset.prepare(config, str(tmp_path / "w2"), progress=False)

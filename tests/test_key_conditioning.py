@@ -166,6 +166,25 @@ def test_the_vector_reaches_the_lstm_and_an_unconditioned_model_ignores_it():
         np.testing.assert_array_equal(plain.apply(variables, tokens, cond_BxLxC=cond)[0], base)
 
 
+def test_condition_logits_add_m_times_w_to_the_plain_models_logits():
+    config = tiny_config()
+    vocab = get_tokenizer(config.tokenizer).vocab.size
+    tokens = jnp.asarray(np.random.default_rng(1).integers(3, vocab, (2, 7)), jnp.int32)
+    key_track = np.array([[0] * 3 + [14] * 4, [21] * 7])  # C major -> D minor; A minor
+    cond = conditioning.vector(KEY_SPEC, key_track).astype(np.float32)
+    plain = build_model(config.model, vocab, KEY_SPEC.dim)
+    biased = build_model(dataclasses.replace(config.model, condition_logits=True), vocab,
+                         KEY_SPEC.dim)  # fmt: skip
+    variables = _init(biased)
+    assert not np.asarray(variables["params"]["cond_logits"]["kernel"]).any()  # zero at init
+    params = {k: v for k, v in variables["params"].items() if k != "cond_logits"}
+    base = np.asarray(plain.apply({"params": params}, tokens, cond_BxLxC=cond)[0], np.float64)
+    w_CxV = np.random.default_rng(2).normal(size=(KEY_SPEC.dim, vocab))
+    variables["params"]["cond_logits"]["kernel"] = jnp.asarray(w_CxV, jnp.float32)
+    got = np.asarray(biased.apply(variables, tokens, cond_BxLxC=cond)[0], np.float64)
+    np.testing.assert_allclose(got - base, cond.astype(np.float64) @ w_CxV, atol=1e-5)
+
+
 # --- the sampler ------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _KeyEcho:

@@ -79,8 +79,13 @@ def test_estimate_key_is_transposition_equivariant():
             assert number == shift + (12 if minor else 0)
 
 
-def test_estimate_key_matches_music21_krumhansl_kessler():
+@pytest.mark.parametrize(
+    "profile, solver", [("krumhansl_kessler", "KrumhanslKessler"), ("aarden_essen", "AardenEssen")]
+)
+def test_key_correlations_match_music21(profile, solver):
     from music21 import analysis, note, stream
+
+    from jaxcomposer import keys
 
     rng = np.random.default_rng(3)
     for _ in range(8):
@@ -90,9 +95,20 @@ def test_estimate_key_matches_music21_krumhansl_kessler():
         s = stream.Stream()
         for p, a, d in zip(pitch, start, duration, strict=True):
             s.insert(float(a), note.Note(int(p), quarterLength=float(d)))
-        k = analysis.discrete.KrumhanslKessler(s).getSolution(s)
+        k = getattr(analysis.discrete, solver)(s).getSolution(s)
         expected = k.tonic.pitchClass + (12 if k.mode == "minor" else 0)
-        assert score.estimate_key(make_notes(pitch, start, start + duration))[0] == expected
+        weights = keys.pitch_class_weights(make_notes(pitch, start, start + duration))
+        assert int(np.argmax(keys.key_correlations(weights, profile))) == expected
+
+
+def test_estimate_key_opening_bass_decides_between_relative_keys():
+    # The white keys, each one beat: the profiles alone cannot tell C major from A minor well;
+    # the first onset's lowest note (the bass) tips it.
+    white = [60, 62, 64, 65, 67, 69, 71]
+    for bass, expected in ((45, 21), (48, 0)):
+        pitch = [bass, *white]
+        start = np.array([0.0, *range(len(white))])
+        assert score.estimate_key(make_notes(pitch, start, start + 1.0))[0] == expected
 
 
 def test_estimate_key_without_notes_and_key_names():

@@ -111,6 +111,18 @@ def test_range_band_is_quantiles_of_real_spans():
     assert rewards.range_band(pieces, 0.5, 0.5) == (20.0, 20.0)
 
 
+def test_note_length_inside_the_band_or_falling_off_over_a_factor_of_two():
+    ctx = rewards.RewardContext(length_band=(0.5, 1.0))
+    assert rewards.note_length(line([60, 62]), 0, ctx) == 1.0  # every note 1 beat
+    halves = make_notes([60, 62], [0.0, 0.5], [0.25, 0.75])  # mean 0.25: a factor 2 below
+    assert rewards.note_length(halves, 0, ctx) == 0.0
+    mixed = make_notes([60, 62], [0.0, 1.0], [0.25, 1.5])  # mean 0.375: log2(4/3) below
+    assert rewards.note_length(mixed, 0, ctx) == pytest.approx(1 - np.log2(0.5 / 0.375))
+    long = make_notes([60, 64], [0.0, 0.0], [1.0, 2.0])  # mean 1.5: log2(1.5) above the band
+    assert rewards.note_length(long, 0, ctx) == pytest.approx(1 - np.log2(1.5))
+    assert rewards.length_band([line([60]), long], 0.0, 1.0) == (1.0, 1.5)
+
+
 def test_score_is_the_weighted_sum_with_a_user_reward_and_an_estimated_key():
     notes = line([60, 62, 64, 65, 67, 65, 64, 62, 60])
     user = rewards.load_user_reward(f"{EXAMPLE}:stepwise_motion")
@@ -134,3 +146,26 @@ def test_user_reward_errors_are_one_line(tmp_path):
             rewards.load_user_reward(spec)
         assert "\n" not in str(info.value)
     assert rewards.load_user_reward("jaxcomposer.evaluation.rewards:in_key") is rewards.in_key
+
+
+def test_a_user_reward_that_raises_or_returns_nonsense_is_one_line(tmp_path):
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "def broken(notes, key, context):\n"
+        "    return 1 / 0\n"
+        "def nothing(notes, key, context):\n"
+        "    return None\n"
+        "def infinite(notes, key, context):\n"
+        "    return float('inf')\n"
+    )
+    notes = line([60, 62])
+    expected = {
+        "broken": r"broken \(mine\.py\) raised ZeroDivisionError: .* \(at .*mine\.py:2\)",
+        "nothing": r"nothing \(mine\.py\) returned None, not a number",
+        "infinite": r"infinite \(mine\.py\) returned inf, not a finite number",
+    }
+    for name, message in expected.items():
+        fn = rewards.load_user_reward(f"{source}:{name}")
+        with pytest.raises(ValueError, match=message) as info:
+            rewards.score(notes, {}, CTX, key=0, user=(fn, 1.0))
+        assert "\n" not in str(info.value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import midi_factory as mf
@@ -112,3 +113,16 @@ def test_generate_twice_compiles_once_and_evaluate_reads_the_workdir(trained, tm
     assert first["samples"][0]["notes"] == second["samples"][0]["notes"]  # same seed, same music
     result = evaluate.evaluate(workdir, progress=False)
     assert result["overall"]["tokens"] > 0 and result["checkpoint_step"] in (2, 4)
+
+
+def test_evaluate_on_a_folder_names_its_pieces_that_are_training_pieces(trained, corpus, tmp_path):
+    workdir, _, _ = trained
+    train_names = set(dataset.load_split(workdir, "train").names)
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    copied = sorted(train_names)[0]
+    shutil.copy(corpus / copied, folder / "renamed_copy.mid")  # the same music, another name
+    mf.simple_file(folder / "new.mid", mf.melody(11), qpm=90)
+    result = evaluate.evaluate(workdir, eval_dir=str(folder), progress=False)
+    assert result["also_in_training"] == ["renamed_copy.mid"]
+    assert set(result["pieces"]) == {"renamed_copy.mid", "new.mid"}

@@ -164,9 +164,10 @@ def prepare(
             f"no usable pieces in {root}: {len(skipped)} of {len(results)} file(s) skipped"
             f"{_top_reasons_text(skipped)}"
         )
-    usable, styles = _apply_labels(data, usable, tokenizer)
+    usable, styles, unmatched = _apply_labels(data, usable, tokenizer)
     manifest = _manifest(config, root, usable, splits, skipped, run, tokenizer.vocab.to_json())
     manifest["styles"] = list(styles)
+    manifest["key_labels_unmatched"] = unmatched
     manifest["timing"]["seconds"] = round(time.perf_counter() - started, 4)
     with atomic.atomic_dir(workdir_lib.data_dir(workdir)) as tmp:
         for split in SPLITS:
@@ -181,7 +182,8 @@ def prepare(
 
 
 def _apply_labels(data: DataConfig, usable: list[Encoded], tokenizer):
-    """CSV overrides of the key (and style) labels, and the style names (() when off)."""
+    """CSV overrides of the key (and style) labels, the style names (() when off) and the CSV
+    rows that name no usable file (logged: a misspelt or skipped file is not lost silently)."""
     table = {}
     if data.key_labels_csv:
         try:
@@ -199,7 +201,16 @@ def _apply_labels(data: DataConfig, usable: list[Encoded], tokenizer):
         stats["key"] = _key_text(labels.main_key(keys)) if keys is not None else None
         styles.append(stats["style"])
         out.append(dataclasses.replace(r, stats=stats, keys=keys))
-    return out, labels.style_names(styles) if data.midi_dir or table else ()
+    used = {r.name for r in usable} | {os.path.basename(r.name) for r in usable}
+    unmatched = sorted(name for name in table if name not in used)
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5
+                                            else "")  # fmt: skip
+        logging.warning(
+            "%s: %d row(s) name no usable file (missing, misspelt or skipped): %s",
+            data.key_labels_csv, len(unmatched), shown,
+        )  # fmt: skip
+    return out, labels.style_names(styles) if data.midi_dir or table else (), unmatched
 
 
 def _key_text(key_number: int) -> str | None:
@@ -362,6 +373,10 @@ def summarize(manifest: dict) -> str:
     if t.get("key_sources"):
         sources = ", ".join(f"{n} {k}" for k, n in t["key_sources"].items())
         lines.append(f"key labels: {sources} ({t.get('modulating_pieces', 0)} modulate)")
+    if manifest.get("key_labels_unmatched"):
+        lines.append(
+            f"key labels CSV rows naming no usable file: {len(manifest['key_labels_unmatched'])}"
+        )
     if manifest.get("styles"):
         lines.append("styles: " + ", ".join(manifest["styles"]))
     if manifest["skipped"]:

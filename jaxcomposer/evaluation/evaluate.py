@@ -190,6 +190,13 @@ def evaluate(
     if skipped:
         logging.warning("--eval_dir %s: %d of %d files skipped (listed below and in the JSON)",
                         eval_dir, len(skipped), len(skipped) + len(pieces))  # fmt: skip
+    in_training = training_copies(workdir, list(split.names), pieces) if eval_dir else []
+    if in_training:
+        logging.warning(
+            "--eval_dir %s: %d of %d pieces are token for token training pieces, so their "
+            "figures are not held out: %s", eval_dir, len(in_training), len(pieces),
+            ", ".join(in_training[:5]) + (" ..." if len(in_training) > 5 else ""),
+        )  # fmt: skip
     labels = [
         {name: track[a:b] for name, track in split.labels.items()}
         for a, b in zip(split.offsets[:-1], split.offsets[1:], strict=True)
@@ -204,6 +211,8 @@ def evaluate(
         checkpoint=checkpoint,
     )
     result.update(data=eval_dir or "valid split", skipped=skipped)
+    if eval_dir:
+        result["also_in_training"] = in_training
     path = os.path.join(workdir, f"evaluation_{label}.json")
     atomic.write_json(path, result)
     print(format_table(result), flush=True)
@@ -211,6 +220,21 @@ def evaluate(
         print(f"skipped {item.get('name')}: {item.get('reason')}", flush=True)
     print(f"evaluation written to {path}", flush=True)
     return result
+
+
+def training_copies(workdir: str, names: list[str], pieces: list[np.ndarray]) -> list[str]:
+    """The names of the pieces whose tokens equal a training piece's of `workdir` (the same
+    file, or a copy of it, under another name): scores on them are not held-out figures."""
+    try:
+        train = dataset.load_split(workdir, "train")
+    except dataset.DatasetError:
+        return []
+    seen = {np.asarray(piece, np.int64).tobytes() for piece in train.pieces()}
+    return [
+        name
+        for name, piece in zip(names, pieces, strict=True)
+        if np.asarray(piece, np.int64).tobytes() in seen
+    ]
 
 
 def _nothing_usable(skipped: list[dict]) -> str:

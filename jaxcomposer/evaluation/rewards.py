@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import math
 import os
+import traceback
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -46,6 +48,7 @@ class RewardContext:
     motif_gap: int = 4  # motif_return: melody notes between a motif's end and its return
     phrase_beats: float = 8.0  # tonic_ending: phrase length in quarter-note beats
     range_band: tuple[float, float] = (12.0, 36.0)  # pitch_range: [low, high] semitones
+    length_band: tuple[float, float] = (0.5, 1.5)  # note_length: [low, high] beats
 
 
 RewardFn = Callable[[Notes, int, RewardContext], float]
@@ -204,6 +207,22 @@ def pitch_range(notes: Notes, key: int, context: RewardContext) -> float:
     return float(max(0.0, 1.0 - outside / OCTAVE))
 
 
+def note_length(notes: Notes, key: int, context: RewardContext) -> float:
+    """1 when the piece's mean note length (beats, `end - start`, the statistic
+    evaluation/musicstats.py compares) lies inside `length_band` (the band of real excerpts'
+    means, see `length_band`), falling linearly in log2 to 0 a factor of 2 outside it: rhythm
+    the pitch rewards would otherwise trade away (shorter notes buy more pitch choices)."""
+    notes = _voiced(notes)
+    if len(notes) == 0:
+        return 0.0
+    mean = float(np.mean(notes.end - notes.start))
+    low, high = context.length_band
+    if mean <= 0.0:
+        return 0.0
+    outside = max(np.log2(low / mean), np.log2(mean / high), 0.0)
+    return float(max(0.0, 1.0 - outside))
+
+
 @dataclasses.dataclass(frozen=True)
 class Reward:
     fn: RewardFn
@@ -217,6 +236,7 @@ REWARDS: dict[str, Reward] = {
     "tonic_ending": Reward(tonic_ending, "share of phrase endings with the tonic in the bass"),
     "leap_recovery": Reward(leap_recovery, "1 - share of octave+ leaps not stepped back"),
     "pitch_range": Reward(pitch_range, "pitch range inside the data's band"),
+    "note_length": Reward(note_length, "mean note length inside the data's band"),
 }
 
 
@@ -230,6 +250,17 @@ def range_band(
     if not spans:
         raise ValueError("no real piece with notes to measure the pitch range on")
     low, high = np.quantile(spans, [low_quantile, high_quantile])
+    return float(low), float(high)
+
+
+def length_band(
+    pieces: list[Notes], low_quantile: float, high_quantile: float
+) -> tuple[float, float]:
+    """(low, high) beats: quantiles of the mean note lengths of real pieces (or excerpts)."""
+    means = [float(np.mean(n.end - n.start)) for n in map(_voiced, pieces) if len(n)]
+    if not means:
+        raise ValueError("no real piece with notes to measure note lengths on")
+    low, high = np.quantile(means, [low_quantile, high_quantile])
     return float(low), float(high)
 
 
@@ -259,6 +290,30 @@ def load_user_reward(spec: str) -> RewardFn:
     return fn
 
 
+def call_user_reward(fn: RewardFn, notes: Notes, key: int, context: RewardContext) -> float:
+    """fn(notes, key, context) as a finite float. Raises errors.UsageError (one line, naming the
+    function and, when it raised, the exception and the line of the user's code it came from)
+    when it raises or returns something that is not a finite number."""
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", repr(fn))
+    name = f"{name} ({os.path.basename(code.co_filename)})" if code else name
+    try:
+        value = fn(notes, key, context)
+    except Exception as e:  # noqa: BLE001 - any fault of the user's code becomes one line
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise UsageError(
+            f"user reward {name} raised {type(e).__name__}: {e} "
+            f"(at {where.filename}:{where.lineno}) on a piece of {len(notes)} notes"
+        ) from None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"user reward {name} returned {value!r}, not a number") from None
+    if not math.isfinite(value):
+        raise UsageError(f"user reward {name} returned {value}, not a finite number")
+    return value
+
+
 def score(
     notes: Notes,
     weights: Mapping[str, float],
@@ -278,7 +333,7 @@ def score(
     total = sum(float(weights.get(name, 0.0)) * value for name, value in out.items())
     if user is not None:
         fn, weight = user
-        out["user"] = float(fn(notes, key, context))
+        out["user"] = call_user_reward(fn, notes, key, context)
         total += weight * out["user"]
     out["total"] = float(total)
     out["key"] = float(key)

@@ -8,7 +8,8 @@ Calling convention, shared by every token model and by the sampler's step functi
 Feeding L=1 tokens one at a time with the returned carry gives the same logits as the whole
 sequence at once. `cond_BxLxC` is the paper's music-theory vector M, concatenated to every
 step's input ([X; M], section 8.3): a model built with `cond_dim` C > 0 reads it (zeros when
-not given, e.g. at init), one built with C = 0 ignores any it is given. Dropout and
+not given, e.g. at init), one built with C = 0 ignores any it is given. With
+`config.condition_logits` M also adds a learned bias M @ W to each step's logits. Dropout and
 recurrent-dropout masks come from the 'dropout' rng stream (only when train=True).
 """
 
@@ -80,4 +81,11 @@ class ComposerLM(nn.Module):
             logits_LxBxV = embed.attend(y_LxBxH) + bias.astype(dtype)
         else:
             logits_LxBxV = nn.Dense(self.vocab_size, dtype=dtype, name="out")(y_LxBxH)
-        return jnp.swapaxes(logits_LxBxV, 0, 1).astype(jnp.float32), new_carry
+        logits_BxLxV = jnp.swapaxes(logits_LxBxV, 0, 1).astype(jnp.float32)
+        if cond_BxLxC is not None and config.condition_logits:
+            # Zero at init: training starts from the plain [X; M] model.
+            logits_BxLxV = logits_BxLxV + nn.Dense(
+                self.vocab_size, use_bias=False, kernel_init=nn.initializers.zeros,
+                name="cond_logits",
+            )(cond_BxLxC.astype(jnp.float32))  # fmt: skip
+        return logits_BxLxV, new_carry

@@ -147,6 +147,9 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
         motif_gap=fcfg.motif_gap,
         phrase_beats=fcfg.phrase_beats,
         range_band=rewards.range_band(openings, fcfg.range_low_quantile, fcfg.range_high_quantile),
+        length_band=rewards.length_band(
+            openings, fcfg.range_low_quantile, fcfg.range_high_quantile
+        ),
     )
 
 

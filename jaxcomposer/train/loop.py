@@ -126,9 +126,7 @@ def fit(
             tree, meta = workdir_lib.restore(manager, latest, abstract)
             state = TrainState(**tree)
             logging.info("resumed from %s at step %d", manager.directory, latest)
-        run = _Run(
-            config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta, spec
-        )
+        run = _Run(config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta, spec)
         run.train_step, run.eval_step = train_step, eval_step
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
