@@ -96,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.key = ""  # "D minor" or "1:D minor,9:F major"; "" = primer's key or drawn
     c.sample.style = ""  # key+style models: a training style; "" = drawn
     c.sample.scale = "off"  # strict | soft | off
-    c.sample.scale_penalty = 3.0  # soft: nats subtracted from out-of-scale pitch logits
+    c.sample.scale_penalty = 1.5  # soft: nats off out-of-scale pitch logits (README: why 1.5)
 
     # --mode=finetune: reward fine-tuning with a KL penalty (paper section 8.2; Jaques et al. 2017)
     c.finetune = ml_collections.ConfigDict()
@@ -117,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.weights.tonic_ending = 0.5  # share of phrase endings on the tonic
     c.finetune.weights.leap_recovery = 0.5  # 1 - share of octave+ leaps not stepped back
     c.finetune.weights.pitch_range = 0.5  # pitch range inside the data's band
-    c.finetune.weights.note_length = 0.5  # mean note length inside the data's band
+    c.finetune.weights.note_length = 1.0  # mean note length near the data's median
     c.finetune.user_reward = ""  # "module:function" or "file.py:function"; "" = none
     c.finetune.user_reward_weight = 1.0  # reward units per unit of the user reward
     c.finetune.max_run = 4  # onset groups
@@ -126,6 +126,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.phrase_beats = 8.0  # quarter-note beats per phrase
     c.finetune.range_low_quantile = 0.1  # band of real excerpts' pitch ranges
     c.finetune.range_high_quantile = 0.9
+    c.finetune.length_low_quantile = 0.5  # band of real excerpts' mean note lengths: the median
+    c.finetune.length_high_quantile = 0.5
     c.finetune.eval_every = 50  # updates between validation passes and checkpoints
     c.finetune.log_every = 10  # updates
     c.finetune.max_wall_seconds = 0.0  # seconds; 0 = no limit

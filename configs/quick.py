@@ -2,7 +2,8 @@
 
 Same recipe as default.py (event tokens, every-position loss, AdamW, warmup + cosine,
 transposition), smaller and shorter so a first run finishes quickly on a laptop; conditioned on
-the key, with its four samples in two major and two minor keys.
+the key (the vector at the input and as a bias on the logits), with its four samples in two
+major and two minor keys under the soft scale rule.
 """
 
 import ml_collections
@@ -31,4 +32,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.num_bars = 16  # bars per sample
     c.sample.top_p = 0.9
     c.sample.key = "C major;A minor;Eb major;E minor"  # one key per sample, in turn
+    c.sample.scale = "soft"  # out-of-scale pitches cost sample.scale_penalty nats
     return c

@@ -114,7 +114,7 @@ class SampleConfig:
     key: str = ""  # "D minor" or a schedule "1:D minor,9:F major"; "" = primer's or drawn
     style: str = ""  # a style name of the training set (key+style models); "" = drawn
     scale: str = "off"  # "strict" | "soft" | "off": out-of-scale pitch tokens masked/penalized
-    scale_penalty: float = 3.0  # soft: nats subtracted from out-of-scale logits
+    scale_penalty: float = 1.5  # soft: nats subtracted from out-of-scale logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +128,7 @@ class RewardWeights:
     tonic_ending: float = 0.5
     leap_recovery: float = 0.5
     pitch_range: float = 0.5
-    note_length: float = 0.5
+    note_length: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +162,11 @@ class FinetuneConfig:
     phrase_beats: float = 8.0  # tonic_ending: phrase length (quarter-note beats)
     range_low_quantile: float = 0.1  # pitch_range: the band of real excerpts' ranges, from
     range_high_quantile: float = 0.9  # ... this quantile to this one
-    # note_length: the band of real excerpts' mean note lengths, between the same quantiles
+    # note_length: the band of real excerpts' mean note lengths, from this quantile to the
+    # next; at 0.5 and 0.5 the reward peaks at the real median (a band lets the policy trade
+    # note lengths inside it away for the pitch rewards: measured, README)
+    length_low_quantile: float = 0.5
+    length_high_quantile: float = 0.5
     eval_every: int = 50  # updates between validation passes (and checkpoints)
     log_every: int = 10  # updates between log lines
     max_wall_seconds: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
@@ -324,6 +328,9 @@ def validate(config: Config) -> None:
         ("finetune.range_high_quantile", 0 <= config.finetune.range_low_quantile
          <= config.finetune.range_high_quantile <= 1,
          "must be in [finetune.range_low_quantile, 1], and that in [0, 1]"),
+        ("finetune.length_high_quantile", 0 <= config.finetune.length_low_quantile
+         <= config.finetune.length_high_quantile <= 1,
+         "must be in [finetune.length_low_quantile, 1], and that in [0, 1]"),
         ("model.tie_embeddings", not config.model.tie_embeddings
          or config.model.embed_dim == config.model.hidden_size,
          "needs model.embed_dim == model.hidden_size"),

@@ -148,7 +148,7 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
         phrase_beats=fcfg.phrase_beats,
         range_band=rewards.range_band(openings, fcfg.range_low_quantile, fcfg.range_high_quantile),
         length_band=rewards.length_band(
-            openings, fcfg.range_low_quantile, fcfg.range_high_quantile
+            openings, fcfg.length_low_quantile, fcfg.length_high_quantile
         ),
     )
 
