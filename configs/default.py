@@ -107,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.num_tokens = 256  # tokens per sampled sequence
     c.finetune.learning_rate = 1e-4  # Adam, constant
     c.finetune.grad_clip_norm = 1.0  # global norm; 0 = off
-    c.finetune.kl_beta = 1.0  # reward units per nat/token of KL(policy || pretrained)
+    c.finetune.kl_beta = 3.0  # reward units per nat/token of KL(policy || pretrained)
     c.finetune.alpha = 0.5  # reward units per nat/token of NLL on real windows; 0 = off
     c.finetune.alpha_batch_size = 16  # real windows per update
     c.finetune.weights = ml_collections.ConfigDict()  # reward units per unit of each reward
@@ -117,7 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.weights.tonic_ending = 0.5  # share of phrase endings on the tonic
     c.finetune.weights.leap_recovery = 0.5  # 1 - share of octave+ leaps not stepped back
     c.finetune.weights.pitch_range = 0.5  # pitch range inside the data's band
-    c.finetune.weights.note_length = 1.0  # mean note length near the data's median
+    c.finetune.weights.note_length = 0.5  # mean note length inside the data's band
+    c.finetune.weights.polyphony = 1.0  # sounding pitches per step inside the data's band
     c.finetune.user_reward = ""  # "module:function" or "file.py:function"; "" = none
     c.finetune.user_reward_weight = 1.0  # reward units per unit of the user reward
     c.finetune.max_run = 4  # onset groups
@@ -126,8 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.phrase_beats = 8.0  # quarter-note beats per phrase
     c.finetune.range_low_quantile = 0.1  # band of real excerpts' pitch ranges
     c.finetune.range_high_quantile = 0.9
-    c.finetune.length_low_quantile = 0.5  # band of real excerpts' mean note lengths: the median
-    c.finetune.length_high_quantile = 0.5
+    c.finetune.texture_low_quantile = 0.25  # bands of real excerpts' note length and polyphony
+    c.finetune.texture_high_quantile = 0.75
     c.finetune.eval_every = 50  # updates between validation passes and checkpoints
     c.finetune.log_every = 10  # updates
     c.finetune.max_wall_seconds = 0.0  # seconds; 0 = no limit

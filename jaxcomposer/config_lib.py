@@ -128,7 +128,8 @@ class RewardWeights:
     tonic_ending: float = 0.5
     leap_recovery: float = 0.5
     pitch_range: float = 0.5
-    note_length: float = 1.0
+    note_length: float = 0.5
+    polyphony: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +151,7 @@ class FinetuneConfig:
     num_tokens: int = 256  # tokens per sampled sequence (after BOS)
     learning_rate: float = 1e-4  # Adam, constant
     grad_clip_norm: float = 1.0  # global norm; 0 = off
-    kl_beta: float = 1.0  # reward units per nat/token of KL(pi || pi_pretrained)
+    kl_beta: float = 3.0  # reward units per nat/token of KL(pi || pi_pretrained)
     alpha: float = 0.5  # reward units per nat/token of next-token NLL on real windows; 0 = off
     alpha_batch_size: int = 16  # real training windows per update (train.seq_len tokens each)
     weights: RewardWeights = dataclasses.field(default_factory=RewardWeights)
@@ -159,14 +160,13 @@ class FinetuneConfig:
     max_run: int = 4  # no_stuck_runs: onset groups one group may repeat before it costs
     motif_length: int = 3  # motif_return: melodic intervals (with their rhythm) per motif
     motif_gap: int = 4  # motif_return: notes between a motif and its return, at least
-    phrase_beats: float = 8.0  # tonic_ending: phrase length (quarter-note beats)
+    phrase_beats: float = 8.0  # tonic_ending, pitch_range: phrase length (quarter-note beats)
     range_low_quantile: float = 0.1  # pitch_range: the band of real excerpts' ranges, from
     range_high_quantile: float = 0.9  # ... this quantile to this one
-    # note_length: the band of real excerpts' mean note lengths, from this quantile to the
-    # next; at 0.5 and 0.5 the reward peaks at the real median (a band lets the policy trade
-    # note lengths inside it away for the pitch rewards: measured, README)
-    length_low_quantile: float = 0.5
-    length_high_quantile: float = 0.5
+    # note_length and polyphony: the bands of real excerpts' mean note length and polyphony,
+    # from this quantile to the next (narrower than the range's: measured, README)
+    texture_low_quantile: float = 0.25
+    texture_high_quantile: float = 0.75
     eval_every: int = 50  # updates between validation passes (and checkpoints)
     log_every: int = 10  # updates between log lines
     max_wall_seconds: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
@@ -328,9 +328,9 @@ def validate(config: Config) -> None:
         ("finetune.range_high_quantile", 0 <= config.finetune.range_low_quantile
          <= config.finetune.range_high_quantile <= 1,
          "must be in [finetune.range_low_quantile, 1], and that in [0, 1]"),
-        ("finetune.length_high_quantile", 0 <= config.finetune.length_low_quantile
-         <= config.finetune.length_high_quantile <= 1,
-         "must be in [finetune.length_low_quantile, 1], and that in [0, 1]"),
+        ("finetune.texture_high_quantile", 0 <= config.finetune.texture_low_quantile
+         <= config.finetune.texture_high_quantile <= 1,
+         "must be in [finetune.texture_low_quantile, 1], and that in [0, 1]"),
         ("model.tie_embeddings", not config.model.tie_embeddings
          or config.model.embed_dim == config.model.hidden_size,
          "needs model.embed_dim == model.hidden_size"),

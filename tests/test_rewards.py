@@ -103,6 +103,14 @@ def test_pitch_range_inside_the_band_or_falling_off_over_an_octave():
     assert rewards.pitch_range(line([50, 80]), 0, CTX) == 0.5  # 30: 6 above
     assert rewards.pitch_range(line([60, 62]), 0, CTX) == pytest.approx(1 - 10 / 12)
     assert rewards.pitch_range(line([40, 80]), 0, CTX) == 0.0
+    # Per phrase (4 beats in CTX): beats 0-3 span 8, beats 4-7 span 6 -> 7, 5 below the band,
+    # although the whole piece spans 20, inside it.
+    two_phrases = line([60, 68, 60, 68, 74, 80, 74, 80])
+    assert rewards.phrase_range(two_phrases, 4.0) == 7.0
+    assert rewards.pitch_range(two_phrases, 0, CTX) == pytest.approx(1 - 5 / 12)
+    # Twice the notes in half the time: the same phrases, so the same per-phrase range.
+    compressed = line([60, 68, 60, 68, 74, 80, 74, 80], beats=np.arange(8) * 0.5)
+    assert rewards.phrase_range(compressed, 2.0) == rewards.phrase_range(two_phrases, 4.0)
 
 
 def test_range_band_is_quantiles_of_real_spans():
@@ -120,7 +128,20 @@ def test_note_length_inside_the_band_or_falling_off_over_a_factor_of_two():
     assert rewards.note_length(mixed, 0, ctx) == pytest.approx(1 - np.log2(0.5 / 0.375))
     long = make_notes([60, 64], [0.0, 0.0], [1.0, 2.0])  # mean 1.5: log2(1.5) above the band
     assert rewards.note_length(long, 0, ctx) == pytest.approx(1 - np.log2(1.5))
-    assert rewards.length_band([line([60]), long], 0.0, 1.0) == (1.0, 1.5)
+    band = rewards.texture_band([line([60]), long], "note_length", 0.0, 1.0)
+    assert band == (1.0, 1.5)
+
+
+def test_polyphony_inside_the_band_or_falling_off_over_a_factor_of_two():
+    ctx = rewards.RewardContext(steps_per_beat=4, polyphony_band=(3.0, 4.0))
+    # Four voices for 2 beats, then two for 2 beats: (4*2 + 2*2) / 4 = 3 sounding pitches.
+    chorale = make_notes([48, 55, 64, 72, 60, 67], [0, 0, 0, 0, 2, 2], [2, 2, 2, 2, 4, 4])
+    assert rewards.polyphony(chorale, 0, ctx) == 1.0
+    duet = make_notes([60, 67], [0, 0], [4, 4])  # 2: log2(3/2) below the band
+    assert rewards.polyphony(duet, 0, ctx) == pytest.approx(1 - np.log2(1.5))
+    assert rewards.polyphony(line([60, 62]), 0, ctx) == 0.0  # 1: a factor 3 below
+    band = rewards.texture_band([chorale, duet], "polyphony", 0.0, 1.0, steps_per_beat=4)
+    assert band == (2.0, 3.0)
 
 
 def test_score_is_the_weighted_sum_with_a_user_reward_and_an_estimated_key():
@@ -132,7 +153,8 @@ def test_score_is_the_weighted_sum_with_a_user_reward_and_an_estimated_key():
     assert out["user"] == 1.0  # every move is a step
     by_hand = 2.0 * out["in_key"] + 0.5 * out["pitch_range"] + 3.0 * out["user"]
     assert out["total"] == pytest.approx(by_hand)
-    assert out["in_key"] == 1.0 and out["pitch_range"] == pytest.approx(1 - 5 / 12)
+    # Phrases of 4 beats span 5, 5 and 0 semitones: 10/3, below the band [12, 24].
+    assert out["in_key"] == 1.0 and out["pitch_range"] == pytest.approx(1 - (12 - 10 / 3) / 12)
     requested = rewards.score(notes, weights, CTX, key=6)  # F# major: only F and B are in it
     assert requested["key"] == 6.0 and requested["in_key"] == pytest.approx(2 / 9)
     with pytest.raises(KeyError, match="unknown rewards"):

@@ -46,9 +46,10 @@ class RewardContext:
     max_run: int = 4  # no_stuck_runs: repeats of one onset group allowed before they cost
     motif_length: int = 3  # motif_return: melodic intervals per motif
     motif_gap: int = 4  # motif_return: melody notes between a motif's end and its return
-    phrase_beats: float = 8.0  # tonic_ending: phrase length in quarter-note beats
+    phrase_beats: float = 8.0  # tonic_ending, pitch_range: phrase length (quarter-note beats)
     range_band: tuple[float, float] = (12.0, 36.0)  # pitch_range: [low, high] semitones
     length_band: tuple[float, float] = (0.5, 1.5)  # note_length: [low, high] beats
+    polyphony_band: tuple[float, float] = (3.0, 4.0)  # polyphony: [low, high] sounding pitches
 
 
 RewardFn = Callable[[Notes, int, RewardContext], float]
@@ -194,33 +195,65 @@ def leap_recovery(notes: Notes, key: int, context: RewardContext) -> float:
     return float(1.0 - np.sum(leap & ~recovered) / len(d))
 
 
-def pitch_range(notes: Notes, key: int, context: RewardContext) -> float:
-    """1 when the piece's pitch range (highest - lowest pitch, semitones) lies inside
-    `range_band` (the band of real excerpts' ranges, see `range_band`), falling linearly to 0
-    an octave outside it."""
+def phrase_range(notes: Notes, phrase_beats: float) -> float:
+    """Mean pitch range (highest - lowest pitch, semitones) of the notes starting in each
+    `phrase_beats` span from beat 0 that has notes; nan without notes. Per phrase, so a sample
+    cannot narrow its range by covering fewer beats (more, shorter notes in the same tokens)."""
     notes = _voiced(notes)
     if len(notes) == 0:
+        return float("nan")
+    span = np.floor(notes.start / phrase_beats).astype(np.int64)
+    span -= span.min()
+    pitch = notes.pitch.astype(np.int64)
+    high = np.full(span.max() + 1, -1)
+    low = np.full(span.max() + 1, 128)
+    np.maximum.at(high, span, pitch)
+    np.minimum.at(low, span, pitch)
+    used = high >= 0
+    return float(np.mean(high[used] - low[used]))
+
+
+def pitch_range(notes: Notes, key: int, context: RewardContext) -> float:
+    """1 when the piece's pitch range per phrase (`phrase_range` over `phrase_beats` spans)
+    lies inside `range_band` (the band of real excerpts' ranges, see `range_band`), falling
+    linearly to 0 an octave outside it."""
+    value = phrase_range(notes, context.phrase_beats)
+    if np.isnan(value):
         return 0.0
-    span = float(notes.pitch.max() - notes.pitch.min())
     low, high = context.range_band
-    outside = max(low - span, span - high, 0.0)
+    outside = max(low - value, value - high, 0.0)
     return float(max(0.0, 1.0 - outside / OCTAVE))
+
+
+def _log2_band(value: float, band: tuple[float, float]) -> float:
+    """1 inside [low, high], falling linearly in log2 to 0 a factor of 2 outside."""
+    low, high = band
+    if not value > 0.0:
+        return 0.0
+    outside = max(np.log2(low / value), np.log2(value / high), 0.0)
+    return float(max(0.0, 1.0 - outside))
 
 
 def note_length(notes: Notes, key: int, context: RewardContext) -> float:
     """1 when the piece's mean note length (beats, `end - start`, the statistic
     evaluation/musicstats.py compares) lies inside `length_band` (the band of real excerpts'
-    means, see `length_band`), falling linearly in log2 to 0 a factor of 2 outside it: rhythm
+    means, see `texture_band`), falling linearly in log2 to 0 a factor of 2 outside it: rhythm
     the pitch rewards would otherwise trade away (shorter notes buy more pitch choices)."""
     notes = _voiced(notes)
     if len(notes) == 0:
         return 0.0
-    mean = float(np.mean(notes.end - notes.start))
-    low, high = context.length_band
-    if mean <= 0.0:
+    return _log2_band(float(np.mean(notes.end - notes.start)), context.length_band)
+
+
+def polyphony(notes: Notes, key: int, context: RewardContext) -> float:
+    """1 when the piece's polyphony (mean distinct sounding pitches over the grid steps where
+    something sounds, musicstats.polyphony) lies inside `polyphony_band`, falling linearly in
+    log2 to 0 a factor of 2 outside it: the texture, which the pitch-range reward would
+    otherwise thin out (dropping the outer voices narrows the range)."""
+    notes = _voiced(notes)
+    if len(notes) == 0:
         return 0.0
-    outside = max(np.log2(low / mean), np.log2(mean / high), 0.0)
-    return float(max(0.0, 1.0 - outside))
+    return _log2_band(musicstats.polyphony(notes, context.steps_per_beat), context.polyphony_band)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,32 +268,42 @@ REWARDS: dict[str, Reward] = {
     "motif_return": Reward(motif_return, "share of melodic motifs that come back"),
     "tonic_ending": Reward(tonic_ending, "share of phrase endings with the tonic in the bass"),
     "leap_recovery": Reward(leap_recovery, "1 - share of octave+ leaps not stepped back"),
-    "pitch_range": Reward(pitch_range, "pitch range inside the data's band"),
+    "pitch_range": Reward(pitch_range, "pitch range per phrase inside the data's band"),
     "note_length": Reward(note_length, "mean note length inside the data's band"),
+    "polyphony": Reward(polyphony, "sounding pitches per step inside the data's band"),
 }
 
 
 # --- combining --------------------------------------------------------------------------------
 def range_band(
-    pieces: list[Notes], low_quantile: float, high_quantile: float
+    pieces: list[Notes], low_quantile: float, high_quantile: float, phrase_beats: float = 8.0
 ) -> tuple[float, float]:
-    """(low, high) semitones: quantiles of the pitch ranges of real pieces (or excerpts of the
-    length the fine-tuning samples have, so that the band fits them)."""
-    spans = [float(n.pitch.max() - n.pitch.min()) for n in map(_voiced, pieces) if len(n)]
+    """(low, high) semitones: quantiles of the per-phrase pitch ranges (`phrase_range`) of
+    real pieces (or excerpts of the length the fine-tuning samples have)."""
+    spans = [phrase_range(n, phrase_beats) for n in pieces if len(_voiced(n))]
     if not spans:
         raise ValueError("no real piece with notes to measure the pitch range on")
     low, high = np.quantile(spans, [low_quantile, high_quantile])
     return float(low), float(high)
 
 
-def length_band(
-    pieces: list[Notes], low_quantile: float, high_quantile: float
+def texture_band(
+    pieces: list[Notes],
+    statistic: str,
+    low_quantile: float,
+    high_quantile: float,
+    steps_per_beat: int = 4,
 ) -> tuple[float, float]:
-    """(low, high) beats: quantiles of the mean note lengths of real pieces (or excerpts)."""
-    means = [float(np.mean(n.end - n.start)) for n in map(_voiced, pieces) if len(n)]
-    if not means:
-        raise ValueError("no real piece with notes to measure note lengths on")
-    low, high = np.quantile(means, [low_quantile, high_quantile])
+    """(low, high): quantiles of a texture statistic of real pieces (or excerpts):
+    'note_length' (mean note length, beats) or 'polyphony' (musicstats.polyphony)."""
+    measure = {
+        "note_length": lambda n: float(np.mean(n.end - n.start)),
+        "polyphony": lambda n: musicstats.polyphony(n, steps_per_beat),
+    }[statistic]
+    values = [measure(n) for n in map(_voiced, pieces) if len(n)]
+    if not values:
+        raise ValueError(f"no real piece with notes to measure {statistic} on")
+    low, high = np.quantile(values, [low_quantile, high_quantile])
     return float(low), float(high)
 
 

@@ -140,16 +140,19 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
     pieces cut to the sampled length (`finetune.num_tokens`), so it fits the samples."""
     fcfg = config.finetune
     openings = [tokenizer.decode(p[: fcfg.num_tokens + 1]).notes for p in train_split.pieces()]
+    texture_quantiles = (fcfg.texture_low_quantile, fcfg.texture_high_quantile)
+    spb = config.tokenizer.steps_per_beat
     return rewards.RewardContext(
-        steps_per_beat=config.tokenizer.steps_per_beat,
+        steps_per_beat=spb,
         max_run=fcfg.max_run,
         motif_length=fcfg.motif_length,
         motif_gap=fcfg.motif_gap,
         phrase_beats=fcfg.phrase_beats,
-        range_band=rewards.range_band(openings, fcfg.range_low_quantile, fcfg.range_high_quantile),
-        length_band=rewards.length_band(
-            openings, fcfg.length_low_quantile, fcfg.length_high_quantile
+        range_band=rewards.range_band(
+            openings, fcfg.range_low_quantile, fcfg.range_high_quantile, fcfg.phrase_beats
         ),
+        length_band=rewards.texture_band(openings, "note_length", *texture_quantiles, spb),
+        polyphony_band=rewards.texture_band(openings, "polyphony", *texture_quantiles, spb),
     )
 
 
