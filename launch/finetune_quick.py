@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/quick", help="the main job's workdir")
     parser.add_argument("--minutes", type=float, default=15.0, help="fine-tuning wall limit")
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning updates")
-    parser.add_argument("--samples", type=int, default=32, help="samples per model compared")
+    parser.add_argument("--samples", type=int, default=128, help="samples per model compared")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--docs", default="docs")
     parser.add_argument("--set", nargs="*", default=[], help="finetune.FIELD=VALUE overrides")
