@@ -330,14 +330,20 @@ def report(exc: BaseException) -> int | None:
 
 def _resume_hint() -> str:
     """What a person can do after Ctrl-C: training and fine-tuning resume from their last
-    checkpoint when the same command runs again."""
+    checkpoint when the same command runs again (or start over when none was written yet)."""
     try:
         mode, workdir = FLAGS.mode, FLAGS.workdir
     except Exception:  # noqa: BLE001 - flags not parsed yet: nothing to add
         return ""
-    if mode in ("train", "finetune", "all"):
-        return f"; run the same command again to resume from the last checkpoint in {workdir}"
-    return ""
+    if mode not in ("train", "finetune", "all"):
+        return ""
+    from jaxcomposer import workdir_lib
+
+    folder = workdir_lib.finetune_dir(workdir) if mode == "finetune" else workdir
+    steps = workdir_lib.checkpoint_steps(folder)
+    if not steps:
+        return "; no checkpoint was written yet: the same command starts over"
+    return f"; run the same command again to resume from the checkpoint at step {steps[-1]}"
 
 
 def _main_reporting_errors(argv: list[str]) -> None:
@@ -345,7 +351,11 @@ def _main_reporting_errors(argv: list[str]) -> None:
         main(argv)
     except KeyboardInterrupt:
         print(f"error: interrupted{_resume_hint()}", file=sys.stderr, flush=True)
-        sys.exit(130)
+        sys.stdout.flush()
+        # Not sys.exit: tearing the interpreter down under XLA's running threads segfaulted
+        # (exit 139) in 3 of 7 interrupts. Leaving at once is what kill -9 does, which every
+        # file this program writes survives (tests/test_kill_train.py).
+        os._exit(130)
     except Exception as exc:
         code = report(exc)
         if code is None:

@@ -10,7 +10,7 @@ with the state carried through each whole chorale and the same grammar mask as t
 Each run trains for a fixed number of steps (same recipe, same length, whatever the machine's
 load), so CPU time is what varies: it is printed per run (process user + system seconds).
 
-  python launch/jsb.py                 # the chosen recipe (README: "JSB chorales benchmark")
+  python launch/jsb.py                 # the chosen recipe, configs/jsb.py (README: "JSB ...")
   python launch/jsb.py --levers        # the levers table: each row adds one lever to the last
   python launch/jsb.py --average 4     # also score the mean of the best 4 checkpoints' weights
 
@@ -42,20 +42,21 @@ PUBLISHED = {
 }
 WALDER = 4.34
 
-# Shared by every row: the run length and the validation/checkpoint cadence.
+# The levers table (--levers): every row shares this run length and validation cadence.
 SCHEDULE = {
     "num_steps": 1200, "warmup_steps": 100, "eval_every": 200, "checkpoint_every": 200,
     "log_every": 200, "eval_batches": 7, "max_wall_seconds": 0.0,
 }  # fmt: skip
-# Cumulative levers: each row is the previous one plus one change (README levers table).
+# Cumulative levers: each row is the previous one plus one change (README levers table). The base
+# row sets every field the recipe in configs/jsb.py changes, so the table starts from the plain
+# model whatever the recipe is.
 LEVERS: list[tuple[str, dict]] = [
     ("base", {"model": {"hidden_size": 256, "embed_dim": 128, "dropout": 0.2},
-              "train": {"grammar_mask_loss": False, "transpose_semitones": 0}}),
+              "train": {"grammar_mask_loss": False, "transpose_semitones": 0,
+                        "weight_decay": 1e-4}}),
     ("+grammar_mask", {"train": {"grammar_mask_loss": True}}),
     ("+transpose_12_keys", {"train": {"transpose_semitones": 6}}),  # shifts -6..+6
 ]  # fmt: skip
-RECIPE = "+transpose_12_keys"  # the row whose settings are the chosen recipe
-RECIPE_STEPS = 2000  # the chosen recipe's run length (README: 4.765 nats/frame on valid)
 
 
 def lever_configs(data_root: str) -> dict[str, config_lib.Config]:
@@ -169,9 +170,10 @@ def main() -> None:
     args = parser.parse_args()
     if not os.path.isdir(os.path.join(args.data, "valid")):
         sys.exit(f"launch/jsb.py: no JSB data at {args.data} (expects train/ and valid/)")
-    configs = lever_configs(args.data)
-    if not args.levers:
-        configs = {RECIPE: config_lib.replace(configs[RECIPE], train={"num_steps": RECIPE_STEPS})}
+    if args.levers:
+        configs = lever_configs(args.data)
+    else:  # the chosen recipe: configs/jsb.py as it stands
+        configs = {"recipe": config_lib.freeze(jsb.get_config(args.data))}
     for name, config in configs.items():
         changes = {"keep_best": max(args.average, config.train.keep_best)}
         if args.steps:

@@ -134,17 +134,24 @@ def test_primer_files_that_yield_nothing_are_errors_and_partial_ones_warn(tmp_pa
     assert "1 of 3 notes outside the pitch range [21, 108] dropped" in caplog.text
 
 
-def test_ctrl_c_tells_how_to_resume_training_and_fine_tuning(capsys):
+def test_ctrl_c_tells_how_to_resume_training_and_fine_tuning(capsys, tmp_path):
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    expected = {
+        "train": "; run the same command again to resume from the checkpoint at step 20",
+        "finetune": "; no checkpoint was written yet: the same command starts over",
+        "generate": "",
+    }
     try:
-        for mode, hint in (("train", True), ("finetune", True), ("generate", False)):
+        for mode, hint in expected.items():
             main.FLAGS.unparse_flags()
-            main.FLAGS(["jaxcomposer", f"--mode={mode}", "--workdir=/w/run"])
-            with mock.patch.object(main, "main", side_effect=KeyboardInterrupt):
-                with pytest.raises(SystemExit) as exit_info:
+            main.FLAGS(["jaxcomposer", f"--mode={mode}", f"--workdir={tmp_path}"])
+            with (
+                mock.patch.object(main, "main", side_effect=KeyboardInterrupt),
+                mock.patch.object(main.os, "_exit", side_effect=SystemExit) as leave,
+            ):
+                with pytest.raises(SystemExit):
                     main._main_reporting_errors(["jaxcomposer"])
-            assert exit_info.value.code == 130
-            line = capsys.readouterr().err.strip()
-            resume = "; run the same command again to resume from the last checkpoint in /w/run"
-            assert line == "error: interrupted" + (resume if hint else "")
+            leave.assert_called_once_with(130)
+            assert capsys.readouterr().err.strip() == "error: interrupted" + hint
     finally:
         main.FLAGS.unparse_flags()

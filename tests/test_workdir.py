@@ -126,3 +126,5 @@ def test_evaluate_on_a_folder_names_its_pieces_that_are_training_pieces(trained,
     result = evaluate.evaluate(workdir, eval_dir=str(folder), progress=False)
     assert result["also_in_training"] == ["renamed_copy.mid"]
     assert set(result["pieces"]) == {"renamed_copy.mid", "new.mid"}
+    # Its own report file: a folder never overwrites the validation split's evaluation_valid.json.
+    assert os.path.exists(os.path.join(workdir, "evaluation_dir_eval.json"))

@@ -170,14 +170,16 @@ def evaluate(
     checkpoint: str = "best",
 ) -> dict:
     """Scores the validation split, or every readable MIDI file of `eval_dir`, with the model of
-    `checkpoint` ('best', 'latest', a step, 'finetuned[:STEP]')."""
+    `checkpoint` ('best', 'latest', a step, 'finetuned[:STEP]'). Writes
+    WORKDIR/evaluation_<valid | dir_FOLDERNAME>[_CHECKPOINT].json, so a folder named 'valid'
+    or another checkpoint never overwrites the validation split's report."""
     skipped: list[dict] = []
     if eval_dir:
         config = workdir_lib.load_config(workdir)
         split, skipped, stats = dataset.encode_folder_with_stats(
             config, eval_dir, progress=progress
         )
-        label = os.path.basename(os.path.normpath(eval_dir))
+        label = "dir_" + os.path.basename(os.path.normpath(eval_dir))
     else:
         split, stats = dataset.load_split(workdir, "valid"), dataset.file_stats(workdir)
         label = "valid"
@@ -210,7 +212,9 @@ def evaluate(
         seconds=seconds,
         checkpoint=checkpoint,
     )
-    result.update(data=eval_dir or "valid split", skipped=skipped)
+    result.update(data=eval_dir or "valid split", skipped=skipped, checkpoint=str(checkpoint))
+    if str(checkpoint) != "best":
+        label += "_" + str(checkpoint).replace(":", "_")
     if eval_dir:
         result["also_in_training"] = in_training
     path = os.path.join(workdir, f"evaluation_{label}.json")
