@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -336,6 +337,8 @@ def validate(config: Config) -> None:
          "needs model.embed_dim == model.hidden_size"),
         ("model.condition_logits", not config.model.condition_logits
          or config.model.condition != "none", "needs model.condition key or key+style"),
+        ("sample.scale_penalty", math.isfinite(config.sample.scale_penalty),
+         "must be a finite number of nats (use --scale=strict to forbid)"),
         ("train.transpose_semitones", config.train.transpose_semitones <= 127,
          "must be <= 127"),
     ]  # fmt: skip

@@ -101,6 +101,7 @@ def test_config_values_are_checked_naming_the_field():
         "sample.checkpoint": lambda c: setattr(c.sample, "checkpoint", "newest"),
         "data.programs": lambda c: setattr(c.data, "programs", (0, 200)),
         "model.condition_logits": lambda c: setattr(c.model, "condition_logits", True),
+        "sample.scale_penalty": lambda c: setattr(c.sample, "scale_penalty", float("inf")),
     }
     for field, edit in bad.items():
         with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):

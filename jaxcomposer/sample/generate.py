@@ -406,10 +406,12 @@ def generate(
                 info["style"] = plan.style_names[plan.styles[i]]
             steps = max(int(pitch_steps[i].sum()), 1)
             info["scale_mass_removed"] = round(float(removed[i][pitch_steps[i]].sum()) / steps, 5)
+            rule = sample.scale
+            if rule == "soft":
+                rule = f"soft ({sample.scale_penalty:g} nats)"
             print(
                 f"{stem}: key {info['requested_key']} ({info['key_source']}), scale "
-                f"{sample.scale}: {info['scale_mass_removed']:.3f} probability removed per "
-                "pitch step",
+                f"{rule}: {info['scale_mass_removed']:.3f} probability removed per pitch step",
                 flush=True,
             )
         results.append(info)
