@@ -4,6 +4,7 @@ jitted sampler, and the strict scale mask composed with the grammar."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from jaxcomposer.data import labels
 from jaxcomposer.data.dataset import TokenSplit
 from jaxcomposer.model import StepFunction, build_model
 from jaxcomposer.notes import KeySignature, Piece, TimeSignature, make_notes
-from jaxcomposer.sample import sampler
+from jaxcomposer.sample import generate, sampler
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 from jaxcomposer.train import batching
 
@@ -306,3 +307,13 @@ def test_soft_scale_removes_less_mass_than_strict():
         means[scale] = float(np.asarray(removed)[np.asarray(pitch)].mean())
     assert means["off"] == pytest.approx(0.0, abs=1e-6)
     assert 0.0 < means["soft"] < means["strict"]
+
+
+def test_a_key_change_after_the_last_bar_is_warned_about(caplog):
+    sample = dataclasses.replace(
+        tiny_config().sample, key="1:C,3:G,99:D minor", num_bars=4, num_samples=1
+    )
+    with caplog.at_level(logging.WARNING):
+        plan = generate.plan_keys("unused", sample, KEY_SPEC, [None], seed=0)
+    assert plan.schedules == [[(1, 0), (3, 7), (99, 14)]]
+    assert "change(s) at bar 99 come after the last bar (--num_bars=4)" in caplog.text

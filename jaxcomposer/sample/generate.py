@@ -240,6 +240,12 @@ def plan_keys(
     n = sample.num_samples
     if sample.key.strip():
         given = [keys.parse_key_schedule(part) for part in sample.key.split(";") if part.strip()]
+        late = sorted({bar for schedule in given for bar, _ in schedule if bar > sample.num_bars})
+        if sample.num_bars > 0 and late:
+            logging.warning(
+                "--key: the change(s) at bar %s come after the last bar (--num_bars=%d) and "
+                "will not be heard", ", ".join(map(str, late)), sample.num_bars,
+            )  # fmt: skip
         schedules = [given[i % len(given)] for i in range(n)]
         sources = ["requested"] * n
     else:
