@@ -30,12 +30,12 @@ def get_config(data_root: str = "") -> ml_collections.ConfigDict:
     c.tokenizer.mark_onsets = False  # NOTE(p) only: the 2012 piano-roll semantics
 
     c.model.embed_dim = 128  # units
-    c.model.hidden_size = 384  # units per layer
+    c.model.hidden_size = 512  # units per layer
     c.model.dropout = 0.5  # rate
     c.train.grammar_mask_loss = True  # the same mask as evaluation: pitches ascend in a frame
     c.train.transpose_semitones = 6  # shifts -6..+6: all 12 keys
     c.train.weight_decay = 0.1  # AdamW, matrices only
-    c.train.num_steps = 5000  # steps (cosine to 0 after 200 warmup steps)
+    c.train.num_steps = 2500  # steps (cosine to 0 after 200 warmup steps)
     c.train.eval_every = 500  # steps
     c.train.checkpoint_every = 500  # steps
     c.train.eval_batches = 7  # batches per validation pass

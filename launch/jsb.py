@@ -9,8 +9,8 @@ with the state carried through each whole chorale and the same grammar mask as t
 
 Each run trains for a fixed number of steps (same recipe, same length, whatever the machine's
 load), so CPU time is what varies: it is printed per run (process user + system seconds). On the
-README's 2-core machine the recipe (5,000 steps of a 2 x 384 LSTM) takes about 45 minutes of
-one core (0.52 s per step), a levers row about 6 minutes.
+README's 2-core machine the recipe (2,500 steps of a 2 x 512 LSTM) takes about 35 minutes of
+one core (0.82 s per step), a levers row about 6 minutes.
 
   python launch/jsb.py                 # the chosen recipe, configs/jsb.py (README: "JSB ...")
   python launch/jsb.py --levers        # the levers table: each row adds one lever to the last
