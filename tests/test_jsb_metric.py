@@ -42,6 +42,11 @@ def _tokenizer():
     return get_tokenizer(dataclasses.replace(tcfg, pitch_min=PITCH_MIN, pitch_max=PITCH_MAX))
 
 
+def _roll_tokens(tokenizer) -> np.ndarray:
+    """[BOS, the ROLL's frame tokens, EOS] as int32."""
+    return np.concatenate([[BOS], tokenizer.encode(_piece(ROLL)), [EOS]]).astype(np.int32)
+
+
 def _piece(roll: np.ndarray) -> Piece:
     frames, columns = np.nonzero(roll)
     # The held pitch as one two-beat note, every other cell as a one-beat note.
@@ -96,7 +101,7 @@ def _hand_nats_per_frame(tokenizer, table, slope, masked: bool) -> float:
 @pytest.mark.parametrize("masked", [False, True])
 def test_nats_per_frame_equals_hand_computation(masked):
     tokenizer = _tokenizer()
-    tokens = np.concatenate([[BOS], tokenizer.encode(_piece(ROLL)), [EOS]]).astype(np.int32)
+    tokens = _roll_tokens(tokenizer)
     step_fn, variables, table, slope = _model(tokenizer.vocab.size)
     grammar = tokenizer.grammar if masked else None
     # window 4 < piece length: the carry must cross windows, as in evaluating a long chorale
@@ -117,7 +122,7 @@ def test_training_loss_uses_the_evaluation_mask(masked):
     """The loss the trainer minimises (train_step.token_loss_sums, with the states the batcher
     computes) sums to the NLL that evaluation reports, masked and unmasked."""
     tokenizer = _tokenizer()
-    tokens = np.concatenate([[BOS], tokenizer.encode(_piece(ROLL)), [EOS]]).astype(np.int32)
+    tokens = _roll_tokens(tokenizer)
     step_fn, variables, _, _ = _model(tokenizer.vocab.size)
     grammar = tokenizer.grammar if masked else None
     [(nll, _)] = likelihood.piece_token_nll(

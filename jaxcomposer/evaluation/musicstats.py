@@ -63,7 +63,7 @@ def piece_stats(notes: Notes, *, steps_per_beat: int = 4) -> dict[str, float]:
         "polyphony": polyphony(notes, steps_per_beat),
         "empty_beat_rate": empty_beat_rate(notes, steps_per_beat),
         "mean_ioi": _mean_ioi(onset_steps, steps_per_beat),
-        "mean_note_length": float(np.mean(notes.end - notes.start)) if len(notes) else np.nan,
+        "mean_note_length": mean_note_length(notes),
         "longest_repeat_run": longest_repeat_run(masks_Gx2),
         "distinct_4gram_share": distinct_ngram_share(masks_Gx2, 4),
         "distinct_8gram_share": distinct_ngram_share(masks_Gx2, 8),
@@ -121,6 +121,11 @@ def _merge_per_pitch(pitch, start, end) -> tuple[np.ndarray, np.ndarray]:
     first = np.flatnonzero(opens)
     last = np.append(first[1:] - 1, len(order) - 1)
     return start[order][first], running_end[last] - offset[last]
+
+
+def mean_note_length(notes: Notes) -> float:
+    """Mean note length (beats, end - start); nan without notes."""
+    return float(np.mean(notes.end - notes.start)) if len(notes) else float("nan")
 
 
 def polyphony(notes: Notes, steps_per_beat: int = 4) -> float:

@@ -242,7 +242,7 @@ def note_length(notes: Notes, key: int, context: RewardContext) -> float:
     notes = _voiced(notes)
     if len(notes) == 0:
         return 0.0
-    return _log2_band(float(np.mean(notes.end - notes.start)), context.length_band)
+    return _log2_band(musicstats.mean_note_length(notes), context.length_band)
 
 
 def polyphony(notes: Notes, key: int, context: RewardContext) -> float:
@@ -275,16 +275,20 @@ REWARDS: dict[str, Reward] = {
 
 
 # --- combining --------------------------------------------------------------------------------
+def _quantile_band(values: list[float], low_quantile: float, high_quantile: float, what: str):
+    if not values:
+        raise ValueError(f"no real piece with notes to measure {what} on")
+    low, high = np.quantile(values, [low_quantile, high_quantile])
+    return float(low), float(high)
+
+
 def range_band(
     pieces: list[Notes], low_quantile: float, high_quantile: float, phrase_beats: float = 8.0
 ) -> tuple[float, float]:
     """(low, high) semitones: quantiles of the per-phrase pitch ranges (`phrase_range`) of
     real pieces (or excerpts of the length the fine-tuning samples have)."""
     spans = [phrase_range(n, phrase_beats) for n in pieces if len(_voiced(n))]
-    if not spans:
-        raise ValueError("no real piece with notes to measure the pitch range on")
-    low, high = np.quantile(spans, [low_quantile, high_quantile])
-    return float(low), float(high)
+    return _quantile_band(spans, low_quantile, high_quantile, "the pitch range")
 
 
 def texture_band(
@@ -295,16 +299,13 @@ def texture_band(
     steps_per_beat: int = 4,
 ) -> tuple[float, float]:
     """(low, high): quantiles of a texture statistic of real pieces (or excerpts):
-    'note_length' (mean note length, beats) or 'polyphony' (musicstats.polyphony)."""
+    'note_length' (musicstats.mean_note_length, beats) or 'polyphony' (musicstats.polyphony)."""
     measure = {
-        "note_length": lambda n: float(np.mean(n.end - n.start)),
+        "note_length": musicstats.mean_note_length,
         "polyphony": lambda n: musicstats.polyphony(n, steps_per_beat),
     }[statistic]
     values = [measure(n) for n in map(_voiced, pieces) if len(n)]
-    if not values:
-        raise ValueError(f"no real piece with notes to measure {statistic} on")
-    low, high = np.quantile(values, [low_quantile, high_quantile])
-    return float(low), float(high)
+    return _quantile_band(values, low_quantile, high_quantile, statistic)
 
 
 def load_user_reward(spec: str) -> RewardFn:
