@@ -119,6 +119,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.finetune.weights.pitch_range = 0.5  # pitch range inside the data's band
     c.finetune.weights.note_length = 0.5  # mean note length inside the data's band
     c.finetune.weights.polyphony = 1.0  # sounding pitches per step inside the data's band
+    # Batch rewards: reward units per nat of log p_data(s) / p_batch(s) for a statistic s of
+    # evaluation/musicstats.py (rewards.log_density_ratio); keeps the data's spread of s.
+    c.finetune.match = ml_collections.ConfigDict()
+    for name in (
+        "pitch_class_entropy", "scale_consistency", "pitch_range", "distinct_pitches",
+        "polyphony", "empty_beat_rate", "mean_ioi", "mean_note_length", "longest_repeat_run",
+        "distinct_4gram_share", "distinct_8gram_share",
+    ):  # fmt: skip
+        c.finetune.match[name] = 0.0
+    c.finetune.match_clip = 3.0  # nats: bound of each sample's log density ratio
     c.finetune.user_reward = ""  # "module:function" or "file.py:function"; "" = none
     c.finetune.user_reward_weight = 1.0  # reward units per unit of the user reward
     c.finetune.max_run = 4  # onset groups

@@ -134,6 +134,25 @@ class RewardWeights:
 
 
 @dataclasses.dataclass(frozen=True)
+class MatchWeights:
+    """Weight of each batch reward `match_<name>` (evaluation/rewards.py `match_rewards`): the
+    log density ratio of one statistic of evaluation/musicstats.py between the real excerpts
+    and the sampled batch, in reward units per nat; 0 = off. Field names are piece_stats'."""
+
+    pitch_class_entropy: float = 0.0
+    scale_consistency: float = 0.0
+    pitch_range: float = 0.0
+    distinct_pitches: float = 0.0
+    polyphony: float = 0.0
+    empty_beat_rate: float = 0.0
+    mean_ioi: float = 0.0
+    mean_note_length: float = 0.0
+    longest_repeat_run: float = 0.0
+    distinct_4gram_share: float = 0.0
+    distinct_8gram_share: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
     """`--mode=finetune`: policy-gradient fine-tuning with a KL penalty to the pretrained model
     (the paper's section 8.2 feedback update, in the form of Jaques et al. 2017). Every field has
@@ -156,6 +175,8 @@ class FinetuneConfig:
     alpha: float = 0.5  # reward units per nat/token of next-token NLL on real windows; 0 = off
     alpha_batch_size: int = 16  # real training windows per update (train.seq_len tokens each)
     weights: RewardWeights = dataclasses.field(default_factory=RewardWeights)
+    match: MatchWeights = dataclasses.field(default_factory=MatchWeights)
+    match_clip: float = 3.0  # nats: bound of each sample's log density ratio
     user_reward: str = ""  # "module:function" or "path/file.py:function"; "" = none
     user_reward_weight: float = 1.0  # reward units per unit of the user reward
     max_run: int = 4  # no_stuck_runs: onset groups one group may repeat before it costs
@@ -279,6 +300,7 @@ _AT_LEAST = {  # field: smallest allowed value
 _ABOVE = (  # fields that must be > 0
     "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "sample.temperature",
     "sample.repetition_penalty", "finetune.learning_rate", "finetune.phrase_beats",
+    "finetune.match_clip",
 )  # fmt: skip
 _FRACTIONS = ("data.valid_fraction", "model.dropout", "model.recurrent_dropout")  # in [0, 1)
 
@@ -335,6 +357,9 @@ def validate(config: Config) -> None:
         ("model.tie_embeddings", not config.model.tie_embeddings
          or config.model.embed_dim == config.model.hidden_size,
          "needs model.embed_dim == model.hidden_size"),
+        ("finetune.batch_size", config.finetune.batch_size >= 2
+         or not any(dataclasses.astuple(config.finetune.match)),
+         "must be >= 2 when a finetune.match weight is set (the batch is the distribution)"),
         ("model.condition_logits", not config.model.condition_logits
          or config.model.condition != "none", "needs model.condition key or key+style"),
         ("sample.scale_penalty", math.isfinite(config.sample.scale_penalty),

@@ -74,6 +74,17 @@ flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-s
 # Evaluation.
 flags.DEFINE_string("eval_dir", None, "Evaluate on this MIDI folder instead of the valid split.")
 flags.DEFINE_string("samples", None, "Compare the MIDI files in this folder with real pieces.")
+flags.DEFINE_list(
+    "ensemble", None,
+    "More workdirs (comma-separated) whose models are mixed with --workdir's, token by token; "
+    "every member must use the same tokenizer.",
+)  # fmt: skip
+flags.DEFINE_integer(
+    "transpositions", 0,
+    "Also mix in each model's predictions on every piece transposed by -N..N semitones, mapped "
+    "back (test-time transposition averaging; 0 = off).",
+    lower_bound=0,
+)  # fmt: skip
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 # Multi-host (jaxcomposer/distributed.py): one process per host, started with the same flags.
 flags.DEFINE_enum(
@@ -123,6 +134,8 @@ _FLAG_MODES = {
     "checkpoint": ("generate", "evaluate"),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
+    "ensemble": ("evaluate",),
+    "transpositions": ("evaluate",),
     "overwrite": ("prepare",),
 }
 
@@ -144,6 +157,11 @@ def check_flags(mode: str) -> list[str]:
             raise UsageError(f"--{name} {path}: {reason}")
     if FLAGS.eval_dir and FLAGS.samples:
         raise UsageError("--eval_dir and --samples ask for two different evaluations: give one")
+    check_ensemble(FLAGS.workdir, FLAGS.ensemble or [])
+    if (FLAGS.ensemble or FLAGS.transpositions) and FLAGS.samples:
+        raise UsageError(
+            "--ensemble/--transpositions score likelihood; --samples compares MIDI files: give one"
+        )
     if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and not os.path.isdir(FLAGS.out_dir):
         raise UsageError(f"--out_dir {FLAGS.out_dir}: is a file, not a folder")
     if FLAGS.primer_midi and FLAGS.primer:
@@ -170,6 +188,19 @@ def check_flags(mode: str) -> list[str]:
         if given and mode != "all" and mode not in modes:
             warnings.append(f"--{name} is ignored by --mode={mode} (it is for {'/'.join(modes)})")
     return warnings
+
+
+def check_ensemble(workdir: str, members: list[str]) -> None:
+    """Raises UsageError for an --ensemble member that is no folder or repeats a workdir."""
+    from jaxcomposer.errors import UsageError
+
+    seen = {os.path.realpath(workdir)}
+    for member in members:
+        if not os.path.isdir(member):
+            raise UsageError(f"--ensemble {member}: no such folder (a trained workdir)")
+        if os.path.realpath(member) in seen:
+            raise UsageError(f"--ensemble {member}: given twice (or it is --workdir itself)")
+        seen.add(os.path.realpath(member))
 
 
 def load_config():
@@ -267,7 +298,8 @@ def main(argv: list[str]) -> None:
         else:
             evaluate.evaluate(
                 workdir, eval_dir=FLAGS.eval_dir, progress=FLAGS.progress,
-                checkpoint=FLAGS.checkpoint or "best",
+                checkpoint=FLAGS.checkpoint or "best", ensemble=FLAGS.ensemble or (),
+                transpositions=FLAGS.transpositions,
             )  # fmt: skip
     distributed.barrier("done")
 

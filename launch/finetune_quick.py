@@ -76,8 +76,9 @@ def describe(workdir, config, which, args, context, user):
         workdir, which, args.samples, config.finetune.num_tokens, args.seed, config.finetune.key
     )
     weights = {k: float(v) for k, v in config_lib.to_dict(config)["finetune"]["weights"].items()}
+    match = {k: float(v) for k, v in config_lib.to_dict(config)["finetune"]["match"].items()}
     scores = finetune.score_tokens(
-        restored.tokenizer, tokens, weights, context, user, key=requested
+        restored.tokenizer, tokens, weights, context, user, key=requested, match=match
     )
     spb = config.tokenizer.steps_per_beat
     stats = [musicstats.piece_stats(n, steps_per_beat=spb) for n in pieces]

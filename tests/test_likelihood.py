@@ -10,9 +10,9 @@ import pytest
 
 from configs import tiny
 from jaxcomposer import config_lib
-from jaxcomposer.evaluation import evaluate, likelihood
+from jaxcomposer.evaluation import ensemble, evaluate, likelihood
 from jaxcomposer.model import StepFunction, build_model
-from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
+from jaxcomposer.tokenizers import BOS, EOS, PAD, get_tokenizer
 
 V = 6
 TABLE = np.random.default_rng(0).normal(size=(V, V)).astype(np.float32)  # logits given input
@@ -110,3 +110,66 @@ def test_nats_per_second_uses_the_tempo_map(tmp_path, name):
     assert "nats_per_second" not in evaluate.finish(
         evaluate.piece_metrics(tokenizer, tokens, nll, np.zeros(nll.size, bool))
     )
+
+
+def _small_frame_tokenizer():
+    """Frame tokens over five pitches (60-64), so a shift of one moves an edge note out."""
+    config = config_lib.freeze(tiny.get_config())
+    return get_tokenizer(
+        dataclasses.replace(
+            config.tokenizer, name="frame", mark_onsets=False, pitch_min=60, pitch_max=64
+        )
+    )
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_ensemble_of_models_and_transposed_views_equals_a_float64_hand_mixture(masked):
+    """Two bigram models, each reading the pieces as they are and transposed by -1 and +1; the
+    ensemble code (log_probs -> map_back -> Mixture) against the definition, term by term."""
+    tokenizer = _small_frame_tokenizer()
+    V = tokenizer.vocab.size
+    note = lambda p: tokenizer.vocab.token("NOTE", p - 60)  # noqa: E731
+    end = tokenizer.vocab.token("FRAME_END")
+    pieces = [
+        np.asarray([BOS, note(61), note(63), end, note(62), end, EOS]),  # every shift fits
+        np.asarray([BOS, note(61), end, note(64), end, note(60), end, EOS]),  # 64 and 60 don't
+    ]
+    rng = np.random.default_rng(3)
+    tables = [rng.normal(size=(V, V)).astype(np.float32) for _ in range(2)]
+    grammar = tokenizer.grammar if masked else None
+    mixtures = [ensemble.Mixture(p.size - 1, V) for p in pieces]
+    for table in tables:
+        for shift in (0, -1, 1):
+            move = tokenizer.transpose_table(shift)
+            views = [ensemble.transposed_piece(p, move, PAD) for p in pieces]
+            scored = likelihood.piece_token_nll(
+                {"table": jnp.asarray(table)}, bigram_step_fn, [v for v, _ in views],
+                window=4, batch_size=2, grammar=grammar, log_probs=True,
+            )  # fmt: skip
+            for mixture, (_, k), (_, _, log_probs) in zip(mixtures, views, scored, strict=True):
+                mixture.add(ensemble.map_back(log_probs, move), np.arange(len(log_probs)) < k)
+    for piece, mixture in zip(pieces, mixtures, strict=True):
+        nll, correct = mixture.scores(piece)
+        expected = []
+        for t in range(piece.size - 1):
+            q = np.zeros(V)
+            for table in tables:
+                for shift in (0, -1, 1):
+                    move = tokenizer.transpose_table(shift)
+                    if np.any(move[piece[: t + 1]] < 0):
+                        continue  # this view cannot read the history
+                    history = move[piece[: t + 1]]
+                    logits = table[history[-1]].astype(np.float64)
+                    if masked:  # the state after reading the history, by the grammar's table
+                        state = tokenizer.grammar.bos_state
+                        for token in history[1:]:
+                            state = tokenizer.grammar.next_state[state, token]
+                        allowed = tokenizer.grammar.next_state[state] >= 0
+                        logits = np.where(allowed, logits, -np.inf)
+                    p = np.exp(logits - logits.max())
+                    p /= p.sum()
+                    q += np.where(move >= 0, p[np.maximum(move, 0)], 0.0)
+            q /= q.sum()
+            expected.append(-np.log(q[piece[t + 1]]))
+        np.testing.assert_allclose(nll, expected, rtol=1e-5)
+        assert np.all(np.isfinite(nll))

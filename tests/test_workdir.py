@@ -11,6 +11,7 @@ import shutil
 
 import jax
 import midi_factory as mf
+import numpy as np
 import pytest
 from conftest import count_compiles, melody_corpus, small_run_config
 
@@ -128,3 +129,23 @@ def test_evaluate_on_a_folder_names_its_pieces_that_are_training_pieces(trained,
     assert set(result["pieces"]) == {"renamed_copy.mid", "new.mid"}
     # Its own report file: a folder never overwrites the validation split's evaluation_valid.json.
     assert os.path.exists(os.path.join(workdir, "evaluation_dir_eval.json"))
+
+
+def test_ensemble_and_transposed_views_are_mixed_and_reported(trained, tmp_path):
+    workdir, _, _ = trained
+    single = evaluate.evaluate(workdir, progress=False)["overall"]
+    twin = str(tmp_path / "twin")
+    shutil.copytree(workdir, twin)
+    mixed = evaluate.evaluate(workdir, ensemble=[twin], progress=False)
+    # A model mixed with itself is the same model: the same figures, and each member's own.
+    assert mixed["overall"]["nll_nats"] == pytest.approx(single["nll_nats"], rel=1e-5)
+    assert [m["overall"]["nll_nats"] for m in mixed["members"]] == pytest.approx(
+        [single["nll_nats"]] * 2, rel=1e-6
+    )
+    assert os.path.exists(os.path.join(workdir, "evaluation_valid_ensemble2.json"))
+    views = evaluate.evaluate(workdir, transpositions=1, progress=False)
+    assert views["views"] == {"models": 1, "shifts": [0, -1, 1]}
+    assert views["overall"]["tokens"] == single["tokens"]
+    assert np.isfinite(views["overall"]["nll_nats"])
+    assert views["overall"]["nll_nats"] != pytest.approx(single["nll_nats"], rel=1e-6)
+    assert os.path.exists(os.path.join(workdir, "evaluation_valid_transposed1.json"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
@@ -23,8 +24,10 @@ from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.data.ingest import find_midi_files
 from jaxcomposer.errors import UsageError
 from jaxcomposer.evaluation import compare, likelihood, musicstats
+from jaxcomposer.evaluation import ensemble as ensemble_lib
+from jaxcomposer.keys import transpose_key
 from jaxcomposer.model import StepFunction
-from jaxcomposer.tokenizers import EOS, Tokenizer, get_tokenizer
+from jaxcomposer.tokenizers import EOS, PAD, Tokenizer, get_tokenizer
 
 
 def piece_metrics(
@@ -85,38 +88,106 @@ def score_pieces(
     labels: list[dict[str, np.ndarray]] | None = None,
     seconds: dict[str, float] | None = None,
     checkpoint: str = "best",
+    ensemble: Sequence[str] = (),
+    transpositions: int = 0,
 ) -> dict:
     """Loads `checkpoint` ('best', 'latest', a step, 'finetuned[:STEP]') and scores pieces;
     returns {'pieces': {...}, 'overall': {...}}.
     `labels[i]` ({'keys', 'styles'}: int per token) feed a conditioned model's [X; M];
-    `seconds` (by piece name) adds nats_per_second where every piece has it."""
-    restored = workdir_lib.restore_for_inference(workdir, checkpoint)
-    config, tokenizer, variables = restored.config, restored.tokenizer, restored.variables
-    step_fn = StepFunction(restored.model)
-    bar = tqdm(total=len(pieces), desc="evaluate", unit="piece", disable=not progress)
-    kwargs = dict(
-        window=config.train.seq_len, batch_size=config.train.batch_size, progress=bar.update
-    )
-    if config.train.loss_on_last_only:  # the original's model predicts from a fixed window
-        scored = likelihood.sliding_window_nll(variables, step_fn, pieces, **kwargs)
-    else:
-        grammar = tokenizer.grammar if config.train.grammar_mask_loss else None
-        conds = _conds(restored.spec, pieces, labels)
-        scored = likelihood.piece_token_nll(
-            variables, step_fn, pieces, grammar=grammar, conds=conds, **kwargs
-        )
+    `seconds` (by piece name) adds nats_per_second where every piece has it.
+    `ensemble`: more workdirs (their own `checkpoint`) whose models are mixed with this one's,
+    token by token; `transpositions` N > 0: every model also reads each piece transposed by
+    each shift in -N..N semitones, and those views join the mixture (evaluation/ensemble.py).
+    The result then also has 'members', each model's own figures on the pieces as they are,
+    and 'views'. Raises UsageError when a member's tokenizer or vocabulary differs."""
+    workdirs = [workdir, *ensemble]
+    shifts = [0] + [s for s in range(-transpositions, transpositions + 1) if s]
+    mixing = len(workdirs) * len(shifts) > 1
+    bar = tqdm(total=len(pieces) * len(workdirs) * len(shifts), desc="evaluate", unit="piece",
+               disable=not progress)  # fmt: skip
+    members, mixtures = [], []
+    for member in workdirs:
+        restored = workdir_lib.restore_for_inference(member, checkpoint)
+        if members:
+            _check_member(members[0][0], restored, member)
+        tokenizer = restored.tokenizer
+        if not mixtures and mixing:
+            mixtures = [ensemble_lib.Mixture(p.size - 1, tokenizer.vocab.size) for p in pieces]
+        for shift in shifts:
+            table = tokenizer.transpose_table(shift)
+            views = [ensemble_lib.transposed_piece(p, table, PAD) for p in pieces]
+            moved_labels = None if labels is None else [
+                {**lab, "keys": transpose_key(lab["keys"], shift)} if "keys" in lab else lab
+                for lab in labels
+            ]  # fmt: skip
+            scored = _score_member(
+                restored, [v for v, _ in views], moved_labels, bar.update, keep_log_probs=mixing
+            )
+            if shift == 0:
+                members.append((restored, scored))
+            if not mixing:
+                continue
+            for mixture, (_, k), result in zip(mixtures, views, scored, strict=True):
+                valid = np.arange(len(result[0])) < k  # inputs tokens[: t + 1] all moved
+                mixture.add(ensemble_lib.map_back(result[2], table), valid)
     bar.close()
+    tokenizer = members[0][0].tokenizer
     seconds = seconds if seconds and all(n in seconds for n in names) else {}
-    per_piece = {
-        name: piece_metrics(tokenizer, tokens, nll, correct, seconds.get(name))
-        for name, tokens, (nll, correct) in zip(names, pieces, scored, strict=True)
-    }
-    return {
-        "checkpoint_step": restored.step,
+
+    def figures(scored) -> dict[str, dict]:
+        return {
+            name: piece_metrics(tokenizer, tokens, s[0], s[1], seconds.get(name))
+            for name, tokens, s in zip(names, pieces, scored, strict=True)
+        }
+
+    if mixing:
+        per_piece = figures([m.scores(t) for m, t in zip(mixtures, pieces, strict=True)])
+    else:
+        per_piece = figures(members[0][1])
+    result = {
+        "checkpoint_step": members[0][0].step,
         "tokenizer": tokenizer.name,
         "overall": total(per_piece),
         "pieces": {name: finish(m) for name, m in per_piece.items()},
     }
+    if mixing:
+        result["views"] = {"models": len(workdirs), "shifts": shifts}
+        result["members"] = [
+            {"workdir": os.path.abspath(w), "checkpoint_step": r.step,
+             "overall": total(figures(scored))}
+            for w, (r, scored) in zip(workdirs, members, strict=True)
+        ]  # fmt: skip
+    return result
+
+
+def _score_member(restored, pieces, labels, progress, *, keep_log_probs: bool) -> list[tuple]:
+    """One model's per-token (nll, correct[, log_probs]) for every piece (likelihood.py)."""
+    config = restored.config
+    step_fn = StepFunction(restored.model)
+    kwargs = dict(
+        window=config.train.seq_len, batch_size=config.train.batch_size, progress=progress,
+        log_probs=keep_log_probs,
+    )  # fmt: skip
+    if config.train.loss_on_last_only:  # the original's model predicts from a fixed window
+        return likelihood.sliding_window_nll(restored.variables, step_fn, pieces, **kwargs)
+    grammar = restored.tokenizer.grammar if config.train.grammar_mask_loss else None
+    conds = _conds(restored.spec, pieces, labels)
+    return likelihood.piece_token_nll(
+        restored.variables, step_fn, pieces, grammar=grammar, conds=conds, **kwargs
+    )
+
+
+def _check_member(first, restored, workdir: str) -> None:
+    """Members must read the same tokens: the same tokenizer settings and vocabulary."""
+    if restored.tokenizer.vocab != first.tokenizer.vocab or (
+        restored.config.tokenizer != first.config.tokenizer
+    ):
+        raise UsageError(
+            f"--ensemble {workdir}: its tokenizer ({restored.tokenizer.name}, vocabulary "
+            f"{restored.tokenizer.vocab.size}) differs from the first workdir's "
+            f"({first.tokenizer.name}, vocabulary {first.tokenizer.vocab.size}); an ensemble "
+            "mixes predictions of the same tokens"
+        )
 
 
 def _conds(spec, pieces, labels) -> list[np.ndarray] | None:
@@ -168,11 +239,15 @@ def evaluate(
     eval_dir: str | None = None,
     progress: bool = True,
     checkpoint: str = "best",
+    ensemble: Sequence[str] = (),
+    transpositions: int = 0,
 ) -> dict:
     """Scores the validation split, or every readable MIDI file of `eval_dir`, with the model of
-    `checkpoint` ('best', 'latest', a step, 'finetuned[:STEP]'). Writes
-    WORKDIR/evaluation_<valid | dir_FOLDERNAME>[_CHECKPOINT].json, so a folder named 'valid'
-    or another checkpoint never overwrites the validation split's report."""
+    `checkpoint` ('best', 'latest', a step, 'finetuned[:STEP]'), or with the token-by-token
+    mixture of it, the `ensemble` workdirs' models and their `transpositions` views
+    (score_pieces). Writes
+    WORKDIR/evaluation_<valid | dir_FOLDERNAME>[_CHECKPOINT][_ensembleK][_transposedN].json,
+    so a folder named 'valid', another checkpoint or a mixture never overwrites a report."""
     skipped: list[dict] = []
     if eval_dir:
         config = workdir_lib.load_config(workdir)
@@ -211,19 +286,33 @@ def evaluate(
         labels=labels,
         seconds=seconds,
         checkpoint=checkpoint,
+        ensemble=ensemble,
+        transpositions=transpositions,
     )
     result.update(data=eval_dir or "valid split", skipped=skipped, checkpoint=str(checkpoint))
     if str(checkpoint) != "best":
         label += "_" + str(checkpoint).replace(":", "_")
+    if ensemble:
+        label += f"_ensemble{len(result['members'])}"
+    if transpositions:
+        label += f"_transposed{transpositions}"
     if eval_dir:
         result["also_in_training"] = in_training
     path = os.path.join(workdir, f"evaluation_{label}.json")
     atomic.write_json(path, result)
     print(format_table(result), flush=True)
+    for i, member in enumerate(result.get("members", ())):
+        print(f"member {i}: {member['workdir']} (step {member['checkpoint_step']}): "
+              f"{_headline(member['overall'])}", flush=True)  # fmt: skip
     for item in skipped:
         print(f"skipped {item.get('name')}: {item.get('reason')}", flush=True)
     print(f"evaluation written to {path}", flush=True)
     return result
+
+
+def _headline(overall: dict) -> str:
+    name = "nats_per_frame" if "nats_per_frame" in overall else "nats_per_token"
+    return f"{overall[name]:.4f} {name.replace('_', ' ')}"
 
 
 def training_copies(workdir: str, names: list[str], pieces: list[np.ndarray]) -> list[str]:

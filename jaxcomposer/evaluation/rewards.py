@@ -31,11 +31,13 @@ import numpy as np
 
 from jaxcomposer import keys
 from jaxcomposer.errors import UsageError
-from jaxcomposer.evaluation import musicstats
+from jaxcomposer.evaluation import compare, musicstats
 from jaxcomposer.notes import Notes, grid_round
 
 OCTAVE = 12  # semitones
 STEP = 2  # semitones: a melodic step (a leap is anything wider)
+SUPPORT_FLOOR = 1e-4  # log_density_ratio: data density, relative to its peak, below which a
+# value lies outside the data (about 4.3 bandwidths from the nearest of few real values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,10 @@ class RewardContext:
     range_band: tuple[float, float] = (12.0, 36.0)  # pitch_range: [low, high] semitones
     length_band: tuple[float, float] = (0.5, 1.5)  # note_length: [low, high] beats
     polyphony_band: tuple[float, float] = (3.0, 4.0)  # polyphony: [low, high] sounding pitches
+    # Batch rewards (`match_rewards`): real excerpts' values of each matched statistic
+    # (musicstats.piece_stats names), and the clip of the log density ratio (nats).
+    match_reference: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    match_clip: float = 3.0
 
 
 RewardFn = Callable[[Notes, int, RewardContext], float]
@@ -272,6 +278,82 @@ REWARDS: dict[str, Reward] = {
     "note_length": Reward(note_length, "mean note length inside the data's band"),
     "polyphony": Reward(polyphony, "sounding pitches per step inside the data's band"),
 }
+
+
+# --- batch rewards: match the data's distribution of a statistic -------------------------------
+def log_density_ratio(values_B: np.ndarray, reference_N: np.ndarray, clip: float) -> np.ndarray:
+    """float64 (B,) nats: log p_data(v_i) - log q_batch(v_i) for each sample's statistic v_i,
+    clipped to [-clip, clip]; -clip for a NaN value (a piece without notes).
+
+    p_data is the Gaussian KDE of `reference_N` (real excerpts' values; Scott's bandwidth h, as
+    the overlapped-area metric of evaluation/compare.py uses); q_batch the KDE, with the same h,
+    of the OTHER samples of the batch (leave-one-out, so a sample's own kernel does not count
+    as evidence that its value is common). As a reward its policy gradient is the ascent
+    direction of -KL(q || p_data) between the statistic's distribution under the policy and in
+    the data: d/dθ KL(q_θ || p) = E_y[d/dθ log π_θ(y) · (log q(s(y)) - log p(s(y)))], the
+    other term being E[d/dθ log π_θ] = 0 (the score-function identity). Unlike a band, it pays
+    for values the batch lacks and charges for values it over-produces, so it keeps the spread
+    of the data, not only its middle. Values where p_data is below SUPPORT_FLOOR of its peak
+    score -clip. Raises ValueError with fewer than 2 finite reference
+    values or 2 samples."""
+    values = np.asarray(values_B, np.float64)
+    reference = np.asarray(reference_N, np.float64)
+    reference = reference[np.isfinite(reference)]
+    if len(reference) < 2 or len(values) < 2:
+        raise ValueError(
+            f"a distribution reward needs 2+ real values and 2+ samples, got {len(reference)} "
+            f"and {len(values)}"
+        )
+    h = compare.scott_bandwidth(reference)
+    if h <= 0.0:  # every real value equal: read it at a resolution of 1% of its size
+        h = 0.01 * max(abs(float(reference[0])), 1.0)
+    out = np.full(len(values), -clip)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return out
+    x = values[finite]
+    p_data = compare.kde_pdf(reference, h, x)
+    z_BxB = (x[:, None] - x[None, :]) / h
+    kernels = np.exp(-0.5 * z_BxB**2) / (h * math.sqrt(2.0 * math.pi))
+    np.fill_diagonal(kernels, 0.0)
+    q_batch = kernels.sum(axis=1) / (len(values) - 1)  # NaN samples count as elsewhere
+    tiny = np.finfo(np.float64).tiny
+    ratio = np.clip(np.log(p_data + tiny) - np.log(q_batch + tiny), -clip, clip)
+    # Far from every real value both densities are Gaussian tails whose ratio means nothing
+    # (a lone outlier can look "rarer in the batch than in the data"): outside the data's
+    # support it is the clip.
+    peak = compare.kde_pdf(reference, h, reference).max()
+    out[finite] = np.where(p_data < SUPPORT_FLOOR * peak, -clip, ratio)
+    return out
+
+
+def match_rewards(
+    pieces: list[Notes], weights: Mapping[str, float], context: RewardContext
+) -> dict[str, np.ndarray]:
+    """For each statistic with a nonzero weight (musicstats.piece_stats names), the per-sample
+    `log_density_ratio` of the batch `pieces` against `context.match_reference[name]`:
+    {name: float64 (B,) nats}. Raises KeyError for a name piece_stats does not compute or
+    the context has no reference for."""
+    names = [n for n, w in weights.items() if w]
+    missing = [n for n in names if n not in context.match_reference]
+    if missing:
+        raise KeyError(f"no real values to match for {missing}")
+    if not names:
+        return {}
+    stats = [musicstats.piece_stats(_voiced(n), steps_per_beat=context.steps_per_beat)
+             for n in pieces]  # fmt: skip
+    return {
+        name: log_density_ratio(
+            np.array([s[name] for s in stats]), context.match_reference[name], context.match_clip
+        )
+        for name in names
+    }
+
+
+def match_reference(pieces: list[Notes], names, steps_per_beat: int) -> dict[str, np.ndarray]:
+    """{name: float64 values of that musicstats.piece_stats statistic over real `pieces`}."""
+    stats = [musicstats.piece_stats(_voiced(n), steps_per_beat=steps_per_beat) for n in pieces]
+    return {name: np.array([s[name] for s in stats], np.float64) for name in names}
 
 
 # --- combining --------------------------------------------------------------------------------

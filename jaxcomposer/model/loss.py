@@ -35,16 +35,31 @@ def masked_token_nll(
     `allowed_BxLxV` (None = no mask) marks the tokens the grammar allows; the target itself
     always stays allowed (see the module docstring). Logits are upcast to float32 first.
     """
+    log_probs, forbidden = masked_log_probs(logits_BxLxV, targets_BxL, allowed_BxLxV)
+    nll = -jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
+    correct = jnp.argmax(log_probs, axis=-1) == targets_BxL
+    return nll, correct, forbidden
+
+
+def masked_log_probs(
+    logits_BxLxV: jax.Array,
+    targets_BxL: jax.Array,
+    allowed_BxLxV: jax.Array | None = None,
+    *,
+    keep_target: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """(log_probs_BxLxV float32 nats, forbidden_BxL bool): the masked model's whole next-token
+    distribution at each position, each row summing to one over the allowed tokens and (with
+    `keep_target`, as `masked_token_nll` scores) the target. Without `keep_target` the rows
+    depend on the grammar state alone, never on the target: evaluate's ensembles mix these."""
     logits = logits_BxLxV.astype(jnp.float32)
     forbidden = jnp.zeros(targets_BxL.shape, bool)
     if allowed_BxLxV is not None:
         target_mask = jax.nn.one_hot(targets_BxL, logits.shape[-1], dtype=bool)
         forbidden = ~jnp.any(allowed_BxLxV & target_mask, axis=-1)
-        logits = jnp.where(allowed_BxLxV | target_mask, logits, MASKED_LOGIT)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
-    correct = jnp.argmax(logits, axis=-1) == targets_BxL
-    return nll, correct, forbidden
+        keep = allowed_BxLxV | target_mask if keep_target else allowed_BxLxV
+        logits = jnp.where(keep, logits, MASKED_LOGIT)
+    return jax.nn.log_softmax(logits, axis=-1), forbidden
 
 
 def token_loss_sums(logits_BxLxV, targets_BxL, weights_BxL, states_BxL=None, next_state_SxV=None):

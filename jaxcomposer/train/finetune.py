@@ -142,6 +142,7 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
     openings = [tokenizer.decode(p[: fcfg.num_tokens + 1]).notes for p in train_split.pieces()]
     texture_quantiles = (fcfg.texture_low_quantile, fcfg.texture_high_quantile)
     spb = config.tokenizer.steps_per_beat
+    matched = [name for name, w in dataclasses.asdict(fcfg.match).items() if w]
     return rewards.RewardContext(
         steps_per_beat=spb,
         max_run=fcfg.max_run,
@@ -153,6 +154,8 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
         ),
         length_band=rewards.texture_band(openings, "note_length", *texture_quantiles, spb),
         polyphony_band=rewards.texture_band(openings, "polyphony", *texture_quantiles, spb),
+        match_reference=rewards.match_reference(openings, matched, spb),
+        match_clip=fcfg.match_clip,
     )
 
 
@@ -163,17 +166,25 @@ def score_tokens(
     context: rewards.RewardContext,
     user=None,
     key=None,
+    match: dict | None = None,
 ) -> list[dict]:
     """Rewards of each sampled row (decoded after a BOS). `key`: None = estimated per piece, a
-    key number for every row, or a sequence of B key numbers (each row's requested key)."""
+    key number for every row, or a sequence of B key numbers (each row's requested key).
+    `match` (statistic -> weight, finetune.match): the batch rewards, added to each row as
+    'match_<statistic>' (nats) and to its 'total' with their weights."""
     rows = np.asarray(tokens_BxT)
     per_row = [key] * len(rows) if key is None or np.ndim(key) == 0 else list(key)
     if len(per_row) != len(rows):
         raise ValueError(f"{len(per_row)} keys for {len(rows)} sampled rows")
-    out = []
+    out, pieces = [], []
     for row, row_key in zip(rows, per_row, strict=True):
         notes = tokenizer.decode(np.concatenate([[BOS], row])).notes
+        pieces.append(notes)
         out.append(rewards.score(notes, weights, context, key=row_key, user=user))
+    for name, values in rewards.match_rewards(pieces, match or {}, context).items():
+        for scores, value in zip(out, values, strict=True):
+            scores[f"match_{name}"] = float(value)
+            scores["total"] += float(match[name]) * float(value)
     return out
 
 
@@ -282,6 +293,7 @@ class _Run:
         self.spec = base.spec if base.spec is not None and base.spec.dim else None
         self.train_labels = getattr(train_split, "labels", None) if self.spec else None
         self.weights = dataclasses.asdict(self.fcfg.weights)
+        self.match = dataclasses.asdict(self.fcfg.match)
         self.metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
         self.step_fn = StepFunction(model)
         self.settings = sampler.DecoderSettings(decoder="temperature", temperature=1.0)
@@ -399,7 +411,13 @@ class _Run:
         while step < fcfg.num_steps:
             tokens, cond, keys_B = self.sample(state["params"], step)
             scores = score_tokens(
-                self.tokenizer, tokens, self.weights, self.context, self.user, key=keys_B
+                self.tokenizer,
+                tokens,
+                self.weights,
+                self.context,
+                self.user,
+                key=keys_B,
+                match=self.match,
             )
             totals = np.array([s["total"] for s in scores], np.float32)
             args = (state, tokens, totals, self.real_batch(step))
