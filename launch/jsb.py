@@ -15,6 +15,8 @@ one core (0.82 s per step), a levers row about 6 minutes.
   python launch/jsb.py                 # the chosen recipe, configs/jsb.py (README: "JSB ...")
   python launch/jsb.py --levers        # the levers table: each row adds one lever to the last
   python launch/jsb.py --average 4     # also score the mean of the best 4 checkpoints' weights
+  python launch/jsb.py --seeds 3 --transpositions 6   # 3 seeds of the recipe, then their
+      # token-by-token mixture, each model also reading the chorales in 13 transpositions
 
 One JSON line per run: {"run", "nats_per_frame", "frames", "steps", "train_wall_seconds",
 "cpu_seconds", ..., "vs_walder_2016_test": ours / 4.34}.
@@ -162,6 +164,27 @@ def one_run(root: str, name: str, config: config_lib.Config, average: int) -> di
     return row
 
 
+def ensemble_row(workdirs: list[str], transpositions: int) -> dict:
+    """evaluate's token-by-token mixture of the runs' best checkpoints, each also reading every
+    chorale transposed by -T..T semitones (evaluation/ensemble.py), on the valid split."""
+    from jaxcomposer.evaluation import evaluate
+
+    result = evaluate.evaluate(
+        workdirs[0], ensemble=workdirs[1:], transpositions=transpositions, progress=False
+    )
+    overall = result["overall"]
+    return {
+        "run": f"mixture of {len(workdirs)} run(s) x {len(result['views']['shifts'])} views",
+        "nats_per_frame": round(overall["nats_per_frame"], 4),
+        "nats_per_token": round(overall["nats_per_token"], 4),
+        "frames": overall["frames"],
+        "members": {os.path.basename(m["workdir"]): round(m["overall"]["nats_per_frame"], 4)
+                    for m in result["members"]},
+        "shifts": result["views"]["shifts"],
+        "vs_walder_2016_test": round(overall["nats_per_frame"] / WALDER, 4),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default="runs/jsb")
@@ -169,22 +192,38 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="run every row of the table")
     parser.add_argument("--average", type=int, default=0, help="also score N averaged ckpts")
     parser.add_argument("--steps", type=int, default=0, help="override the run length")
+    parser.add_argument("--seeds", type=int, default=1, help="recipe runs (train.seed 0..N-1)")
+    parser.add_argument(
+        "--transpositions", type=int, default=0,
+        help="score the mixture of the recipe runs, each also reading the chorales transposed "
+        "by -T..T semitones (0 with one seed: no mixture row)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not os.path.isdir(os.path.join(args.data, "valid")):
         sys.exit(f"launch/jsb.py: no JSB data at {args.data} (expects train/ and valid/)")
     if args.levers:
         configs = lever_configs(args.data)
-    else:  # the chosen recipe: configs/jsb.py as it stands
-        configs = {"recipe": config_lib.freeze(jsb.get_config(args.data))}
+    else:  # the chosen recipe: configs/jsb.py as it stands, once per seed
+        recipe = config_lib.freeze(jsb.get_config(args.data))
+        configs = {
+            "recipe" + (f"_seed{seed}" if seed else ""): config_lib.replace(
+                recipe, train={"seed": seed}
+            )
+            for seed in range(args.seeds)
+        }
     for name, config in configs.items():
         changes = {"keep_best": max(args.average, config.train.keep_best)}
         if args.steps:
             changes["num_steps"] = args.steps
         configs[name] = config_lib.replace(config, train=changes)
     print(json.dumps({"published_test_nats_per_frame": PUBLISHED}), flush=True)
+    root = os.path.abspath(args.root)
     for name, config in configs.items():
-        row = one_run(os.path.abspath(args.root), name, config, args.average)
+        row = one_run(root, name, config, args.average)
         print(json.dumps(row), flush=True)
+    if not args.levers and (args.seeds > 1 or args.transpositions):
+        workdirs = [os.path.join(root, name) for name in configs]
+        print(json.dumps(ensemble_row(workdirs, args.transpositions)), flush=True)
 
 
 if __name__ == "__main__":

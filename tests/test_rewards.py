@@ -257,3 +257,28 @@ def test_match_rewards_name_each_weighted_statistic():
     )
     with pytest.raises(KeyError, match="no real values to match"):
         rewards.match_rewards(pieces, {"polyphony": 1.0}, ctx)
+
+
+def test_score_tokens_adds_the_batch_rewards_to_each_total():
+    import types
+
+    from jaxcomposer.train import finetune
+
+    pieces = [line([60, 62]), make_notes([60], [0.0], [0.25]), line([64, 65, 67])]
+    stub = types.SimpleNamespace(  # row i decodes to pieces[i]
+        decode=lambda tokens: types.SimpleNamespace(notes=pieces[int(tokens[1])])
+    )
+    reference = {"mean_note_length": np.array([0.5, 1.0, 1.0, 2.0])}
+    ctx = rewards.RewardContext(match_reference=reference, match_clip=2.0)
+    weights = {"in_key": 1.0}
+    rows = np.arange(3)[:, None]
+    plain = finetune.score_tokens(stub, rows, weights, ctx, key=0)
+    matched = finetune.score_tokens(stub, rows, weights, ctx, key=0,
+                                    match={"mean_note_length": 0.5, "polyphony": 0.0})  # fmt: skip
+    ratio = rewards.log_density_ratio(
+        np.array([1.0, 0.25, 1.0]), reference["mean_note_length"], 2.0
+    )
+    for a, b, r in zip(plain, matched, ratio, strict=True):
+        assert b["match_mean_note_length"] == pytest.approx(r)
+        assert b["total"] == pytest.approx(a["total"] + 0.5 * r)
+        assert "match_polyphony" not in b
