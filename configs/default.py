@@ -127,7 +127,7 @@ def get_config() -> ml_collections.ConfigDict:
         "polyphony", "empty_beat_rate", "mean_ioi", "mean_note_length", "longest_repeat_run",
         "distinct_4gram_share", "distinct_8gram_share",
     ):  # fmt: skip
-        c.finetune.match[name] = 0.0
+        c.finetune.match[name] = 0.25  # every statistic the overlap table compares
     c.finetune.match_clip = 3.0  # nats: bound of each sample's log density ratio
     c.finetune.user_reward = ""  # "module:function" or "file.py:function"; "" = none
     c.finetune.user_reward_weight = 1.0  # reward units per unit of the user reward

@@ -139,17 +139,17 @@ class MatchWeights:
     log density ratio of one statistic of evaluation/musicstats.py between the real excerpts
     and the sampled batch, in reward units per nat; 0 = off. Field names are piece_stats'."""
 
-    pitch_class_entropy: float = 0.0
-    scale_consistency: float = 0.0
-    pitch_range: float = 0.0
-    distinct_pitches: float = 0.0
-    polyphony: float = 0.0
-    empty_beat_rate: float = 0.0
-    mean_ioi: float = 0.0
-    mean_note_length: float = 0.0
-    longest_repeat_run: float = 0.0
-    distinct_4gram_share: float = 0.0
-    distinct_8gram_share: float = 0.0
+    pitch_class_entropy: float = 0.25
+    scale_consistency: float = 0.25
+    pitch_range: float = 0.25
+    distinct_pitches: float = 0.25
+    polyphony: float = 0.25
+    empty_beat_rate: float = 0.25
+    mean_ioi: float = 0.25
+    mean_note_length: float = 0.25
+    longest_repeat_run: float = 0.25
+    distinct_4gram_share: float = 0.25
+    distinct_8gram_share: float = 0.25
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,10 +9,12 @@ with the state carried through each whole chorale and the same grammar mask as t
 
 Each run trains for a fixed number of steps (same recipe, same length, whatever the machine's
 load), so CPU time is what varies: it is printed per run (process user + system seconds). On the
-README's 2-core machine the recipe (2,500 steps of a 2 x 512 LSTM) takes about 35 minutes of
-one core (0.82 s per step), a levers row about 6 minutes.
+README's 2-core machine the recipe (5,000 steps of a 2 x 384 LSTM) takes about 52 minutes of
+one core (0.63 s per step; 76 minutes beside another job), a levers row about 6 minutes, and
+scoring the 13 transposed views (--transpositions 6) about 1 minute.
 
-  python launch/jsb.py                 # the chosen recipe, configs/jsb.py (README: "JSB ...")
+  python launch/jsb.py --transpositions 6   # the recipe (configs/jsb.py), scored as it is and
+      # mixed with its predictions on the chorales transposed by -6..6 (README: "JSB ...")
   python launch/jsb.py --levers        # the levers table: each row adds one lever to the last
   python launch/jsb.py --average 4     # also score the mean of the best 4 checkpoints' weights
   python launch/jsb.py --seeds 3 --transpositions 6   # 3 seeds of the recipe, then their
