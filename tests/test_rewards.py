@@ -255,8 +255,14 @@ def test_match_rewards_name_each_weighted_statistic():
         out["mean_note_length"],
         rewards.log_density_ratio(lengths, ctx.match_reference["mean_note_length"], 3.0),
     )
-    with pytest.raises(KeyError, match="no real values to match"):
-        rewards.match_rewards(pieces, {"polyphony": 1.0}, ctx)
+    assert rewards.match_rewards(pieces, {"polyphony": 1.0}, ctx) == {}  # no real values
+    with pytest.raises(KeyError, match="unknown statistics"):
+        rewards.match_rewards(pieces, {"loudness": 1.0}, ctx)
+    reference, left_out = rewards.match_reference(
+        [line([60, 62]), line([64]), make_notes([], [], [])], ["mean_note_length", "mean_ioi"], 4
+    )
+    assert left_out == ["mean_ioi"]  # one piece with two onsets: a single interval
+    np.testing.assert_allclose(reference["mean_note_length"][:2], [1.0, 1.0])
 
 
 def test_score_tokens_adds_the_batch_rewards_to_each_total():

@@ -330,14 +330,16 @@ def log_density_ratio(values_B: np.ndarray, reference_N: np.ndarray, clip: float
 def match_rewards(
     pieces: list[Notes], weights: Mapping[str, float], context: RewardContext
 ) -> dict[str, np.ndarray]:
-    """For each statistic with a nonzero weight (musicstats.piece_stats names), the per-sample
-    `log_density_ratio` of the batch `pieces` against `context.match_reference[name]`:
-    {name: float64 (B,) nats}. Raises KeyError for a name piece_stats does not compute or
-    the context has no reference for."""
-    names = [n for n, w in weights.items() if w]
-    missing = [n for n in names if n not in context.match_reference]
-    if missing:
-        raise KeyError(f"no real values to match for {missing}")
+    """For each statistic with a nonzero weight (musicstats.piece_stats names) that
+    `context.match_reference` holds, the per-sample `log_density_ratio` of the batch `pieces`
+    against it: {name: float64 (B,) nats}. A weighted statistic the context lacks (too few real
+    values to match: `match_reference` leaves it out and says so) is not scored. Raises KeyError
+    for a name piece_stats does not compute."""
+    unknown = sorted(set(weights) - set(musicstats.STAT_DESCRIPTIONS))
+    if unknown:
+        raise KeyError(f"unknown statistics {unknown}; piece_stats has "
+                       f"{sorted(musicstats.STAT_DESCRIPTIONS)}")  # fmt: skip
+    names = [n for n, w in weights.items() if w and n in context.match_reference]
     if not names:
         return {}
     stats = [musicstats.piece_stats(_voiced(n), steps_per_beat=context.steps_per_beat)
@@ -350,10 +352,21 @@ def match_rewards(
     }
 
 
-def match_reference(pieces: list[Notes], names, steps_per_beat: int) -> dict[str, np.ndarray]:
-    """{name: float64 values of that musicstats.piece_stats statistic over real `pieces`}."""
+def match_reference(
+    pieces: list[Notes], names, steps_per_beat: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """({name: float64 values of that musicstats.piece_stats statistic over real `pieces`},
+    [names left out]): a statistic with fewer than 2 finite values (e.g. inter-onset intervals
+    of openings with one onset) has no distribution to match and is left out."""
     stats = [musicstats.piece_stats(_voiced(n), steps_per_beat=steps_per_beat) for n in pieces]
-    return {name: np.array([s[name] for s in stats], np.float64) for name in names}
+    out, left_out = {}, []
+    for name in names:
+        values = np.array([s[name] for s in stats], np.float64)
+        if np.isfinite(values).sum() >= 2:
+            out[name] = values
+        else:
+            left_out.append(name)
+    return out, left_out
 
 
 # --- combining --------------------------------------------------------------------------------

@@ -143,6 +143,12 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
     texture_quantiles = (fcfg.texture_low_quantile, fcfg.texture_high_quantile)
     spb = config.tokenizer.steps_per_beat
     matched = [name for name, w in dataclasses.asdict(fcfg.match).items() if w]
+    reference, left_out = rewards.match_reference(openings, matched, spb)
+    if left_out:
+        logging.warning(
+            "finetune.match: %s not matched (fewer than 2 real openings give a value)",
+            ", ".join(left_out),
+        )
     return rewards.RewardContext(
         steps_per_beat=spb,
         max_run=fcfg.max_run,
@@ -154,7 +160,7 @@ def reward_context(config: Config, tokenizer: Tokenizer, train_split) -> rewards
         ),
         length_band=rewards.texture_band(openings, "note_length", *texture_quantiles, spb),
         polyphony_band=rewards.texture_band(openings, "polyphony", *texture_quantiles, spb),
-        match_reference=rewards.match_reference(openings, matched, spb),
+        match_reference=reference,
         match_clip=fcfg.match_clip,
     )
 
