@@ -11,7 +11,8 @@ holds a run), then samples --samples pieces from the pretrained and from the fin
 with the same sampler settings and seeds, and prints as JSON lines, then as a Markdown table:
 mean reward and each component, validation nats/token (the fine-tuning run's fixed validation
 windows), longest identical onset-group run, in-scale share, and the overlapped area (OA,
-evaluation/compare.py, Yang & Lerch 2018) of each musical statistic with the held-out pieces.
+evaluation/compare.py, Yang & Lerch 2018) of each musical statistic with the held-out pieces'
+openings of the same length (their first finetune.num_tokens tokens).
 Writes the first sample of each model as a score PNG into --docs.
 """
 
@@ -87,7 +88,9 @@ def describe(workdir, config, which, args, context, user):
     os.makedirs(folder)
     for i, notes in enumerate(pieces):
         midi_io.write_midi(os.path.join(folder, f"s{i:02d}.mid"), notes, qpm=100.0)
-    comparison = evaluate.compare_samples(workdir, folder, progress=False)
+    comparison = evaluate.compare_samples(
+        workdir, folder, progress=False, real_tokens=config.finetune.num_tokens
+    )
     row = {
         "model": f"{restored.source} (step {restored.step})",
         "reward": float(np.mean([s["total"] for s in scores])),

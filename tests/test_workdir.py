@@ -149,3 +149,21 @@ def test_ensemble_and_transposed_views_are_mixed_and_reported(trained, tmp_path)
     assert np.isfinite(views["overall"]["nll_nats"])
     assert views["overall"]["nll_nats"] != pytest.approx(single["nll_nats"], rel=1e-6)
     assert os.path.exists(os.path.join(workdir, "evaluation_valid_transposed1.json"))
+
+
+def test_samples_compare_with_openings_of_their_length(trained, tmp_path):
+    workdir, _, _ = trained
+    out = str(tmp_path / "s")
+    generate.generate(workdir, out_dir=out, seed=2)
+    whole = evaluate.compare_samples(workdir, out, progress=False)["statistics"]["pitch_range"]
+    cut = evaluate.compare_samples(workdir, out, progress=False, real_tokens=6)
+    ranges = []
+    tokenizer = workdir_lib.restore_for_inference(workdir).tokenizer
+    for piece in dataset.load_split(workdir, "valid").pieces():
+        pitch = tokenizer.decode(piece[:7]).notes.pitch  # BOS + 6 tokens
+        if len(pitch):
+            ranges.append(float(pitch.max() - pitch.min()))
+    real = cut["statistics"]["pitch_range"]["real"]
+    assert real["mean"] == pytest.approx(np.mean(ranges))
+    assert real["mean"] <= whole["real"]["mean"]  # an opening spans no more than its piece
+    assert "first 6 tokens" in open(os.path.join(workdir, "reports", "s", "report.md")).read()

@@ -346,10 +346,15 @@ def _stats_with_copy(notes, steps_per_beat: int, copy_index) -> dict:
     return stats
 
 
-def compare_samples(workdir: str, samples_dir: str, *, progress: bool = True) -> dict:
+def compare_samples(
+    workdir: str, samples_dir: str, *, progress: bool = True, real_tokens: int = 0
+) -> dict:
     """Musical statistics of the MIDI files in `samples_dir` against the held-out real pieces
     (the validation split, decoded), with the longest stretch copied from the training set.
-    Writes report.json, report.md and plots into WORKDIR/reports/<samples folder name>/."""
+    `real_tokens` N > 0 compares with each held-out piece's first N tokens instead, the length
+    of samples of N tokens: statistics that grow with length (pitch range, distinct pitches,
+    the longest run) then compare like with like. Writes report.json, report.md and plots into
+    WORKDIR/reports/<samples folder name>/."""
     config = workdir_lib.load_config(workdir)
     tokenizer = get_tokenizer(config.tokenizer)
     spb = config.tokenizer.steps_per_beat
@@ -369,7 +374,8 @@ def compare_samples(workdir: str, samples_dir: str, *, progress: bool = True) ->
     if skipped:
         logging.warning("--samples %s: %d of %d files skipped", samples_dir, len(skipped),
                         len(skipped) + len(generated))  # fmt: skip
-    real = [tokenizer.decode(p).notes for p in dataset.load_split(workdir, "valid").pieces()]
+    cut = real_tokens + 1 if real_tokens > 0 else None  # + BOS
+    real = [tokenizer.decode(p[:cut]).notes for p in dataset.load_split(workdir, "valid").pieces()]
     comparison = compare.compare_sets(
         [_stats_with_copy(n, spb, copy_index) for n in generated],
         [_stats_with_copy(n, spb, copy_index) for n in real],
@@ -382,7 +388,8 @@ def compare_samples(workdir: str, samples_dir: str, *, progress: bool = True) ->
     label = os.path.basename(os.path.normpath(samples_dir))
     out_dir = os.path.join(workdir, "reports", label)
     compare.write_report(
-        out_dir, comparison, title=f"{label} vs held-out pieces",
+        out_dir, comparison,
+        title=f"{label} vs held-out pieces" + (f" (first {real_tokens} tokens)" if cut else ""),
         generated_name=label, real_name="held-out",
     )  # fmt: skip
     for name, s in comparison["statistics"].items():
