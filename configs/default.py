@@ -128,6 +128,8 @@ def get_config() -> ml_collections.ConfigDict:
         "distinct_4gram_share", "distinct_8gram_share",
     ):  # fmt: skip
         c.finetune.match[name] = 0.25  # every statistic the overlap table compares
+    c.finetune.match.mean_note_length = 0.75  # these two trade against each other when
+    c.finetune.match.polyphony = 0.75  # weighted alone (README: measured)
     c.finetune.match_clip = 3.0  # nats: bound of each sample's log density ratio
     c.finetune.user_reward = ""  # "module:function" or "file.py:function"; "" = none
     c.finetune.user_reward_weight = 1.0  # reward units per unit of the user reward
