@@ -105,11 +105,11 @@ def score_pieces(
     mixing = len(workdirs) * len(shifts) > 1
     bar = tqdm(total=len(pieces) * len(workdirs) * len(shifts), desc="evaluate", unit="piece",
                disable=not progress)  # fmt: skip
+    models = [workdir_lib.restore_for_inference(w, checkpoint) for w in workdirs]
+    for member, restored in zip(workdirs[1:], models[1:], strict=True):
+        _check_member(models[0], restored, member)  # before any scoring
     members, mixtures = [], []
-    for member in workdirs:
-        restored = workdir_lib.restore_for_inference(member, checkpoint)
-        if members:
-            _check_member(members[0][0], restored, member)
+    for restored in models:
         tokenizer = restored.tokenizer
         if not mixtures and mixing:
             mixtures = [ensemble_lib.Mixture(p.size - 1, tokenizer.vocab.size) for p in pieces]

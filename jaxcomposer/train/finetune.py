@@ -471,7 +471,8 @@ class _Run:
         records = reporting.read_metrics(self.metrics_path)
         train = [r for r in records if r.get("kind") == "train"]
         valid = [r for r in records if r.get("kind") == "valid"]
-        window = max(1, min(self.fcfg.log_every, len(train)))
+        # The first and last windows never overlap (a short run compares its halves).
+        window = max(1, min(self.fcfg.log_every, len(train) // 2))
         return {
             "step": step,
             "stop_reason": stop,
@@ -497,8 +498,11 @@ def _line(step: int, num_steps: int, recent: list[dict], val: float | None) -> s
     walls = [r["wall_seconds"] for r in recent]
     # One record in the window has no interval to time: say nothing rather than "nan s/step".
     timing = f"  {(walls[-1] - walls[0]) / (len(walls) - 1):.2f} s/step" if len(walls) > 1 else ""
+    matched = [k for k in recent[-1] if k.startswith("reward_match_")]
+    match = np.mean([sum(r[k] for k in matched) for r in recent]) if matched else None
+    match_text = "" if match is None else f" (batch rewards, unweighted: {match:+.3f} nats)"
     return (
-        f"finetune {step}/{num_steps}  reward {_mean(recent, 'reward'):.4f}  "
+        f"finetune {step}/{num_steps}  reward {_mean(recent, 'reward'):.4f}{match_text}  "
         f"kl {_mean(recent, 'kl'):.5f} nats/token{real_text}  val {val_text}  "
         f"|g| {_mean(recent, 'grad_norm'):.3g}{timing}"
     )
