@@ -372,6 +372,9 @@ def validate(config: Config) -> None:
     for field, ok, why in checks:
         if not ok:
             raise bad(field, why)
+    for name, weight in dataclasses.asdict(config.finetune.match).items():
+        if not weight >= 0:  # a negative weight would push the music away from the data
+            raise ConfigError(f"config finetune.match.{name}={weight!r}: must be >= 0")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -106,6 +106,13 @@ def test_resume_refuses_a_changed_recipe(pretrained, straight):
     workdir, config = straight[0], pretrained[1]
     with pytest.raises(workdir_lib.CheckpointError, match="finetune.kl_beta"):
         finetune.finetune(with_finetune(config, kl_beta=2.0, num_steps=6), workdir)
+    match = config_lib.MatchWeights(polyphony=0.5)  # a nested field: named on its own
+    with pytest.raises(
+        workdir_lib.CheckpointError, match=r"finetune.match.polyphony: 0.75 -> 0.5\)"
+    ):
+        finetune.finetune(with_finetune(config, match=match, num_steps=6), workdir)
+    with pytest.raises(config_lib.ConfigError, match=r"finetune.match.mean_ioi=-1.0: must be >= 0"):
+        config_lib.validate(with_finetune(config, match=config_lib.MatchWeights(mean_ioi=-1.0)))
 
 
 def test_generate_from_the_finetuned_checkpoint_says_which_model(straight):
