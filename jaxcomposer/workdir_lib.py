@@ -197,16 +197,28 @@ RESUMABLE_TRAIN_FIELDS = frozenset(
 NEUTRAL_DATA_FIELDS = frozenset({"cache_dir", "num_workers"})
 
 
-def _differences(old: Config, new: Config, section: str, ignore=frozenset()) -> list[str]:
-    a = config_lib.to_dict(old)[section] if section != "seed" else {"seed": old.seed}
-    b = config_lib.to_dict(new)[section] if section != "seed" else {"seed": new.seed}
+def differences(old: Config, new: Config, section: str, ignore=frozenset()) -> list[str]:
+    """'section.field: old -> new' for every field of `section` (nested ones as
+    'section.sub.field', e.g. finetune.match.polyphony) that differs, but those in `ignore`."""
+    if section == "seed":
+        return [f"seed: {old.seed!r} -> {new.seed!r}"] if old.seed != new.seed else []
+    a = _flat(config_lib.to_dict(old)[section])
+    b = _flat(config_lib.to_dict(new)[section])
     return [
-        f"{section}.{k}: {a[k]!r} -> {b[k]!r}"
-        if section != "seed"
-        else f"seed: {a[k]!r} -> {b[k]!r}"
+        f"{section}.{k}: {a[k]!r} -> {b.get(k)!r}"
         for k in sorted(a)
         if k not in ignore and a[k] != b.get(k)
     ]
+
+
+def _flat(fields: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _write_config_and_vocab(workdir: str, config: Config, vocab: Vocab) -> None:
@@ -223,7 +235,7 @@ def prepare_conflicts(workdir: str, config: Config) -> list[str]:
     if not (checkpoint_steps(workdir) and os.path.exists(config_path(workdir))):
         return []
     old = load_config(workdir)
-    return _differences(old, config, "tokenizer") + _differences(
+    return differences(old, config, "tokenizer") + differences(
         old, config, "data", NEUTRAL_DATA_FIELDS
     )
 
@@ -274,8 +286,8 @@ def write_run_files(
     path = config_path(workdir)
     if os.path.exists(path):
         old = load_config(workdir)
-        changed = _differences(old, config, "data", NEUTRAL_DATA_FIELDS)
-        changed += _differences(old, config, "tokenizer")
+        changed = differences(old, config, "data", NEUTRAL_DATA_FIELDS)
+        changed += differences(old, config, "tokenizer")
         if changed:
             raise CheckpointError(
                 f"{path}: the data in {workdir} was prepared with a different config "
@@ -283,8 +295,8 @@ def write_run_files(
                 "--mode=prepare, or use another workdir"
             )
         if resuming:
-            changed = _differences(old, config, "seed") + _differences(old, config, "model")
-            changed += _differences(old, config, "train", RESUMABLE_TRAIN_FIELDS)
+            changed = differences(old, config, "seed") + differences(old, config, "model")
+            changed += differences(old, config, "train", RESUMABLE_TRAIN_FIELDS)
             if changed:
                 raise CheckpointError(
                     f"{path}: {workdir} holds checkpoints of a run with a different config "

@@ -76,8 +76,8 @@ def describe(workdir, config, which, args, context, user):
     restored, tokens, pieces, requested = sample_pieces(
         workdir, which, args.samples, config.finetune.num_tokens, args.seed, config.finetune.key
     )
-    weights = {k: float(v) for k, v in config_lib.to_dict(config)["finetune"]["weights"].items()}
-    match = {k: float(v) for k, v in config_lib.to_dict(config)["finetune"]["match"].items()}
+    weights = dataclasses.asdict(config.finetune.weights)
+    match = dataclasses.asdict(config.finetune.match)
     scores = finetune.score_tokens(
         restored.tokenizer, tokens, weights, context, user, key=requested, match=match
     )

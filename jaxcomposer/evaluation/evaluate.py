@@ -108,18 +108,18 @@ def score_pieces(
     models = [workdir_lib.restore_for_inference(w, checkpoint) for w in workdirs]
     for member, restored in zip(workdirs[1:], models[1:], strict=True):
         _check_member(models[0], restored, member)  # before any scoring
-    members, mixtures = [], []
-    for restored in models:
-        tokenizer = restored.tokenizer
-        if not mixtures and mixing:
-            mixtures = [ensemble_lib.Mixture(p.size - 1, tokenizer.vocab.size) for p in pieces]
-        for shift in shifts:
-            table = tokenizer.transpose_table(shift)
-            views = [ensemble_lib.transposed_piece(p, table, PAD) for p in pieces]
-            moved_labels = None if labels is None else [
-                {**lab, "keys": transpose_key(lab["keys"], shift)} if "keys" in lab else lab
-                for lab in labels
-            ]  # fmt: skip
+    tokenizer = models[0].tokenizer  # every member's (checked above)
+    vocab_size = tokenizer.vocab.size
+    mixtures = [ensemble_lib.Mixture(p.size - 1, vocab_size) for p in pieces] if mixing else []
+    members = []
+    for shift in shifts:  # shift 0 first: each model's own figures
+        table = tokenizer.transpose_table(shift)
+        views = [ensemble_lib.transposed_piece(p, table, PAD) for p in pieces]
+        moved_labels = None if labels is None else [
+            {**lab, "keys": transpose_key(lab["keys"], shift)} if "keys" in lab else lab
+            for lab in labels
+        ]  # fmt: skip
+        for restored in models:
             scored = _score_member(
                 restored, [v for v, _ in views], moved_labels, bar.update, keep_log_probs=mixing
             )
@@ -131,7 +131,6 @@ def score_pieces(
                 valid = np.arange(len(result[0])) < k  # inputs tokens[: t + 1] all moved
                 mixture.add(ensemble_lib.map_back(result[2], table), valid)
     bar.close()
-    tokenizer = members[0][0].tokenizer
     seconds = seconds if seconds and all(n in seconds for n in names) else {}
 
     def figures(scored) -> dict[str, dict]:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcomposer.model.loss import allowed_tokens, masked_log_probs
+from jaxcomposer.model.loss import allowed_tokens, masked_log_probs, masked_token_nll
 from jaxcomposer.tokenizers.grammar import Grammar
 from jaxcomposer.tokenizers.vocab import PAD
 
@@ -28,9 +28,7 @@ def _window(
     extra = () if cond_BxLxC is None else (cond_BxLxC,)  # step functions without M take 3
     logits, carry = step_fn(variables, inputs_BxL, carry, *extra)
     allowed = None if next_state_SxV is None else allowed_tokens(next_state_SxV, states_BxL)
-    log_probs, _ = masked_log_probs(logits, targets_BxL, allowed)
-    nll = -jnp.take_along_axis(log_probs, targets_BxL[..., None], axis=-1)[..., 0]
-    correct = jnp.argmax(log_probs, axis=-1) == targets_BxL
+    nll, correct, _ = masked_token_nll(logits, targets_BxL, allowed)
     if not with_log_probs:
         return carry, nll, correct, None
     # For mixtures: the grammar's mask alone, so the distribution never depends on the target.

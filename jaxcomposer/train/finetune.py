@@ -206,26 +206,12 @@ def check_key(fcfg: FinetuneConfig) -> None:
 
 
 # --- the run ----------------------------------------------------------------------------------
-def _flat(section: dict, prefix: str = "") -> dict:
-    """{'weights.in_key': 1.0, ...}: nested sections (weights, match) as dotted fields."""
-    out = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_resume(folder: str, config: Config, base_step: int, resuming: bool) -> None:
     path = os.path.join(folder, CONFIG_FILE)
     if resuming and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = config_lib.from_json(f.read())
-        a = _flat(config_lib.to_dict(old)["finetune"])
-        b = _flat(config_lib.to_dict(config)["finetune"])
-        changed = [f"finetune.{k}: {a[k]!r} -> {b.get(k)!r}" for k in sorted(a)
-                   if k not in RESUMABLE_FIELDS and a[k] != b.get(k)]  # fmt: skip
+        changed = workdir_lib.differences(old, config, "finetune", RESUMABLE_FIELDS)
         if changed:
             raise workdir_lib.CheckpointError(
                 f"{folder} holds a fine-tuning run with a different config "
