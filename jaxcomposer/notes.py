@@ -23,6 +23,14 @@ class Notes:
     velocity: np.ndarray  # int16, 1-127
     program: np.ndarray  # int16, GM program 0-127
     is_drum: np.ndarray  # bool
+    # int8 voice index (0 = top voice: soprano; 1 alto, 2 tenor, 3 bass in four-part music), or -1
+    # where the source names no voices. Readers fill it from score parts or MIDI tracks that are
+    # voices; everything that does not know about voices keeps it as it is.
+    voice: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.voice is None:
+            object.__setattr__(self, "voice", np.full(self.pitch.shape[0], -1, np.int8))
 
     def __len__(self) -> int:
         return int(self.pitch.shape[0])
@@ -52,8 +60,8 @@ class Notes:
         return self.as_tuples() == other.as_tuples()
 
 
-def make_notes(pitch, start, end, velocity=None, program=None, is_drum=None) -> Notes:
-    """Builds `Notes` from sequences, filling velocity/program/drum defaults."""
+def make_notes(pitch, start, end, velocity=None, program=None, is_drum=None, voice=None) -> Notes:
+    """Builds `Notes` from sequences, filling velocity/program/drum/voice defaults."""
     pitch = np.asarray(pitch, np.int16).reshape(-1)
     n = pitch.shape[0]
     return Notes(
@@ -65,6 +73,7 @@ def make_notes(pitch, start, end, velocity=None, program=None, is_drum=None) -> 
         else np.asarray(velocity, np.int16).reshape(-1),
         program=np.zeros(n, np.int16) if program is None else np.asarray(program, np.int16),
         is_drum=np.zeros(n, bool) if is_drum is None else np.asarray(is_drum, bool),
+        voice=None if voice is None else np.asarray(voice, np.int8).reshape(-1),
     )
 
 
