@@ -36,7 +36,7 @@ from jaxcomposer.data import dataset, midi_io  # noqa: E402
 from jaxcomposer.evaluation import evaluate, musicstats, rewards  # noqa: E402
 from jaxcomposer.model import StepFunction  # noqa: E402
 from jaxcomposer.render import outputs  # noqa: E402
-from jaxcomposer.sample import generate, sampler  # noqa: E402
+from jaxcomposer.sample import keyplan, sampler  # noqa: E402
 from jaxcomposer.tokenizers import BOS  # noqa: E402
 from jaxcomposer.train import finetune, reporting  # noqa: E402
 
@@ -61,8 +61,8 @@ def sample_pieces(workdir: str, which: str, count: int, num_tokens: int, seed: i
         sample = dataclasses.replace(
             restored.config.sample, key=key, style="", scale="off", num_samples=count
         )
-        plan = generate.plan_keys(workdir, sample, restored.spec, [None] * count, seed)
-        inputs, ks = generate.keyed_run(restored, sample, primer, plan)
+        plan = keyplan.plan_keys(workdir, sample, restored.spec, [None] * count, seed)
+        inputs, ks = keyplan.keyed_run(restored, sample, primer, plan)
         tokens = sampler.sample_keyed(*args, inputs, ks=ks, **kwargs)[0]
         requested = [s[0][1] for s in plan.schedules]
     else:

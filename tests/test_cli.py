@@ -23,7 +23,7 @@ from jaxcomposer import config_lib, main, workdir_lib
 from jaxcomposer.data import dataset
 from jaxcomposer.data.smf import MidiReadError
 from jaxcomposer.errors import UsageError
-from jaxcomposer.sample import generate
+from jaxcomposer.sample import primers as primer_lib
 from jaxcomposer.tokenizers import get_tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -127,10 +127,10 @@ def test_primer_files_that_yield_nothing_are_errors_and_partial_ones_warn(tmp_pa
     for name, reason in cases.items():
         path = os.path.join(tmp_path, name)
         with pytest.raises(UsageError, match=f"--primer_midi {path}: .*{reason}"):
-            generate.primer_from_midi(config, tokenizer, path)
+            primer_lib.primer_from_midi(config, tokenizer, path)
     mf.simple_file(tmp_path / "part.mid", [(120, 0, 1), (60, 1, 2), (64, 2, 3)])
     with caplog.at_level(logging.WARNING):
-        primers, piece = generate.primer_from_midi(config, tokenizer, str(tmp_path / "part.mid"))
+        primers, piece = primer_lib.primer_from_midi(config, tokenizer, str(tmp_path / "part.mid"))
     assert len(piece.notes) == 2 and primers.shape[0] == config.sample.num_samples
     assert "1 of 3 notes outside the pitch range [21, 108] dropped" in caplog.text
 

@@ -103,8 +103,7 @@ def test_drawn_keys_follow_the_bar_counter_and_resume_bitwise(pretrained, tmp_pa
     draws = [s[2].tolist() for s in seen["samples"]]
     assert draws[4:] == draws[:4]
     spec = conditioning.Spec("key")
-    counter = conditioning.bar_counter(finetune.workdir_lib.restore_for_inference(
-        straight, "best").tokenizer)  # fmt: skip
+    counter = finetune.workdir_lib.restore_for_inference(straight, "best").tokenizer.bar_counter()
     training_keys = {keys.parse_key(name) for name in _manifest_keys(straight)}
     assert training_keys
     for tokens, cond, keys_B in seen["samples"][:4]:
@@ -132,9 +131,9 @@ def test_drawn_keys_follow_the_bar_counter_and_resume_bitwise(pretrained, tmp_pa
 
 def _manifest_keys(workdir):
     from jaxcomposer.data import dataset
-    from jaxcomposer.sample import generate
+    from jaxcomposer.sample import keyplan
 
-    return set(dataset.key_counts(generate._manifest(workdir)))
+    return set(dataset.key_counts(keyplan._manifest(workdir)))
 
 
 def test_a_key_schedule_is_refused_in_one_line(pretrained, tmp_path):

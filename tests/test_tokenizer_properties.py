@@ -69,7 +69,7 @@ def meters_for(tok):
     """A strategy of time-signature lists drawn from the tokenizer's own table (event only)."""
     if tok.name != "event":
         return st.just(())
-    return st.lists(st.tuples(any_times, st.sampled_from(tok.meters)), max_size=3).map(
+    return st.lists(st.tuples(any_times, st.sampled_from(tok.meter_table)), max_size=3).map(
         lambda ms: tuple((beat, n, d) for beat, (n, d) in ms)
     )
 

@@ -168,7 +168,10 @@ def read_and_encode(
         if tokens.size == 0:
             raise EncodingError(f"{source.name}: the piece encodes to no tokens")
         segments, stats["key_source"] = labels.key_segments(piece, source.kind)
-        key_labels = labels.token_labels(tokenizer, tokens, segments)
+        clock = tokenizer.token_time(piece, [beat for beat, _ in segments])  # e.g. seconds
+        key_labels = labels.token_labels(
+            tokenizer, tokens, [(float(t), k) for t, (_, k) in zip(clock, segments, strict=True)]
+        )
         stats["key_changes"] = len(segments) - 1
     except MidiReadError as e:
         return Encoded(source.name, None, {}, e.reason, False), True

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from jaxcomposer import conditioning, keys
+from jaxcomposer import keys
 from jaxcomposer.notes import Piece
 
 WINDOW_BEATS = 8.0  # two 4/4 bars per estimate window
@@ -79,8 +79,9 @@ def key_segments(piece: Piece, kind: str) -> tuple[list[tuple[float, int]], str]
 
 
 def token_labels(tokenizer, tokens: np.ndarray, segments: list[tuple[float, int]]) -> np.ndarray:
-    """int8 (n,): the key in force at each token (no BOS/EOS) given [(first beat, key)]."""
-    beats = conditioning.token_beats(tokenizer, tokens)
+    """int8 (n,): the key in force at each token (no BOS/EOS) given [(first beat, key)], the
+    beats on the tokenizer's clock (`Tokenizer.token_time` of the piece's beats)."""
+    beats = tokenizer.token_beats(tokens)
     starts = np.array([b for b, _ in segments])
     index = np.maximum(np.searchsorted(starts, beats + 1e-9, side="right") - 1, 0)
     return np.array([k for _, k in segments], np.int8)[index]

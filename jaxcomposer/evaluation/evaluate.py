@@ -45,7 +45,7 @@ def piece_metrics(
         "correct": int(correct.sum()),
         "beats": float(decoded.beats),
     }
-    if tokenizer.name == "frame":
+    if decoded.frames is not None:  # tokens in frames (the tokenizer counts them)
         in_frames = tokens[1:] != EOS
         out["frames"] = int(decoded.frames)
         out["frame_nll_nats"] = float(nll[in_frames].sum())

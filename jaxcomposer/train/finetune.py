@@ -16,7 +16,7 @@ resumed from its latest checkpoint reproduces an uninterrupted one bit for bit.
 `--mode=generate --checkpoint=finetuned[:STEP]` samples from the result.
 
 Key-conditioned models (conditioning.Spec.dim > 0): each update asks every sampled sequence for
-a key (`finetune.key`, else drawn from the training pieces' keys as generate.plan_keys draws,
+a key (`finetune.key`, else drawn from the training pieces' keys as keyplan.plan_keys draws,
 a pure function of the step), samples with sampler.sample_keyed (no scale rule: the policy
 itself), feeds every forward pass (policy, frozen reference, real windows, validation) the
 [X; M] vectors training fed, and scores in_key in the requested key.
@@ -44,7 +44,7 @@ from jaxcomposer.errors import UsageError
 from jaxcomposer.evaluation import rewards
 from jaxcomposer.model import StepFunction
 from jaxcomposer.model.loss import token_loss_sums
-from jaxcomposer.sample import generate, sampler
+from jaxcomposer.sample import keyplan, sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer
 from jaxcomposer.train import batching, policy_gradient, reporting
 from jaxcomposer.train.train_step import make_eval_step, make_mesh, shard_batch, validation_metrics
@@ -349,7 +349,7 @@ class _Run:
             tokens = sampler.sample(*args, **kwargs)
             return np.asarray(jax.device_get(tokens)), None, None
         plan = self.key_plan(step)
-        inputs, ks = generate.keyed_run(self.base, self._key_sample(), primer, plan)
+        inputs, ks = keyplan.keyed_run(self.base, self._key_sample(), primer, plan)
         tokens = np.asarray(jax.device_get(sampler.sample_keyed(*args, inputs, ks=ks, **kwargs)[0]))
         # The vectors the scan fed: the same host code computes a primer's, over BOS + tokens.
         fed = np.concatenate([primer, tokens[:, :-1]], axis=1)
@@ -363,12 +363,12 @@ class _Run:
             num_samples=self.fcfg.batch_size,
         )  # fmt: skip
 
-    def key_plan(self, step: int) -> generate.KeyPlan:
+    def key_plan(self, step: int) -> keyplan.KeyPlan:
         """The requested key (and style) of each sampled row at `step`: a pure function of
         (seed, finetune.seed, step)."""
         seed = (self.config.seed, self.fcfg.seed, _KEY_STREAM, step)
         sample = self._key_sample()
-        return generate.plan_keys(
+        return keyplan.plan_keys(
             self.workdir, sample, self.spec, [None] * sample.num_samples, seed
         )
 
