@@ -81,7 +81,9 @@ def test_performance_beats_are_seconds_at_the_decoded_tempo():
     on, off = v.token("NOTE_ON", 10), v.token("NOTE_OFF", 10)
     tokens = np.array([on] + [shift] * 8 + [off])
     np.testing.assert_allclose(tokenizer.token_beats(tokens), [0, 0, 2, 4, 6, 8, 10, 12, 14, 16])
-    np.testing.assert_array_equal(tokenizer.bar_counter().bars(tokens), [1, 1, 1, 2, 2, 3, 3, 4, 4, 5])
+    np.testing.assert_array_equal(
+        tokenizer.bar_counter().bars(tokens), [1, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+    )
     assert tokenizer.time_unit == "second"
     slow = melody_piece(qpm=60.0)  # one beat = 1 s = 2 decoded beats
     slow = dataclasses.replace(slow, notes=slow.notes[slow.notes.start >= 1.5])  # first at 1.5
@@ -98,7 +100,9 @@ def test_bars_are_counted_as_the_bar_lines_lie(case):
     piece = melody_piece([TimeSignature(0.0, 3, 4)])
     tokens = tokenizer.encode(piece)
     counter = tokenizer.bar_counter()
-    assert counter.advance_V.dtype == np.float32 and counter.advance_V.shape == (tokenizer.vocab.size,)
+    assert counter.advance_V.dtype == np.float32 and counter.advance_V.shape == (
+        tokenizer.vocab.size,
+    )
     bars = counter.bars(tokens)
     lines = tokenizer.bar_lines(tokens)
     beats = tokenizer.token_beats(tokens)
@@ -174,8 +178,10 @@ def hand_cut_points(tokenizer: Tokenizer, tokens: np.ndarray) -> np.ndarray:
     if name == "frame":
         return np.r_[True, tokens[:-1] == v.token("FRAME_END")]
     if name == "chord":
-        return ~np.isin(tokens, v.range_ids("DURATION")) if tokenizer.config.chord_durations else (
-            np.ones(tokens.size, bool)
+        return (
+            ~np.isin(tokens, v.range_ids("DURATION"))
+            if tokenizer.config.chord_durations
+            else (np.ones(tokens.size, bool))
         )
     sounding = np.cumsum(np.isin(tokens, v.range_ids("NOTE_ON"))) - np.cumsum(
         np.isin(tokens, v.range_ids("NOTE_OFF"))
@@ -215,7 +221,12 @@ def test_a_tokenizer_must_answer_every_geometry_question():
             Partial(tiny_config().tokenizer)
     assert set(NAMES) == {"event", "frame", "chord", "performance"}
     assert Tokenizer.__abstractmethods__ >= {
-        "bar_counter", "token_beats", "pitch_class_table", "cut_points", "bar_lines", "meters",
+        "bar_counter",
+        "token_beats",
+        "pitch_class_table",
+        "cut_points",
+        "bar_lines",
+        "meters",
         "time_unit",
     }
 
@@ -256,9 +267,7 @@ def test_performance_key_schedule_changes_at_the_token_that_enters_the_bar():
     )  # fmt: skip
     # Shifts 1-5 start at 0, 1, 2, 3, 4 s; the fifth is the first token of bar 3, so G is fed
     # with it and the model answers with short shifts from then on.
-    np.testing.assert_array_equal(
-        np.asarray(tokens)[0], [long_shift] * 5 + [short_shift] * 3
-    )
+    np.testing.assert_array_equal(np.asarray(tokens)[0], [long_shift] * 5 + [short_shift] * 3)
     # The primer path counts the same way: a primer of those tokens gets G from its fifth shift.
     row = np.r_[BOS, [long_shift] * 6]
     inputs = sampler.key_inputs(tokenizer, ks, row[None], [schedule])
