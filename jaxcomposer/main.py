@@ -276,7 +276,7 @@ def main(argv: list[str]) -> None:
         distributed.barrier("done")
         return
     if mode == "finetune":
-        from jaxcomposer.train import finetune
+        from jaxcomposer.finetune import loop as finetune
 
         finetune.finetune(config, workdir, progress=FLAGS.progress)
     if mode in ("generate", "all"):
@@ -340,7 +340,7 @@ def describe_error(exc: BaseException) -> tuple[int, str] | None:
         + _loaded("jaxcomposer.data.smf", "MidiReadError")
         + _loaded("jaxcomposer.tokenizers.base", "EncodingError", "TranspositionError")
         + _loaded("jaxcomposer.train.loop", "TrainingDivergedError")
-        + _loaded("jaxcomposer.train.finetune", "FinetuneDivergedError")
+        + _loaded("jaxcomposer.finetune.loop", "FinetuneDivergedError")
     )
     if failures and isinstance(exc, failures):
         return 1, one_line(exc)

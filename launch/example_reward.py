@@ -3,7 +3,7 @@
     --config.finetune.user_reward=launch/example_reward.py:stepwise_motion
     --config.finetune.user_reward_weight=0.5
 
-A user reward has the signature of the built-in ones (jaxcomposer/evaluation/rewards.py):
+A user reward has the signature of the built-in ones (jaxcomposer/finetune/rewards.py):
 `reward(notes, key, context) -> float`, with `notes` the decoded notes of one sampled piece
 (jaxcomposer.notes.Notes, times in quarter-note beats), `key` a pretty_midi key number (0-11
 major, 12-23 minor; requested or estimated) and `context` a rewards.RewardContext. It must be a
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.evaluation import rewards
+from jaxcomposer.finetune import rewards
 from jaxcomposer.notes import Notes
 
 

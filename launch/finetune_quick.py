@@ -33,12 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import quick  # noqa: E402
 from jaxcomposer import config_lib, workdir_lib  # noqa: E402
 from jaxcomposer.data import dataset, midi_io  # noqa: E402
-from jaxcomposer.evaluation import evaluate, musicstats, rewards  # noqa: E402
+from jaxcomposer.evaluation import evaluate, musicstats  # noqa: E402
+from jaxcomposer.finetune import loop as finetune  # noqa: E402
+from jaxcomposer.finetune import rewards  # noqa: E402
 from jaxcomposer.model import StepFunction  # noqa: E402
 from jaxcomposer.render import outputs  # noqa: E402
 from jaxcomposer.sample import keyplan, sampler  # noqa: E402
 from jaxcomposer.tokenizers import BOS  # noqa: E402
-from jaxcomposer.train import finetune, reporting  # noqa: E402
+from jaxcomposer.train import reporting  # noqa: E402
 
 
 def sample_pieces(workdir: str, which: str, count: int, num_tokens: int, seed: int, key: str):

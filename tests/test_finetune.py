@@ -15,8 +15,9 @@ from conftest import melody_corpus, small_run_config, tiny_config
 
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.evaluation import evaluate
+from jaxcomposer.finetune import loop as finetune
 from jaxcomposer.sample import generate
-from jaxcomposer.train import finetune, loop, reporting
+from jaxcomposer.train import loop, reporting
 
 FINETUNE = dict(batch_size=4, num_tokens=24, num_steps=4, eval_every=2, log_every=1,
                 alpha=0.5, alpha_batch_size=4, learning_rate=1e-3, kl_beta=0.5)  # fmt: skip

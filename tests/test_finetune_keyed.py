@@ -14,7 +14,8 @@ from conftest import melody_corpus, small_run_config
 
 from jaxcomposer import conditioning, config_lib, keys, workdir_lib
 from jaxcomposer.errors import UsageError
-from jaxcomposer.train import finetune, loop, reporting
+from jaxcomposer.finetune import loop as finetune
+from jaxcomposer.train import loop, reporting
 
 FINETUNE = dict(batch_size=3, num_tokens=20, num_steps=4, eval_every=2, log_every=1,
                 alpha=0.5, alpha_batch_size=3, learning_rate=1e-3, kl_beta=0.5)  # fmt: skip
@@ -131,9 +132,8 @@ def test_drawn_keys_follow_the_bar_counter_and_resume_bitwise(pretrained, tmp_pa
 
 def _manifest_keys(workdir):
     from jaxcomposer.data import dataset
-    from jaxcomposer.sample import keyplan
 
-    return set(dataset.key_counts(keyplan._manifest(workdir)))
+    return set(dataset.key_counts(workdir_lib.read_manifest(workdir)))
 
 
 def test_a_key_schedule_is_refused_in_one_line(pretrained, tmp_path):

@@ -173,7 +173,7 @@ def prepare(
         for split in SPLITS:
             chosen = [r for r, s in zip(usable, splits, strict=True) if s == split]
             _save_split(os.path.join(tmp, f"{split}.npz"), chosen, styles)
-        atomic.write_json(os.path.join(tmp, "manifest.json"), manifest)
+        atomic.write_json(os.path.join(tmp, workdir_lib.MANIFEST_FILE), manifest)
     moved = workdir_lib.record_prepared(workdir, config, tokenizer.vocab, overwrite=overwrite)
     if moved:
         manifest["replaced_checkpoints"] = moved
@@ -236,9 +236,8 @@ def file_stats(workdir: str) -> dict[str, dict]:
     """Per usable file of a prepared dataset, the reading counts from its manifest (notes,
     beats, seconds, ...); {} when the manifest is missing or unreadable."""
     try:
-        with open(os.path.join(workdir, "data", "manifest.json"), encoding="utf-8") as f:
-            return {item["name"]: item for item in json.load(f)["files"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {item["name"]: item for item in workdir_lib.read_manifest(workdir)["files"]}
+    except (workdir_lib.CheckpointError, KeyError, TypeError):
         return {}
 
 
@@ -393,7 +392,7 @@ def load_split(workdir: str, split: str) -> TokenSplit:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data_dir = workdir_lib.data_dir(workdir)
     path = os.path.join(data_dir, f"{split}.npz")
-    manifest_path = os.path.join(data_dir, "manifest.json")
+    manifest_path = workdir_lib.manifest_path(workdir)
     if not (os.path.exists(path) and os.path.exists(manifest_path)):
         raise DatasetError(
             f"no prepared dataset in {workdir} ({path} is missing): run --mode=prepare first"

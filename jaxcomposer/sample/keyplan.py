@@ -6,8 +6,6 @@ A schedule is [(first bar, key number)]; bars are the tokenizer's (`Tokenizer.ba
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import numpy as np
 from absl import logging
@@ -57,7 +55,7 @@ def plan_keys(
         schedules = [given[i % len(given)] for i in range(n)]
         sources = ["requested"] * n
     else:
-        counts = dataset.key_counts(_manifest(workdir))
+        counts = dataset.key_counts(workdir_lib.read_manifest(workdir))
         names, weights = list(counts), np.asarray(list(counts.values()), np.float64)
         schedules, sources = [], []
         for notes in primer_notes:
@@ -77,11 +75,6 @@ def plan_keys(
             for _ in range(n)
         ]
     return KeyPlan(schedules, sources, styles, spec.styles)
-
-
-def _manifest(workdir: str) -> dict:
-    with open(os.path.join(workdir_lib.data_dir(workdir), "manifest.json"), encoding="utf-8") as f:
-        return json.load(f)
 
 
 def keyed_run(restored, sample: SampleConfig, primers, plan: KeyPlan):
