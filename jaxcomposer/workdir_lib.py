@@ -31,6 +31,7 @@ from typing import Any
 
 from jaxcomposer import atomic, config_lib
 from jaxcomposer.config_lib import Config
+from jaxcomposer.errors import Failure
 from jaxcomposer.tokenizers import Tokenizer, Vocab, get_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -44,11 +45,12 @@ METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".train.lock"
 
 
-class CheckpointError(ValueError):
-    """A workdir's checkpoints, config.json, vocab.json or data do not fit together."""
+class WorkdirError(Failure, ValueError):
+    """A workdir's checkpoints, config.json, vocab.json or data are missing, unreadable or do
+    not fit together (or do not fit the config given)."""
 
 
-class WorkdirBusyError(CheckpointError):
+class WorkdirBusyError(WorkdirError):
     """Another live process holds the workdir's training lock."""
 
 
@@ -94,7 +96,7 @@ def read_manifest(workdir: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read the prepared dataset's manifest ({e})") from e
+        raise WorkdirError(f"{path}: cannot read the prepared dataset's manifest ({e})") from e
 
 
 def cond_spec(workdir: str, config: Config):
@@ -166,9 +168,9 @@ def load_config(workdir: str) -> Config:
         with open(path, encoding="utf-8") as f:
             return config_lib.from_json(f.read())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (run --mode=prepare first)") from None
+        raise WorkdirError(f"{path}: missing (run --mode=prepare first)") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a valid jaxcomposer config: {e}") from e
+        raise WorkdirError(f"{path}: not a valid jaxcomposer config: {e}") from e
 
 
 def load_vocab(workdir: str, tokenizer: Tokenizer) -> Vocab:
@@ -178,12 +180,12 @@ def load_vocab(workdir: str, tokenizer: Tokenizer) -> Vocab:
         with open(path, encoding="utf-8") as f:
             vocab = Vocab.from_json(f.read())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (run --mode=prepare first)") from None
+        raise WorkdirError(f"{path}: missing (run --mode=prepare first)") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a valid vocabulary: {e}") from e
+        raise WorkdirError(f"{path}: not a valid vocabulary: {e}") from e
     expected = tokenizer.vocab
     if vocab != expected:
-        raise CheckpointError(
+        raise WorkdirError(
             f"{path}: vocabulary ({vocab.tokenizer}, {vocab.size} tokens) differs from the one "
             f"config.json's tokenizer declares ({expected.tokenizer}, {expected.size} tokens)"
         )
@@ -244,11 +246,11 @@ def prepare_conflicts(workdir: str, config: Config) -> list[str]:
 
 
 def check_prepare(workdir: str, config: Config, *, overwrite: bool = False) -> None:
-    """Raises CheckpointError, before any work, when preparing `config` here would silently
+    """Raises WorkdirError, before any work, when preparing `config` here would silently
     re-map the token ids of the checkpoints in `workdir` (see prepare_conflicts)."""
     changed = prepare_conflicts(workdir, config)
     if changed and not overwrite:
-        raise CheckpointError(
+        raise WorkdirError(
             f"{workdir} holds checkpoints trained with other settings ({'; '.join(changed)}); "
             "preparing with these would re-map their token ids or mix two datasets in one run: "
             "use another --workdir, or pass --overwrite to move the old checkpoints aside"
@@ -260,7 +262,7 @@ def record_prepared(
 ) -> str | None:
     """Called by prepare once its data is written: records config.json and vocab.json.
 
-    Checkpoints whose token ids the new settings re-map make this raise CheckpointError (see
+    Checkpoints whose token ids the new settings re-map make this raise WorkdirError (see
     check_prepare), unless `overwrite`, which moves them, with their metrics, aside to
     `checkpoints.replaced-<time>/` (returned).
     """
@@ -292,7 +294,7 @@ def write_run_files(
         changed = differences(old, config, "data", NEUTRAL_DATA_FIELDS)
         changed += differences(old, config, "tokenizer")
         if changed:
-            raise CheckpointError(
+            raise WorkdirError(
                 f"{path}: the data in {workdir} was prepared with a different config "
                 f"({'; '.join(changed)}); pass the values it was prepared with, re-run "
                 "--mode=prepare, or use another workdir"
@@ -301,7 +303,7 @@ def write_run_files(
             changed = differences(old, config, "seed") + differences(old, config, "model")
             changed += differences(old, config, "train", RESUMABLE_TRAIN_FIELDS)
             if changed:
-                raise CheckpointError(
+                raise WorkdirError(
                     f"{path}: {workdir} holds checkpoints of a run with a different config "
                     f"({'; '.join(changed)}); resume with the same values or use another workdir"
                 )
@@ -317,9 +319,9 @@ def _check_vocab(workdir: str, vocab: Vocab) -> None:
         with open(path, encoding="utf-8") as f:
             stored = Vocab.from_json(f.read())
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a valid vocabulary: {e}") from e
+        raise WorkdirError(f"{path}: not a valid vocabulary: {e}") from e
     if stored != vocab:
-        raise CheckpointError(
+        raise WorkdirError(
             f"{path}: vocabulary ({stored.tokenizer}, {stored.size} tokens) differs from the "
             f"one this run's tokenizer declares ({vocab.tokenizer}, {vocab.size} tokens)"
         )
@@ -366,7 +368,7 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     """The config, tokenizer, model and variables of checkpoint `which` ('best', 'latest' or a
     step of training; 'finetuned' or 'finetuned:STEP' of --mode=finetune, whose checkpoints hold
     the same model), from config.json, vocab.json and checkpoints/ alone. Each is built once
-    here and passed on. Raises CheckpointError when the three do not fit together."""
+    here and passed on. Raises WorkdirError when the three do not fit together."""
     import jax
 
     from jaxcomposer.model import build_model, checkpoints
@@ -380,7 +382,7 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
     finetuned, which = split_finetuned(which)
     directory = os.path.join(finetune_dir(workdir), CHECKPOINT_DIR) if finetuned else None
     if finetuned and not os.path.isdir(directory):
-        raise CheckpointError(f"{directory}: no fine-tuned checkpoints (run --mode=finetune)")
+        raise WorkdirError(f"{directory}: no fine-tuned checkpoints (run --mode=finetune)")
     directory = directory or checkpoint_dir(workdir)
     manager = checkpoints.make_manager(directory, config.train.keep_best, read_only=True)
     try:

@@ -105,11 +105,11 @@ def test_run_writes_curves_moves_the_policy_and_keeps_the_pretrained_model(pretr
 
 def test_resume_refuses_a_changed_recipe(pretrained, straight):
     workdir, config = straight[0], pretrained[1]
-    with pytest.raises(workdir_lib.CheckpointError, match="finetune.kl_beta"):
+    with pytest.raises(workdir_lib.WorkdirError, match="finetune.kl_beta"):
         finetune.finetune(with_finetune(config, kl_beta=2.0, num_steps=6), workdir)
     match = config_lib.MatchWeights(polyphony=0.5)  # a nested field: named on its own
     with pytest.raises(
-        workdir_lib.CheckpointError, match=r"finetune.match.polyphony: 0.75 -> 0.5\)"
+        workdir_lib.WorkdirError, match=r"finetune.match.polyphony: 0.75 -> 0.5\)"
     ):
         finetune.finetune(with_finetune(config, match=match, num_steps=6), workdir)
     with pytest.raises(config_lib.ConfigError, match=r"finetune.match.mean_ioi=-1.0: must be >= 0"):
@@ -129,7 +129,7 @@ def test_generate_from_the_finetuned_checkpoint_says_which_model(straight):
     assert all(s["model"] == "finetuned (step 2)" for s in saved["samples"])
     with open(result["index"]) as f:
         assert "finetuned (step 2)" in f.read()
-    with pytest.raises(workdir_lib.CheckpointError, match="no checkpoint at step 3"):
+    with pytest.raises(workdir_lib.WorkdirError, match="no checkpoint at step 3"):
         workdir_lib.restore_for_inference(workdir, "finetuned:3")
 
 
@@ -142,5 +142,5 @@ def test_evaluate_scores_the_checkpoint_asked_for(straight):
 
 
 def test_finetune_without_checkpoints_is_a_clear_error(tmp_path):
-    with pytest.raises(workdir_lib.CheckpointError, match="config.json: missing"):
+    with pytest.raises(workdir_lib.WorkdirError, match="config.json: missing"):
         finetune.finetune(with_finetune(tiny_config()), str(tmp_path))

@@ -31,6 +31,7 @@ from jaxcomposer import atomic, workdir_lib
 from jaxcomposer.config_lib import Config, DataConfig
 from jaxcomposer.data import corpus, ingest, labels
 from jaxcomposer.data.ingest import Encoded, Source, find_midi_files, fit_pitch_range
+from jaxcomposer.errors import Failure
 from jaxcomposer.keys import key_name
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
@@ -50,11 +51,11 @@ SPLITS = ("train", "valid")
 MANIFEST_VERSION = 1
 
 
-class PrepareError(RuntimeError):
+class PrepareError(Failure, RuntimeError):
     """Nothing usable to train on (the message says where and why)."""
 
 
-class DatasetError(ValueError):
+class DatasetError(Failure, ValueError):
     """A workdir's dataset is missing, garbled or inconsistent."""
 
 
@@ -129,7 +130,7 @@ def prepare(
 ) -> dict:
     """Reads, encodes, splits and writes the dataset; returns the manifest (also written).
 
-    Raises PrepareError when nothing is usable, and workdir_lib.CheckpointError (before any
+    Raises PrepareError when nothing is usable, and workdir_lib.WorkdirError (before any
     work) when the workdir's checkpoints were trained with other tokenizer settings, unless
     `overwrite`, which moves those checkpoints aside.
     """
@@ -237,7 +238,7 @@ def file_stats(workdir: str) -> dict[str, dict]:
     beats, seconds, ...); {} when the manifest is missing or unreadable."""
     try:
         return {item["name"]: item for item in workdir_lib.read_manifest(workdir)["files"]}
-    except (workdir_lib.CheckpointError, KeyError, TypeError):
+    except (workdir_lib.WorkdirError, KeyError, TypeError):
         return {}
 
 

@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from jaxcomposer import keys
+from jaxcomposer.errors import Failure
 from jaxcomposer.notes import Piece
 
 WINDOW_BEATS = 8.0  # two 4/4 bars per estimate window
@@ -28,7 +29,7 @@ SWITCH_PENALTY = 1.0  # correlation units (one window scores in [-1, 1])
 FILE_KEY_TOLERANCE = 0.1  # share of note duration
 
 
-class LabelError(ValueError):
+class LabelError(Failure, ValueError):
     """A labels CSV that cannot be used (the message names the file, row and problem)."""
 
 

@@ -39,7 +39,7 @@ from absl import logging
 from jaxcomposer import atomic, config_lib, keys, workdir_lib
 from jaxcomposer.config_lib import Config, FinetuneConfig
 from jaxcomposer.data import dataset
-from jaxcomposer.errors import UsageError
+from jaxcomposer.errors import Failure, UsageError
 from jaxcomposer.finetune import policy_gradient, rewards
 from jaxcomposer.finetune.reports import mean, plot_curves, progress_line, summary_text
 from jaxcomposer.model import StepFunction, checkpoints
@@ -59,7 +59,7 @@ RESUMABLE_FIELDS = frozenset({"num_steps", "eval_every", "log_every", "max_wall_
 _SAMPLE_STREAM, _WINDOW_STREAM, _KEY_STREAM = 0, 1, 2
 
 
-class FinetuneDivergedError(RuntimeError):
+class FinetuneDivergedError(Failure, RuntimeError):
     """The fine-tuning loss or gradient norm became NaN or infinite."""
 
 
@@ -213,7 +213,7 @@ def _check_resume(folder: str, config: Config, base_step: int, resuming: bool) -
             old = config_lib.from_json(f.read())
         changed = workdir_lib.differences(old, config, "finetune", RESUMABLE_FIELDS)
         if changed:
-            raise workdir_lib.CheckpointError(
+            raise workdir_lib.WorkdirError(
                 f"{folder} holds a fine-tuning run with a different config "
                 f"({'; '.join(changed)}); resume with the same values or remove that folder"
             )
@@ -225,7 +225,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
 
     The model, tokenizer and data settings come from the workdir's config.json; the finetune
     section from `flags_config` (the --config given on the command line). Raises
-    workdir_lib.CheckpointError for a workdir without checkpoints or with a model the
+    workdir_lib.WorkdirError for a workdir without checkpoints or with a model the
     sampler cannot fine-tune (the Keras replica reads fixed windows), errors.UsageError for a
     user reward that cannot be loaded."""
     workdir = os.path.abspath(workdir)
@@ -234,7 +234,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
     config = dataclasses.replace(base.config, finetune=flags_config.finetune)
     fcfg = config.finetune
     if config.model.kind != "lstm" or config.train.loss_on_last_only:
-        raise workdir_lib.CheckpointError(
+        raise workdir_lib.WorkdirError(
             f"{workdir}: fine-tuning needs a model that reads whole sequences (model.kind "
             f"'lstm'), not {config.model.kind!r} trained on the last target of fixed windows"
         )

@@ -17,7 +17,7 @@ import shutil
 from typing import Any
 
 from jaxcomposer import atomic
-from jaxcomposer.workdir_lib import CheckpointError
+from jaxcomposer.workdir_lib import WorkdirError
 
 METRIC = "val_loss"
 # Checkpoints the preservation policy drops are first renamed in here (one atomic rename), then
@@ -155,7 +155,7 @@ def choose_step(manager, which: str | int) -> int:
     steps = list(manager.all_steps())
     where = manager.directory
     if not steps:
-        raise CheckpointError(f"{where}: no checkpoints (has the model been trained?)")
+        raise WorkdirError(f"{where}: no checkpoints (has the model been trained?)")
     which = str(which).strip()
     if which == "best":
         best = manager.best_step()
@@ -164,9 +164,9 @@ def choose_step(manager, which: str | int) -> int:
         return int(manager.latest_step())
     if which.lstrip("-").isdigit():
         if int(which) not in steps:
-            raise CheckpointError(f"{where}: no checkpoint at step {which}; have {sorted(steps)}")
+            raise WorkdirError(f"{where}: no checkpoint at step {which}; have {sorted(steps)}")
         return int(which)
-    raise CheckpointError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
+    raise WorkdirError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -187,7 +187,7 @@ def check_shapes(expected: Any, stored: Any, what: str) -> None:
         for k in want
         if k in have and want[k] != have[k]
     ]
-    raise CheckpointError(
+    raise WorkdirError(
         f"{what} does not fit the model config.json describes: "
         f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {differ[:5]}"
     )

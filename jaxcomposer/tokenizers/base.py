@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 
 from jaxcomposer.config_lib import TokenizerConfig
+from jaxcomposer.errors import Failure
 from jaxcomposer.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.geometry import BarCounter
 from jaxcomposer.tokenizers.grammar import Grammar
@@ -23,11 +24,11 @@ LOST_NOTE_COUNTS = (
 SHORTENED_NOTE_COUNTS = ("duration_capped_notes",)  # longer than max_duration_steps
 
 
-class EncodingError(ValueError):
+class EncodingError(Failure, ValueError):
     """A piece holds a value the vocabulary cannot express (the message says which and where)."""
 
 
-class TranspositionError(ValueError):
+class TranspositionError(Failure, ValueError):
     """Shifting would move some tokens out of the pitch range."""
 
     def __init__(self, shift: int, out_of_range: int):

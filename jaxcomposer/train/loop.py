@@ -21,6 +21,7 @@ from jaxcomposer import atomic, distributed, workdir_lib
 from jaxcomposer.conditioning import Spec
 from jaxcomposer.config_lib import Config
 from jaxcomposer.data import dataset
+from jaxcomposer.errors import Failure
 from jaxcomposer.model import build_model, checkpoints
 from jaxcomposer.tokenizers import Tokenizer, get_tokenizer
 from jaxcomposer.train import batching, reporting
@@ -36,7 +37,7 @@ from jaxcomposer.train.train_step import (
 )
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(Failure, RuntimeError):
     """The loss or gradient norm became NaN or infinite."""
 
 
