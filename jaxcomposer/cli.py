@@ -26,7 +26,6 @@ def _cause(e: BaseException) -> str:
     return " ".join(str(e.args[0] if e.args else type(e).__name__).split())
 
 
-
 _SAMPLE_FLAGS = (
     "primer",
     "num_steps",
@@ -69,7 +68,7 @@ _FLAG_MODES = {
 def check_flags(mode: str) -> list[str]:
     """Raises UsageError for flag values no mode can use (a missing --primer_midi, an --eval_dir
     that is not a folder...); returns warnings for flags this mode ignores."""
-    from jaxcomposer.errors import UsageError
+    from jaxcomposer.core.errors import UsageError
 
     for name in ("primer_midi",):
         path = getattr(FLAGS, name)
@@ -118,7 +117,7 @@ def check_flags(mode: str) -> list[str]:
 
 def check_ensemble(workdir: str, members: list[str]) -> None:
     """Raises UsageError for an --ensemble member that is no folder or repeats a workdir."""
-    from jaxcomposer.errors import UsageError
+    from jaxcomposer.core.errors import UsageError
 
     seen = {os.path.realpath(workdir)}
     for member in members:
@@ -132,7 +131,7 @@ def check_ensemble(workdir: str, members: list[str]) -> None:
 def load_config():
     """The --config file's values, frozen; a file that cannot be loaded is a UsageError."""
     from jaxcomposer import config_lib
-    from jaxcomposer.errors import UsageError
+    from jaxcomposer.core.errors import UsageError
 
     try:
         values = FLAGS.config.to_dict()  # a failed load surfaces on first use
@@ -168,7 +167,7 @@ def describe_error(exc: BaseException) -> tuple[int, str] | None:
     """
     from absl.flags import Error as FlagsError
 
-    from jaxcomposer.errors import Failure, UsageError
+    from jaxcomposer.core.errors import Failure, UsageError
 
     def one_line(text: str) -> str:
         return " ".join(str(text).split()) or type(exc).__name__

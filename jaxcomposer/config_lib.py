@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from jaxcomposer.errors import UsageError
+from jaxcomposer.core.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

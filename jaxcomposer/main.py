@@ -77,7 +77,7 @@ flags.DEFINE_integer(
     lower_bound=0,
 )  # fmt: skip
 flags.DEFINE_bool("progress", True, "Show progress bars.")
-# Multi-host (jaxcomposer/distributed.py): one process per host, started with the same flags.
+# Multi-host (jaxcomposer/train/distributed.py): one process per host, started with the same flags.
 flags.DEFINE_enum(
     "distributed", "off", ["off", "auto", "on"],
     "Start jax.distributed: off (one process, unless the three flags below are given), auto "
@@ -92,8 +92,9 @@ flags.DEFINE_bool(
     "moving those checkpoints aside to checkpoints.replaced-<time>/.",
 )  # fmt: skip
 
+
 def main(argv: list[str]) -> None:
-    from jaxcomposer.errors import UsageError
+    from jaxcomposer.core.errors import UsageError
 
     if len(argv) > 1:
         extra = " ".join(argv[1:])
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> None:
                 raise UsageError(f"config data.{field}={folder!r}: no such folder")
     workdir = os.path.abspath(FLAGS.workdir)
     logging.info("mode=%s workdir=%s", mode, workdir)
-    from jaxcomposer import distributed
+    from jaxcomposer.train import distributed
 
     try:  # before anything starts a jax backend
         distributed.initialize(

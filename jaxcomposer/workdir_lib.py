@@ -29,9 +29,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from jaxcomposer import atomic, config_lib
+from jaxcomposer import config_lib
 from jaxcomposer.config_lib import Config
-from jaxcomposer.errors import Failure
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import WorkdirError
 from jaxcomposer.tokenizers import Tokenizer, Vocab, get_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -43,11 +44,6 @@ FINETUNE_DIR = "finetune"  # --mode=finetune's own checkpoints/, metrics.jsonl, 
 FINETUNED = "finetuned"  # --checkpoint=finetuned[:STEP] names a fine-tuned checkpoint
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".train.lock"
-
-
-class WorkdirError(Failure, ValueError):
-    """A workdir's checkpoints, config.json, vocab.json or data are missing, unreadable or do
-    not fit together (or do not fit the config given)."""
 
 
 class WorkdirBusyError(WorkdirError):
@@ -102,7 +98,7 @@ def read_manifest(workdir: str) -> dict:
 def cond_spec(workdir: str, config: Config):
     """The conditioning.Spec of a run: config.model.condition with the style names the data
     was prepared with (manifest.json "styles"; none in older workdirs)."""
-    from jaxcomposer.conditioning import Spec
+    from jaxcomposer.model.conditioning import Spec
 
     styles: tuple[str, ...] = ()
     if config.model.condition == "key+style":

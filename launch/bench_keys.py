@@ -34,11 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxcomposer import keys, workdir_lib  # noqa: E402
+from jaxcomposer import workdir_lib  # noqa: E402
 from jaxcomposer.data import dataset  # noqa: E402
 from jaxcomposer.evaluation import musicstats  # noqa: E402
 from jaxcomposer.evaluation.compare import overlap_area  # noqa: E402
 from jaxcomposer.model import StepFunction  # noqa: E402
+from jaxcomposer.music import keys  # noqa: E402
 from jaxcomposer.sample import sampler  # noqa: E402
 from jaxcomposer.sample.generate import decoder_settings  # noqa: E402
 from jaxcomposer.tokenizers import BOS  # noqa: E402

@@ -20,9 +20,9 @@ from conftest import tiny_config
 
 from configs import tiny
 from jaxcomposer import cli, config_lib, main, workdir_lib
+from jaxcomposer.core.errors import UsageError
 from jaxcomposer.data import dataset
 from jaxcomposer.data.smf import MidiReadError
-from jaxcomposer.errors import UsageError
 from jaxcomposer.sample import primers as primer_lib
 from jaxcomposer.tokenizers import get_tokenizer
 

@@ -108,9 +108,7 @@ def test_resume_refuses_a_changed_recipe(pretrained, straight):
     with pytest.raises(workdir_lib.WorkdirError, match="finetune.kl_beta"):
         finetune.finetune(with_finetune(config, kl_beta=2.0, num_steps=6), workdir)
     match = config_lib.MatchWeights(polyphony=0.5)  # a nested field: named on its own
-    with pytest.raises(
-        workdir_lib.WorkdirError, match=r"finetune.match.polyphony: 0.75 -> 0.5\)"
-    ):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"finetune.match.polyphony: 0.75 -> 0.5\)"):
         finetune.finetune(with_finetune(config, match=match, num_steps=6), workdir)
     with pytest.raises(config_lib.ConfigError, match=r"finetune.match.mean_ioi=-1.0: must be >= 0"):
         config_lib.validate(with_finetune(config, match=config_lib.MatchWeights(mean_ioi=-1.0)))

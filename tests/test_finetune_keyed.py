@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from conftest import melody_corpus, small_run_config
 
-from jaxcomposer import conditioning, config_lib, keys, workdir_lib
-from jaxcomposer.errors import UsageError
+from jaxcomposer import config_lib, workdir_lib
+from jaxcomposer.core.errors import UsageError
 from jaxcomposer.finetune import loop as finetune
+from jaxcomposer.model import conditioning
+from jaxcomposer.music import keys
 from jaxcomposer.train import loop, reporting
 
 FINETUNE = dict(batch_size=3, num_tokens=20, num_steps=4, eval_every=2, log_every=1,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxcomposer import conditioning, keys
 from jaxcomposer.data import labels
 from jaxcomposer.data.dataset import TokenSplit
-from jaxcomposer.model import StepFunction, build_model
-from jaxcomposer.notes import KeySignature, Piece, TimeSignature, make_notes
+from jaxcomposer.model import StepFunction, build_model, conditioning
+from jaxcomposer.music import keys
+from jaxcomposer.music.notes import KeySignature, Piece, TimeSignature, make_notes
 from jaxcomposer.sample import keyplan, sampler
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 from jaxcomposer.train import batching

@@ -9,7 +9,7 @@ import numpy as np
 from conftest import tiny_config
 
 from jaxcomposer import config_lib
-from jaxcomposer.notes import Piece, TimeSignature, make_notes
+from jaxcomposer.music.notes import Piece, TimeSignature, make_notes
 from jaxcomposer.sample import bars as bar_lib
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 

@@ -9,7 +9,7 @@ import pytest
 
 from jaxcomposer import config_lib
 from jaxcomposer.finetune import rewards
-from jaxcomposer.notes import make_notes
+from jaxcomposer.music.notes import make_notes
 
 CTX = rewards.RewardContext(steps_per_beat=4, max_run=4, motif_length=2, motif_gap=1,
                             phrase_beats=4.0, range_band=(12.0, 24.0))  # fmt: skip

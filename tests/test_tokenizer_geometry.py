@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxcomposer import conditioning
-from jaxcomposer.notes import Piece, Tempo, TimeSignature, make_notes
+from jaxcomposer.model import conditioning
+from jaxcomposer.music.notes import Piece, Tempo, TimeSignature, make_notes
 from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import BOS, NAMES, Tokenizer, get_tokenizer
 from jaxcomposer.tokenizers.event import EventTokenizer

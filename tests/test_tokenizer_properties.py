@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from configs import default
 from jaxcomposer import config_lib
-from jaxcomposer.notes import Piece, TimeSignature, grid_round, make_notes
+from jaxcomposer.music.notes import Piece, TimeSignature, grid_round, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, TranspositionError, get_tokenizer
 
 PITCH_MIN, PITCH_MAX = 21, 108

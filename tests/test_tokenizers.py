@@ -11,7 +11,7 @@ import pytest
 
 from configs import default
 from jaxcomposer import config_lib
-from jaxcomposer.notes import Piece, TimeSignature, make_notes
+from jaxcomposer.music.notes import Piece, TimeSignature, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, PAD, EncodingError, TranspositionError, get_tokenizer
 from jaxcomposer.tokenizers.chord import chord_table, normal_order
 from jaxcomposer.tokenizers.event import time_signature_table, velocity_centres

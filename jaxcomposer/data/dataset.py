@@ -27,12 +27,13 @@ from collections.abc import Iterator
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, workdir_lib
+from jaxcomposer import workdir_lib
 from jaxcomposer.config_lib import Config, DataConfig
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure
 from jaxcomposer.data import corpus, ingest, labels
 from jaxcomposer.data.ingest import Encoded, Source, find_midi_files, fit_pitch_range
-from jaxcomposer.errors import Failure
-from jaxcomposer.keys import key_name
+from jaxcomposer.music.keys import key_name
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
 __all__ = [

@@ -24,11 +24,11 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxcomposer import atomic
 from jaxcomposer.config_lib import Config, DataConfig, TokenizerConfig
+from jaxcomposer.core import atomic
 from jaxcomposer.data import corpus, labels, midi_io
 from jaxcomposer.data.midi_io import MidiReadError
-from jaxcomposer.notes import Piece, piece_seconds
+from jaxcomposer.music.notes import Piece, piece_seconds
 from jaxcomposer.tokenizers import EncodingError, Tokenizer
 from jaxcomposer.tokenizers.base import LOST_NOTE_COUNTS, SHORTENED_NOTE_COUNTS
 

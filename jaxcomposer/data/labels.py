@@ -20,9 +20,9 @@ import os
 
 import numpy as np
 
-from jaxcomposer import keys
-from jaxcomposer.errors import Failure
-from jaxcomposer.notes import Piece
+from jaxcomposer.core.errors import Failure
+from jaxcomposer.music import keys
+from jaxcomposer.music.notes import Piece
 
 WINDOW_BEATS = 8.0  # two 4/4 bars per estimate window
 SWITCH_PENALTY = 1.0  # correlation units (one window scores in [-1, 1])

@@ -13,7 +13,7 @@ import struct
 
 import numpy as np
 
-from jaxcomposer.errors import Failure
+from jaxcomposer.core.errors import Failure
 
 MAX_TICK = 1 << 40  # beyond any real file (~10^9 beats at 960 ticks per beat)
 

@@ -36,14 +36,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxcomposer import atomic, config_lib, keys, workdir_lib
+from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import Config, FinetuneConfig
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure, UsageError
 from jaxcomposer.data import dataset
-from jaxcomposer.errors import Failure, UsageError
 from jaxcomposer.finetune import policy_gradient, rewards
 from jaxcomposer.finetune.reports import mean, plot_curves, progress_line, summary_text
 from jaxcomposer.model import StepFunction, checkpoints
 from jaxcomposer.model.loss import token_loss_sums
+from jaxcomposer.music import keys
 from jaxcomposer.sample import keyplan, sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer
 from jaxcomposer.train import batching, reporting
@@ -367,9 +369,7 @@ class _Run:
         (seed, finetune.seed, step)."""
         seed = (self.config.seed, self.fcfg.seed, _KEY_STREAM, step)
         sample = self._key_sample()
-        return keyplan.plan_keys(
-            self.workdir, sample, self.spec, [None] * sample.num_samples, seed
-        )
+        return keyplan.plan_keys(self.workdir, sample, self.spec, [None] * sample.num_samples, seed)
 
     def real_batch(self, step: int):
         if self.fcfg.alpha <= 0:

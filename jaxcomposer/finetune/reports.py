@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxcomposer import atomic
+from jaxcomposer.core import atomic
 from jaxcomposer.train import reporting
 
 

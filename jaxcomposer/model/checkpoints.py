@@ -16,8 +16,8 @@ import os
 import shutil
 from typing import Any
 
-from jaxcomposer import atomic
-from jaxcomposer.workdir_lib import WorkdirError
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import WorkdirError
 
 METRIC = "val_loss"
 # Checkpoints the preservation policy drops are first renamed in here (one atomic rename), then

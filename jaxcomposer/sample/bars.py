@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from jaxcomposer.config_lib import SampleConfig
-from jaxcomposer.notes import KeySignature, Notes
+from jaxcomposer.music.notes import KeySignature, Notes
 from jaxcomposer.tokenizers import Tokenizer
 from jaxcomposer.tokenizers.geometry import DEFAULT_BAR_BEATS, bar_lines_of
 

@@ -17,10 +17,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, config_lib, workdir_lib
+from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import SampleConfig
+from jaxcomposer.core import atomic
 from jaxcomposer.model import StepFunction
-from jaxcomposer.notes import Notes
+from jaxcomposer.music.notes import Notes
 from jaxcomposer.render import gallery, outputs
 from jaxcomposer.sample import bars as bar_lib
 from jaxcomposer.sample import keyplan, sampler

@@ -10,11 +10,12 @@ import dataclasses
 import numpy as np
 from absl import logging
 
-from jaxcomposer import keys, workdir_lib
+from jaxcomposer import workdir_lib
 from jaxcomposer.config_lib import SampleConfig
+from jaxcomposer.core.errors import UsageError
 from jaxcomposer.data import dataset
-from jaxcomposer.errors import UsageError
-from jaxcomposer.notes import Notes
+from jaxcomposer.music import keys
+from jaxcomposer.music.notes import Notes
 from jaxcomposer.sample import sampler
 
 

@@ -8,8 +8,8 @@ import numpy as np
 from absl import logging
 
 from jaxcomposer.config_lib import Config, SampleConfig
+from jaxcomposer.core.errors import UsageError
 from jaxcomposer.data import dataset, midi_io
-from jaxcomposer.errors import UsageError
 from jaxcomposer.tokenizers import BOS, EncodingError, Tokenizer
 
 

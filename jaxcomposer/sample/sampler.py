@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcomposer import conditioning
+from jaxcomposer.model import conditioning
 from jaxcomposer.tokenizers.vocab import BOS, EOS
 
 NEG_INF = -1e9  # finite, so an all-masked row still gives a defined (uniform) softmax

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 
 from jaxcomposer.config_lib import TokenizerConfig
-from jaxcomposer.errors import Failure
-from jaxcomposer.notes import Notes, Piece, TimeSignature
+from jaxcomposer.core.errors import Failure
+from jaxcomposer.music.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.geometry import BarCounter
 from jaxcomposer.tokenizers.grammar import Grammar
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
@@ -103,7 +103,7 @@ class Tokenizer(abc.ABC):
     @property
     @abc.abstractmethod
     def time_unit(self) -> str:
-        """"beat" (score tokens: token times are quarter-note beats) or "second" (performance
+        """ "beat" (score tokens: token times are quarter-note beats) or "second" (performance
         tokens: token times are seconds of playing, decoded as beats of `decoded_qpm`)."""
 
     @abc.abstractmethod

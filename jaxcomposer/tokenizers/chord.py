@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from jaxcomposer.notes import Notes, Piece, TimeSignature
+from jaxcomposer.music.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer
 from jaxcomposer.tokenizers.common import (
     checked_grid,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import DEFAULT_VELOCITY, Notes, Piece, grid_round
+from jaxcomposer.music.notes import DEFAULT_VELOCITY, Notes, Piece, grid_round
 from jaxcomposer.tokenizers.base import EncodingError, Tokenizer
 
 

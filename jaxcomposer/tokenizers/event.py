@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, grid_round
+from jaxcomposer.music.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, grid_round
 from jaxcomposer.tokenizers.base import Decoded, EncodingError, Tokenizer
 from jaxcomposer.tokenizers.common import (
     checked_grid,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import Notes, Piece, TimeSignature
+from jaxcomposer.music.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer
 from jaxcomposer.tokenizers.common import (
     checked_grid,

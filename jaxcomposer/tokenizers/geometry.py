@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcomposer.notes import TimeSignature
+from jaxcomposer.music.notes import TimeSignature
 
 DEFAULT_BAR_BEATS = 4.0  # 4/4, the meter of music that names none
 # Nominal bars of tokens without bars (frame, chord, performance): 4 quarter beats (4/4).

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, beats_to_seconds
+from jaxcomposer.music.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, beats_to_seconds
 from jaxcomposer.tokenizers.base import Decoded, EncodingError, Tokenizer
 from jaxcomposer.tokenizers.common import pitch_range_classes, shift_pitch_index
 from jaxcomposer.tokenizers.event import velocity_centres

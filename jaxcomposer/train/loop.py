@@ -17,14 +17,15 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcomposer import atomic, distributed, workdir_lib
-from jaxcomposer.conditioning import Spec
+from jaxcomposer import workdir_lib
 from jaxcomposer.config_lib import Config
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure
 from jaxcomposer.data import dataset
-from jaxcomposer.errors import Failure
 from jaxcomposer.model import build_model, checkpoints
+from jaxcomposer.model.conditioning import Spec
 from jaxcomposer.tokenizers import Tokenizer, get_tokenizer
-from jaxcomposer.train import batching, reporting
+from jaxcomposer.train import batching, distributed, reporting
 from jaxcomposer.train.optimizer import make_optimizer
 from jaxcomposer.train.train_step import (
     TrainState,

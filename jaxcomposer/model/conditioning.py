@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxcomposer import keys
+from jaxcomposer.music import keys
 
 CONDITIONS = ("none", "key", "key+style")
 KEY_DIM = 14  # 12 tonic pitch classes + 2 modes

@@ -20,3 +20,9 @@ class UsageError(ValueError):
 class Failure(Exception):
     """Something the program was given cannot be used (the message names the file or the run
     and the reason); reported in one line with exit code 1."""
+
+
+class WorkdirError(Failure, ValueError):
+    """A workdir's checkpoints, config.json, vocab.json or data are missing, unreadable or do
+    not fit together (or do not fit the config given). Raised by workdir_lib.py and
+    model/checkpoints.py."""
