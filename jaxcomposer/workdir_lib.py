@@ -340,16 +340,6 @@ class Restored:
         return self.tokenizer.vocab
 
 
-def abstract_variables(model, seq_len: int) -> dict:
-    """Shapes of the model's variables ({'params': ..., maybe 'batch_stats': ...}), no compute."""
-    import jax
-    import jax.numpy as jnp
-
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    return dict(jax.eval_shape(lambda: model.init(rngs, tokens, train=False)))
-
-
 def split_finetuned(which: str | int) -> tuple[bool, str]:
     """'finetuned' -> (True, 'latest'); 'finetuned:STEP' -> (True, 'STEP'); else (False, which)."""
     text = str(which).strip()

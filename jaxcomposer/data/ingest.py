@@ -298,7 +298,7 @@ def _fingerprint(config: Config, kind: str) -> str:
 def _code_hash() -> str:
     """Hash of the code that turns bytes into tokens: editing it invalidates the cache."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    names = ["notes.py", "keys.py", "conditioning.py"]
+    names = ["music/notes.py", "music/keys.py"]
     names += [f"data/{f}" for f in ("smf.py", "midi_io.py", "corpus.py", "ingest.py", "labels.py")]
     tokenizers = os.path.join(package, "tokenizers")
     names += sorted(f"tokenizers/{f}" for f in os.listdir(tokenizers) if f.endswith(".py"))

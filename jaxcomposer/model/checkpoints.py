@@ -191,3 +191,13 @@ def check_shapes(expected: Any, stored: Any, what: str) -> None:
         f"{what} does not fit the model config.json describes: "
         f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {differ[:5]}"
     )
+
+
+def abstract_variables(model, seq_len: int) -> dict:
+    """Shapes of the model's variables ({'params': ..., maybe 'batch_stats': ...}), no compute."""
+    import jax
+    import jax.numpy as jnp
+
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    return dict(jax.eval_shape(lambda: model.init(rngs, tokens, train=False)))
