@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from jaxcomposer.errors import UsageError
+from jaxcomposer.core.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ class SampleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RewardWeights:
-    """Weight of each reward in evaluation/rewards.py's REWARDS table (reward units per unit of
+    """Weight of each reward in finetune/rewards.py's REWARDS table (reward units per unit of
     that reward; each reward is in [0, 1]); 0 = off. Field names are the table's names."""
 
     in_key: float = 1.0
@@ -135,7 +135,7 @@ class RewardWeights:
 
 @dataclasses.dataclass(frozen=True)
 class MatchWeights:
-    """Weight of each batch reward `match_<name>` (evaluation/rewards.py `match_rewards`): the
+    """Weight of each batch reward `match_<name>` (finetune/rewards.py `match_rewards`): the
     log density ratio of one statistic of evaluation/musicstats.py between the real excerpts
     and the sampled batch, in reward units per nat; 0 = off. Field names are piece_stats'.
     Defaults: every statistic 0.25, the two that trade against each other (note length,

@@ -34,11 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxcomposer import conditioning, keys, workdir_lib  # noqa: E402
+from jaxcomposer import workdir_lib  # noqa: E402
 from jaxcomposer.data import dataset  # noqa: E402
 from jaxcomposer.evaluation import musicstats  # noqa: E402
 from jaxcomposer.evaluation.compare import overlap_area  # noqa: E402
 from jaxcomposer.model import StepFunction  # noqa: E402
+from jaxcomposer.music import keys  # noqa: E402
 from jaxcomposer.sample import sampler  # noqa: E402
 from jaxcomposer.sample.generate import decoder_settings  # noqa: E402
 from jaxcomposer.tokenizers import BOS  # noqa: E402
@@ -48,7 +49,7 @@ MACHINE = "2-core AMD EPYC, 24 GiB, no GPU, Python 3.11, jax " + jax.__version__
 
 def cut_bars(tokenizer, row: np.ndarray, bars: int) -> np.ndarray:
     """The tokens of the first `bars` bars (by the bar counter: BAR tokens, else 4/4 beats)."""
-    counter = conditioning.bar_counter(tokenizer)
+    counter = tokenizer.bar_counter()
     return row[counter.bars(row) <= bars]
 
 
@@ -123,7 +124,7 @@ def main() -> None:
     print(json.dumps({"set": "real validation pieces", "bars": args.bars, **real_figures}))
 
     # Tokens per bar of the real pieces, with headroom, sets the number of sampling steps.
-    counter = conditioning.bar_counter(tokenizer)
+    counter = tokenizer.bar_counter()
     per_bar = valid.tokens.size / max(sum(counter.bars(p)[-1] for p in valid.pieces()), 1)
     num_steps = math.ceil(args.bars * per_bar * 1.6)
     batch = 24 * args.per_key

@@ -26,7 +26,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default, seed_replica  # noqa: E402
-from jaxcomposer import atomic, config_lib  # noqa: E402
+from jaxcomposer import config_lib  # noqa: E402
+from jaxcomposer.core import atomic  # noqa: E402
 
 CORPUS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "final_fantasy"

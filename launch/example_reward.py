@@ -3,9 +3,9 @@
     --config.finetune.user_reward=launch/example_reward.py:stepwise_motion
     --config.finetune.user_reward_weight=0.5
 
-A user reward has the signature of the built-in ones (jaxcomposer/evaluation/rewards.py):
+A user reward has the signature of the built-in ones (jaxcomposer/finetune/rewards.py):
 `reward(notes, key, context) -> float`, with `notes` the decoded notes of one sampled piece
-(jaxcomposer.notes.Notes, times in quarter-note beats), `key` a pretty_midi key number (0-11
+(jaxcomposer.music.notes.Notes, times in quarter-note beats), `key` a pretty_midi key number (0-11
 major, 12-23 minor; requested or estimated) and `context` a rewards.RewardContext. It must be a
 pure function of its arguments (fine-tuning resumes bit for bit only if it is) and should return
 a value in [0, 1] so that its weight reads like the built-in ones'.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.evaluation import rewards
-from jaxcomposer.notes import Notes
+from jaxcomposer.finetune import rewards
+from jaxcomposer.music.notes import Notes
 
 
 def stepwise_motion(notes: Notes, key: int, context: rewards.RewardContext) -> float:

@@ -33,12 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import quick  # noqa: E402
 from jaxcomposer import config_lib, workdir_lib  # noqa: E402
 from jaxcomposer.data import dataset, midi_io  # noqa: E402
-from jaxcomposer.evaluation import evaluate, musicstats, rewards  # noqa: E402
+from jaxcomposer.evaluation import evaluate, musicstats  # noqa: E402
+from jaxcomposer.finetune import loop as finetune  # noqa: E402
+from jaxcomposer.finetune import rewards  # noqa: E402
 from jaxcomposer.model import StepFunction  # noqa: E402
 from jaxcomposer.render import outputs  # noqa: E402
-from jaxcomposer.sample import generate, sampler  # noqa: E402
+from jaxcomposer.sample import keyplan, sampler  # noqa: E402
 from jaxcomposer.tokenizers import BOS  # noqa: E402
-from jaxcomposer.train import finetune, reporting  # noqa: E402
+from jaxcomposer.train import reporting  # noqa: E402
 
 
 def sample_pieces(workdir: str, which: str, count: int, num_tokens: int, seed: int, key: str):
@@ -61,8 +63,8 @@ def sample_pieces(workdir: str, which: str, count: int, num_tokens: int, seed: i
         sample = dataclasses.replace(
             restored.config.sample, key=key, style="", scale="off", num_samples=count
         )
-        plan = generate.plan_keys(workdir, sample, restored.spec, [None] * count, seed)
-        inputs, ks = generate.keyed_run(restored, sample, primer, plan)
+        plan = keyplan.plan_keys(workdir, sample, restored.spec, [None] * count, seed)
+        inputs, ks = keyplan.keyed_run(restored, sample, primer, plan)
         tokens = sampler.sample_keyed(*args, inputs, ks=ks, **kwargs)[0]
         requested = [s[0][1] for s in plan.schedules]
     else:

@@ -348,7 +348,7 @@ class Checker:
     def _encode(self, piece, tokenizer) -> str:
         import numpy as np
 
-        from jaxcomposer.notes import Piece
+        from jaxcomposer.music.notes import Piece
 
         c = tokenizer.config
         inside = (piece.notes.pitch >= c.pitch_min) & (piece.notes.pitch <= c.pitch_max)

@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jaxcomposer import workdir_lib  # noqa: E402
+from jaxcomposer.model import checkpoints  # noqa: E402
 from jaxcomposer.train import reporting  # noqa: E402
 
 MODES = ("random", "in_save", "finalize")
@@ -129,7 +130,7 @@ def check_workdir(workdir: str) -> dict:
     problems = []
     steps = workdir_lib.checkpoint_steps(workdir)
     if steps:
-        manager = workdir_lib.make_manager(workdir, 2, read_only=True)
+        manager = checkpoints.make_manager(workdir_lib.checkpoint_dir(workdir), 2, read_only=True)
         try:
             listed = sorted(int(s) for s in manager.all_steps())
             if listed != steps:
@@ -158,12 +159,12 @@ def load_state(manager, step: int):
     stored = getattr(stored, "tree", stored)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
-    state, meta = workdir_lib.restore(manager, step, target)
+    state, meta = checkpoints.restore(manager, step, target)
     return jax.device_get(state), meta
 
 
 def final_state(workdir: str):
-    manager = workdir_lib.make_manager(workdir, 2, read_only=True)
+    manager = checkpoints.make_manager(workdir_lib.checkpoint_dir(workdir), 2, read_only=True)
     try:
         step = int(manager.latest_step())
         return step, load_state(manager, step)[0]

@@ -9,7 +9,7 @@ import pytest
 
 from configs import default
 from jaxcomposer import config_lib
-from jaxcomposer.notes import make_notes
+from jaxcomposer.music.notes import make_notes
 from jaxcomposer.render import beat_grid, score
 from jaxcomposer.sample import generate
 from jaxcomposer.tokenizers import get_tokenizer

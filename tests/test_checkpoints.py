@@ -102,13 +102,13 @@ def test_restore_for_inference_picks_best_latest_or_a_step(trained):
 
 def test_unknown_checkpoint_choices_are_clear_errors(trained, tmp_path):
     workdir, _, _ = trained
-    with pytest.raises(workdir_lib.CheckpointError, match="no checkpoint at step 7"):
+    with pytest.raises(workdir_lib.WorkdirError, match="no checkpoint at step 7"):
         workdir_lib.restore_for_inference(workdir, 7)
-    with pytest.raises(workdir_lib.CheckpointError, match="'best', 'latest' or a step"):
+    with pytest.raises(workdir_lib.WorkdirError, match="'best', 'latest' or a step"):
         workdir_lib.restore_for_inference(workdir, "newest")
     empty = str(tmp_path / "empty")
     shutil.copytree(workdir, empty, ignore=shutil.ignore_patterns("checkpoints"))
-    with pytest.raises(workdir_lib.CheckpointError, match="no checkpoints"):
+    with pytest.raises(workdir_lib.WorkdirError, match="no checkpoints"):
         workdir_lib.restore_for_inference(empty, "best")
 
 
@@ -117,25 +117,25 @@ def test_vocab_that_differs_from_the_config_is_named(trained, tmp_path):
     other = get_tokenizer(tiny_config(tokenizer={"name": "frame"}).tokenizer).vocab
     with open(os.path.join(workdir, "vocab.json"), "w") as f:
         f.write(other.to_json())
-    with pytest.raises(workdir_lib.CheckpointError, match=r"vocab\.json: vocabulary \(frame"):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"vocab\.json: vocabulary \(frame"):
         workdir_lib.restore_for_inference(workdir)
 
 
 def test_config_whose_model_does_not_fit_the_checkpoint_is_named(trained, tmp_path):
     workdir = copy_of(trained[0], tmp_path)
     edit_json(os.path.join(workdir, "config.json"), lambda c: c["model"].update(hidden_size=48))
-    with pytest.raises(workdir_lib.CheckpointError, match=r"checkpoints/\d+ params does not fit"):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"checkpoints/\d+ params does not fit"):
         workdir_lib.restore_for_inference(workdir)
 
 
 def test_missing_or_broken_config_is_named(trained, tmp_path):
     workdir = copy_of(trained[0], tmp_path)
     os.remove(os.path.join(workdir, "config.json"))
-    with pytest.raises(workdir_lib.CheckpointError, match=r"config\.json: missing"):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"config\.json: missing"):
         workdir_lib.restore_for_inference(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write('{"seed": 0}')
-    with pytest.raises(workdir_lib.CheckpointError, match=r"config\.json: not a valid"):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"config\.json: not a valid"):
         workdir_lib.restore_for_inference(workdir)
 
 
@@ -149,15 +149,15 @@ def test_a_run_cannot_silently_mix_configs(trained, tmp_path):
     assert workdir_lib.load_config(workdir) == longer
     bigger = config_lib.replace(config, model={"hidden_size": 48})
     with pytest.raises(
-        workdir_lib.CheckpointError, match=r"config\.json: .*model\.hidden_size: 32 -> 48"
+        workdir_lib.WorkdirError, match=r"config\.json: .*model\.hidden_size: 32 -> 48"
     ):
         workdir_lib.write_run_files(workdir, bigger, vocab, resuming=True)
     workdir_lib.write_run_files(workdir, bigger, vocab, resuming=False)  # a fresh run may
     other_data = config_lib.replace(config, data={"max_pieces": 3})
     with pytest.raises(
-        workdir_lib.CheckpointError, match=r"prepared with a different config .*max_pieces"
+        workdir_lib.WorkdirError, match=r"prepared with a different config .*max_pieces"
     ):
         workdir_lib.write_run_files(workdir, other_data, vocab, resuming=False)
     other_recipe = run_config(learning_rate=0.5)
-    with pytest.raises(workdir_lib.CheckpointError, match="train.learning_rate"):
+    with pytest.raises(workdir_lib.WorkdirError, match="train.learning_rate"):
         workdir_lib.write_run_files(workdir, other_recipe, vocab, resuming=True)

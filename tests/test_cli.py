@@ -19,11 +19,11 @@ import pytest
 from conftest import tiny_config
 
 from configs import tiny
-from jaxcomposer import config_lib, main, workdir_lib
+from jaxcomposer import cli, config_lib, main, workdir_lib
+from jaxcomposer.core.errors import UsageError
 from jaxcomposer.data import dataset
 from jaxcomposer.data.smf import MidiReadError
-from jaxcomposer.errors import UsageError
-from jaxcomposer.sample import generate
+from jaxcomposer.sample import primers as primer_lib
 from jaxcomposer.tokenizers import get_tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_workdir_and_folder_problems_name_the_file(tmp_path):
     [
         (UsageError("--x: y"), 2),
         (config_lib.ConfigError("config a.b=1: must be > 1"), 2),
-        (workdir_lib.CheckpointError("w/checkpoints: no checkpoints"), 1),
+        (workdir_lib.WorkdirError("w/checkpoints: no checkpoints"), 1),
         (workdir_lib.WorkdirBusyError("w is being trained by pid 1"), 1),
         (dataset.PrepareError("no usable pieces\nin x"), 1),
         (dataset.DatasetError("no prepared dataset"), 1),
@@ -82,9 +82,9 @@ def test_workdir_and_folder_problems_name_the_file(tmp_path):
     ],
 )
 def test_error_classes_map_to_one_line_and_an_exit_code(exc, code):
-    got_code, line = main.describe_error(exc)
+    got_code, line = cli.describe_error(exc)
     assert got_code == code and "\n" not in line and line
-    assert main.describe_error(RuntimeError("a bug")) is None  # keeps its traceback
+    assert cli.describe_error(RuntimeError("a bug")) is None  # keeps its traceback
 
 
 def test_config_values_are_checked_naming_the_field():
@@ -127,10 +127,10 @@ def test_primer_files_that_yield_nothing_are_errors_and_partial_ones_warn(tmp_pa
     for name, reason in cases.items():
         path = os.path.join(tmp_path, name)
         with pytest.raises(UsageError, match=f"--primer_midi {path}: .*{reason}"):
-            generate.primer_from_midi(config, tokenizer, path)
+            primer_lib.primer_from_midi(config, tokenizer, path)
     mf.simple_file(tmp_path / "part.mid", [(120, 0, 1), (60, 1, 2), (64, 2, 3)])
     with caplog.at_level(logging.WARNING):
-        primers, piece = generate.primer_from_midi(config, tokenizer, str(tmp_path / "part.mid"))
+        primers, piece = primer_lib.primer_from_midi(config, tokenizer, str(tmp_path / "part.mid"))
     assert len(piece.notes) == 2 and primers.shape[0] == config.sample.num_samples
     assert "1 of 3 notes outside the pitch range [21, 108] dropped" in caplog.text
 
@@ -146,12 +146,10 @@ def test_ctrl_c_tells_how_to_resume_training_and_fine_tuning(capsys, tmp_path):
         for mode, hint in expected.items():
             main.FLAGS.unparse_flags()
             main.FLAGS(["jaxcomposer", f"--mode={mode}", f"--workdir={tmp_path}"])
-            with (
-                mock.patch.object(main, "main", side_effect=KeyboardInterrupt),
-                mock.patch.object(main.os, "_exit", side_effect=SystemExit) as leave,
-            ):
+            interrupted = mock.Mock(side_effect=KeyboardInterrupt)  # main, stopped by Ctrl-C
+            with mock.patch.object(cli.os, "_exit", side_effect=SystemExit) as leave:
                 with pytest.raises(SystemExit):
-                    main._main_reporting_errors(["jaxcomposer"])
+                    cli.main_reporting_errors(interrupted, ["jaxcomposer"])
             leave.assert_called_once_with(130)
             assert capsys.readouterr().err.strip() == "error: interrupted" + hint
     finally:

@@ -11,7 +11,7 @@ from matplotlib import image
 
 from jaxcomposer.evaluation import compare
 from jaxcomposer.evaluation import musicstats as ms
-from jaxcomposer.notes import make_notes
+from jaxcomposer.music.notes import make_notes
 
 
 def reference_pdf(values, bandwidth, x):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcomposer import atomic, config_lib
+from jaxcomposer import config_lib
+from jaxcomposer.core import atomic
 from jaxcomposer.data import dataset, ingest, midi_io
 from jaxcomposer.data.dataset import DatasetError, PrepareError
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer

@@ -1,4 +1,4 @@
-"""How a run opts in to jax.distributed (jaxcomposer/distributed.py), without a cluster: 'off'
+"""How a run opts in to jax.distributed (jaxcomposer/train/distributed.py), without a cluster: 'off'
 never imports jax, 'auto' stays one process where JAX detects no cluster, and 'on' without a
 coordinator is a clear error. (The 2-process runs are tests/test_multihost.py.)"""
 
@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     for k in list(os.environ):  # no cluster environment for jax to detect
         if k.startswith(("SLURM_", "OMPI_", "PMI_", "TPU_", "JAX_COORDINATOR")):
             del os.environ[k]
-    from jaxcomposer import distributed
+    from jaxcomposer.train import distributed
     off = distributed.initialize("off")
     jax_after_off = "jax" in sys.modules
     primary_without_jax = distributed.is_primary() and distributed.process_count() == 1

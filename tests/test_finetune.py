@@ -15,8 +15,9 @@ from conftest import melody_corpus, small_run_config, tiny_config
 
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.evaluation import evaluate
+from jaxcomposer.finetune import loop as finetune
 from jaxcomposer.sample import generate
-from jaxcomposer.train import finetune, loop, reporting
+from jaxcomposer.train import loop, reporting
 
 FINETUNE = dict(batch_size=4, num_tokens=24, num_steps=4, eval_every=2, log_every=1,
                 alpha=0.5, alpha_batch_size=4, learning_rate=1e-3, kl_beta=0.5)  # fmt: skip
@@ -104,12 +105,10 @@ def test_run_writes_curves_moves_the_policy_and_keeps_the_pretrained_model(pretr
 
 def test_resume_refuses_a_changed_recipe(pretrained, straight):
     workdir, config = straight[0], pretrained[1]
-    with pytest.raises(workdir_lib.CheckpointError, match="finetune.kl_beta"):
+    with pytest.raises(workdir_lib.WorkdirError, match="finetune.kl_beta"):
         finetune.finetune(with_finetune(config, kl_beta=2.0, num_steps=6), workdir)
     match = config_lib.MatchWeights(polyphony=0.5)  # a nested field: named on its own
-    with pytest.raises(
-        workdir_lib.CheckpointError, match=r"finetune.match.polyphony: 0.75 -> 0.5\)"
-    ):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"finetune.match.polyphony: 0.75 -> 0.5\)"):
         finetune.finetune(with_finetune(config, match=match, num_steps=6), workdir)
     with pytest.raises(config_lib.ConfigError, match=r"finetune.match.mean_ioi=-1.0: must be >= 0"):
         config_lib.validate(with_finetune(config, match=config_lib.MatchWeights(mean_ioi=-1.0)))
@@ -128,7 +127,7 @@ def test_generate_from_the_finetuned_checkpoint_says_which_model(straight):
     assert all(s["model"] == "finetuned (step 2)" for s in saved["samples"])
     with open(result["index"]) as f:
         assert "finetuned (step 2)" in f.read()
-    with pytest.raises(workdir_lib.CheckpointError, match="no checkpoint at step 3"):
+    with pytest.raises(workdir_lib.WorkdirError, match="no checkpoint at step 3"):
         workdir_lib.restore_for_inference(workdir, "finetuned:3")
 
 
@@ -141,5 +140,5 @@ def test_evaluate_scores_the_checkpoint_asked_for(straight):
 
 
 def test_finetune_without_checkpoints_is_a_clear_error(tmp_path):
-    with pytest.raises(workdir_lib.CheckpointError, match="config.json: missing"):
+    with pytest.raises(workdir_lib.WorkdirError, match="config.json: missing"):
         finetune.finetune(with_finetune(tiny_config()), str(tmp_path))

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from conftest import melody_corpus, small_run_config
 
-from jaxcomposer import conditioning, config_lib, keys, workdir_lib
-from jaxcomposer.errors import UsageError
-from jaxcomposer.train import finetune, loop, reporting
+from jaxcomposer import config_lib, workdir_lib
+from jaxcomposer.core.errors import UsageError
+from jaxcomposer.finetune import loop as finetune
+from jaxcomposer.model import conditioning
+from jaxcomposer.music import keys
+from jaxcomposer.train import loop, reporting
 
 FINETUNE = dict(batch_size=3, num_tokens=20, num_steps=4, eval_every=2, log_every=1,
                 alpha=0.5, alpha_batch_size=3, learning_rate=1e-3, kl_beta=0.5)  # fmt: skip
@@ -103,8 +106,7 @@ def test_drawn_keys_follow_the_bar_counter_and_resume_bitwise(pretrained, tmp_pa
     draws = [s[2].tolist() for s in seen["samples"]]
     assert draws[4:] == draws[:4]
     spec = conditioning.Spec("key")
-    counter = conditioning.bar_counter(finetune.workdir_lib.restore_for_inference(
-        straight, "best").tokenizer)  # fmt: skip
+    counter = finetune.workdir_lib.restore_for_inference(straight, "best").tokenizer.bar_counter()
     training_keys = {keys.parse_key(name) for name in _manifest_keys(straight)}
     assert training_keys
     for tokens, cond, keys_B in seen["samples"][:4]:
@@ -132,9 +134,8 @@ def test_drawn_keys_follow_the_bar_counter_and_resume_bitwise(pretrained, tmp_pa
 
 def _manifest_keys(workdir):
     from jaxcomposer.data import dataset
-    from jaxcomposer.sample import generate
 
-    return set(dataset.key_counts(generate._manifest(workdir)))
+    return set(dataset.key_counts(workdir_lib.read_manifest(workdir)))
 
 
 def test_a_key_schedule_is_refused_in_one_line(pretrained, tmp_path):

@@ -18,7 +18,7 @@ from configs import jsb
 from jaxcomposer import config_lib
 from jaxcomposer.evaluation import evaluate, likelihood
 from jaxcomposer.model.loss import masked_token_nll, token_loss_sums
-from jaxcomposer.notes import Piece, make_notes
+from jaxcomposer.music.notes import Piece, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 from jaxcomposer.train import batching
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxcomposer import conditioning, keys
 from jaxcomposer.data import labels
 from jaxcomposer.data.dataset import TokenSplit
-from jaxcomposer.model import StepFunction, build_model
-from jaxcomposer.notes import KeySignature, Piece, TimeSignature, make_notes
-from jaxcomposer.sample import generate, sampler
+from jaxcomposer.model import StepFunction, build_model, conditioning
+from jaxcomposer.music import keys
+from jaxcomposer.music.notes import KeySignature, Piece, TimeSignature, make_notes
+from jaxcomposer.sample import keyplan, sampler
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 from jaxcomposer.train import batching
 
@@ -92,7 +92,7 @@ def test_token_beats_agree_with_the_decoder_across_a_meter_change():
     piece = _piece(rows, time_signatures=[TimeSignature(0.0, 3, 4), TimeSignature(12.0, 6, 8)])
     tokenizer = get_tokenizer(tiny_config().tokenizer)
     tokens = tokenizer.encode(piece)
-    beats = conditioning.token_beats(tokenizer, tokens)
+    beats = tokenizer.token_beats(tokens)
     is_pitch = np.isin(tokens, tokenizer.vocab.range_ids("PITCH"))
     decoded = tokenizer.decode(np.r_[BOS, tokens]).notes
     np.testing.assert_allclose(beats[is_pitch], np.sort(decoded.start))
@@ -241,7 +241,7 @@ def test_primer_vectors_count_bars_like_the_scan():
     bar = tokenizer.vocab.token("BAR")
     pos = tokenizer.vocab.token("POSITION", 0)
     row = np.array([BOS, bar, pos, bar, pos, bar, pos])
-    counter = conditioning.bar_counter(tokenizer)
+    counter = tokenizer.bar_counter()
     np.testing.assert_array_equal(counter.bars(row), [1, 1, 1, 2, 2, 3, 3])
     ks = sampler.key_settings(tokenizer, KEY_SPEC)
     inputs = sampler.key_inputs(tokenizer, ks, row[None], [[(1, 0), (3, 7)]])
@@ -270,9 +270,9 @@ def test_strict_scale_never_leaves_the_key_and_decodes_with_zero_skips(name):
         held=sampler.held_keys(tokenizer.grammar, primers),
     )  # fmt: skip
     rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
-    counter = conditioning.bar_counter(tokenizer)
+    counter = tokenizer.bar_counter()
     in_scale = conditioning.in_scale_table(tokenizer)
-    _, is_pitch = conditioning.pitch_class_of_tokens(tokenizer)
+    is_pitch = tokenizer.pitch_class_table().any(axis=1)
     schedule_BxN = conditioning.schedule_arrays(schedules)
     pitches = 0
     for i, row in enumerate(rows):
@@ -314,6 +314,6 @@ def test_a_key_change_after_the_last_bar_is_warned_about(caplog):
         tiny_config().sample, key="1:C,3:G,99:D minor", num_bars=4, num_samples=1
     )
     with caplog.at_level(logging.WARNING):
-        plan = generate.plan_keys("unused", sample, KEY_SPEC, [None], seed=0)
+        plan = keyplan.plan_keys("unused", sample, KEY_SPEC, [None], seed=0)
     assert plan.schedules == [[(1, 0), (3, 7), (99, 14)]]
     assert "change(s) at bar 99 come after the last bar (--num_bars=4)" in caplog.text

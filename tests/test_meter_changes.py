@@ -13,7 +13,7 @@ import pytest
 from configs import tiny
 from jaxcomposer import config_lib
 from jaxcomposer.data import midi_io
-from jaxcomposer.notes import KeySignature, Piece, TimeSignature, make_notes
+from jaxcomposer.music.notes import KeySignature, Piece, TimeSignature, make_notes
 from jaxcomposer.render import outputs, score
 from jaxcomposer.tokenizers import get_tokenizer
 

@@ -13,7 +13,7 @@ from configs import tiny
 from jaxcomposer import config_lib
 from jaxcomposer.data import midi_io
 from jaxcomposer.data.midi_io import MidiReadError
-from jaxcomposer.notes import KeySignature, TimeSignature, make_notes
+from jaxcomposer.music.notes import KeySignature, TimeSignature, make_notes
 
 DATA = config_lib.freeze(tiny.get_config()).data
 

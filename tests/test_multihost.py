@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     devices, workdir, num_steps, port, nproc, pid = sys.argv[1:]
-    from jaxcomposer import distributed
+    from jaxcomposer.train import distributed
     if int(nproc) > 1:  # before anything starts a jax backend
         distributed.initialize("on", f"127.0.0.1:{port}", int(nproc), int(pid),
                                initialization_timeout=60)

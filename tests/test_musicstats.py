@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcomposer.evaluation import musicstats as ms
-from jaxcomposer.notes import make_notes
+from jaxcomposer.music.notes import make_notes
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71]
 

@@ -13,7 +13,7 @@ import pytest
 from configs import tiny
 from jaxcomposer import config_lib
 from jaxcomposer.data import dataset, midi_io
-from jaxcomposer.notes import Piece, make_notes
+from jaxcomposer.music.notes import Piece, make_notes
 from jaxcomposer.tokenizers import get_tokenizer
 
 TPB = 480

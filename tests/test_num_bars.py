@@ -9,8 +9,8 @@ import numpy as np
 from conftest import tiny_config
 
 from jaxcomposer import config_lib
-from jaxcomposer.notes import Piece, TimeSignature, make_notes
-from jaxcomposer.sample import generate
+from jaxcomposer.music.notes import Piece, TimeSignature, make_notes
+from jaxcomposer.sample import bars as bar_lib
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 
 
@@ -32,20 +32,20 @@ def event_case(meters, beats, primer_bars, num_bars):
     tokens = tokenizer.encode(piece(meters, beats))
     primer = cut_before_bar(tokenizer, tokens, primer_bars)
     row = np.concatenate([[BOS], tokens]).astype(np.int32)  # the "generated" continuation
-    meters_in = generate.meters_of(tokenizer, row)
-    return tokenizer, primer, row, generate.end_beat(tokenizer, primer, row, meters_in, num_bars)
+    meters_in = bar_lib.meters_of(tokenizer, row)
+    return tokenizer, primer, row, bar_lib.end_beat(tokenizer, primer, row, meters_in, num_bars)
 
 
 def test_a_three_four_primer_gives_twelve_beats_for_four_bars():
     tokenizer, primer, row, (end, bars) = event_case([(0, 3, 4)], 30, 2, 4)
     assert tokenizer.decode(primer).beats == 6.0  # two 3/4 bars
     assert (end, bars) == (6.0 + 12.0, 4)
-    notes = generate.cut_at_beat(tokenizer.decode(row).notes, end)
+    notes = bar_lib.cut_at_beat(tokenizer.decode(row).notes, end)
     assert notes.end.max() == end and notes.start.max() == end - 1  # full last bar, no more
     # The sampler plans for the bars in the meter in force (+1 bar, 50% headroom) in tokens.
     sample = config_lib.replace(tiny_config(), sample={"num_bars": 4, "num_steps": 1}).sample
     needed = int(np.flatnonzero(row == tokenizer.vocab.token("BAR"))[6]) - primer.size + 1
-    assert generate.steps_for_bars(tokenizer, primer[None], sample, ()) >= needed
+    assert bar_lib.steps_for_bars(tokenizer, primer[None], sample, ()) >= needed
 
 
 def test_bars_follow_meter_changes_in_the_tokens():
@@ -64,16 +64,16 @@ def test_other_tokenizers_take_the_primer_files_meter():
     tokenizer = get_tokenizer(config.tokenizer)
     primer_piece = piece([(0, 3, 4)], 5)  # 5 beats: its second 3/4 bar is not complete
     primer = np.concatenate([[BOS], tokenizer.encode(primer_piece)]).astype(np.int32)
-    meters = generate.meters_of(tokenizer, primer, primer_piece)
+    meters = bar_lib.meters_of(tokenizer, primer, primer_piece)
     assert meters == primer_piece.time_signatures
-    end, bars = generate.end_beat(tokenizer, primer, primer, meters, 4)
+    end, bars = bar_lib.end_beat(tokenizer, primer, primer, meters, 4)
     primer_end = tokenizer.decode(primer).beats
     assert 4.0 < primer_end <= 6.0
     assert (end, bars) == (6.0 + 12.0, 4)  # bars start at the bar line closing the primer
     # No meter anywhere: 4/4.
-    assert generate.end_beat(tokenizer, primer, primer, (), 2) == (8.0 + 8.0, 2)
+    assert bar_lib.end_beat(tokenizer, primer, primer, (), 2) == (8.0 + 8.0, 2)
 
 
 def test_bar_lines_apply_a_change_at_the_next_bar_line():
-    lines = generate.bar_lines([TimeSignature(0, 3, 4), TimeSignature(4, 2, 4)], 10)
+    lines = bar_lib.bar_lines([TimeSignature(0, 3, 4), TimeSignature(4, 2, 4)], 10)
     assert lines.tolist() == [0, 3, 6, 8, 10]  # the change at beat 4 waits for the line at 6

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from configs import default
 from jaxcomposer import config_lib
-from jaxcomposer.notes import Piece, Tempo, beats_to_seconds, make_notes
+from jaxcomposer.music.notes import Piece, Tempo, beats_to_seconds, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, EncodingError, get_tokenizer
 from jaxcomposer.tokenizers.event import velocity_centres
 from jaxcomposer.tokenizers.performance import apply_sustain

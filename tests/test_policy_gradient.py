@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import tiny_config
 
+from jaxcomposer.finetune import policy_gradient as pg
 from jaxcomposer.tokenizers import get_tokenizer
-from jaxcomposer.train import policy_gradient as pg
 
 V, T, B, M = 3, 3, 4, 40_000
 BETA = 0.8

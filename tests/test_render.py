@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from jaxcomposer.notes import Notes, concat, make_notes
+from jaxcomposer.music.notes import Notes, concat, make_notes
 from jaxcomposer.render import audio, gallery, outputs, score
 
 QPM = 120.0
@@ -85,7 +85,7 @@ def test_estimate_key_is_transposition_equivariant():
 def test_key_correlations_match_music21(profile, solver):
     from music21 import analysis, note, stream
 
-    from jaxcomposer import keys
+    from jaxcomposer.music import keys
 
     rng = np.random.default_rng(3)
     for _ in range(8):

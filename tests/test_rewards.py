@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxcomposer import config_lib
-from jaxcomposer.evaluation import rewards
-from jaxcomposer.notes import make_notes
+from jaxcomposer.finetune import rewards
+from jaxcomposer.music.notes import make_notes
 
 CTX = rewards.RewardContext(steps_per_beat=4, max_run=4, motif_length=2, motif_gap=1,
                             phrase_beats=4.0, range_band=(12.0, 24.0))  # fmt: skip
@@ -167,7 +167,7 @@ def test_user_reward_errors_are_one_line(tmp_path):
         with pytest.raises(ValueError, match="finetune.user_reward") as info:
             rewards.load_user_reward(spec)
         assert "\n" not in str(info.value)
-    assert rewards.load_user_reward("jaxcomposer.evaluation.rewards:in_key") is rewards.in_key
+    assert rewards.load_user_reward("jaxcomposer.finetune.rewards:in_key") is rewards.in_key
 
 
 def test_a_user_reward_that_raises_or_returns_nonsense_is_one_line(tmp_path):
@@ -268,7 +268,7 @@ def test_match_rewards_name_each_weighted_statistic():
 def test_score_tokens_adds_the_batch_rewards_to_each_total():
     import types
 
-    from jaxcomposer.train import finetune
+    from jaxcomposer.finetune import loop as finetune
 
     pieces = [line([60, 62]), make_notes([60], [0.0], [0.25]), line([64, 65, 67])]
     stub = types.SimpleNamespace(  # row i decodes to pieces[i]

@@ -11,7 +11,7 @@ import pytest
 from configs import tiny
 from jaxcomposer import config_lib
 from jaxcomposer.model import StepFunction, build_model
-from jaxcomposer.notes import Piece, make_notes
+from jaxcomposer.music.notes import Piece, make_notes
 from jaxcomposer.sample import sampler
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from configs import default
 from jaxcomposer import config_lib
-from jaxcomposer.notes import Piece, TimeSignature, grid_round, make_notes
+from jaxcomposer.music.notes import Piece, TimeSignature, grid_round, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, TranspositionError, get_tokenizer
 
 PITCH_MIN, PITCH_MAX = 21, 108
@@ -69,7 +69,7 @@ def meters_for(tok):
     """A strategy of time-signature lists drawn from the tokenizer's own table (event only)."""
     if tok.name != "event":
         return st.just(())
-    return st.lists(st.tuples(any_times, st.sampled_from(tok.meters)), max_size=3).map(
+    return st.lists(st.tuples(any_times, st.sampled_from(tok.meter_table)), max_size=3).map(
         lambda ms: tuple((beat, n, d) for beat, (n, d) in ms)
     )
 

@@ -11,7 +11,7 @@ import pytest
 
 from configs import default
 from jaxcomposer import config_lib
-from jaxcomposer.notes import Piece, TimeSignature, make_notes
+from jaxcomposer.music.notes import Piece, TimeSignature, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, PAD, EncodingError, TranspositionError, get_tokenizer
 from jaxcomposer.tokenizers.chord import chord_table, normal_order
 from jaxcomposer.tokenizers.event import time_signature_table, velocity_centres
@@ -209,7 +209,7 @@ def test_time_signature_table_order():
 def test_event_hand_example():
     tok = tokenizer("event")
     v = tok.vocab
-    assert tok.meters[6] == (3, 4) and tok.meters[5] == (2, 4)
+    assert tok.meter_table[6] == (3, 4) and tok.meter_table[5] == (2, 4)
     pitch = lambda p: v.token("PITCH", p - 21)
     dur = lambda d: v.token("DURATION", d - 1)
     pos = lambda q: v.token("POSITION", q)
@@ -274,7 +274,7 @@ def test_event_bars_follow_meter_changes(meters, expected_bars):
         if t == "BAR":
             step = 0 if not bars else step + lengths[meter]
             nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-            change = tok.meters[int(nxt[8:-1])] if nxt.startswith("TIMESIG") else None
+            change = tok.meter_table[int(nxt[8:-1])] if nxt.startswith("TIMESIG") else None
             meter = f"{change[0]}/{change[1]}" if change else meter
             bars.append((step, None if change is None else meter))
     assert bars == expected_bars

@@ -56,7 +56,7 @@ def test_prepare_refuses_settings_that_remap_checkpoint_tokens(trained, tmp_path
     workdir, config, _ = trained
     other = config_for(config.data.midi_dir, config.data.cache_dir, name="event", pitch_min=30)
     before = open(workdir_lib.config_path(workdir)).read()
-    with pytest.raises(workdir_lib.CheckpointError) as err:
+    with pytest.raises(workdir_lib.WorkdirError) as err:
         dataset.prepare(other, workdir, progress=False)
     message = str(err.value)
     assert "tokenizer.pitch_min: 21 -> 30" in message and "--overwrite" in message
@@ -66,7 +66,7 @@ def test_prepare_refuses_settings_that_remap_checkpoint_tokens(trained, tmp_path
     # different pieces): refused the same way.
     other_data = config_for(config.data.midi_dir, config.data.cache_dir)
     other_data = config_lib.replace(other_data, data={"max_pieces": 3})
-    with pytest.raises(workdir_lib.CheckpointError, match=r"data.max_pieces: 24 -> 3"):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"data.max_pieces: 24 -> 3"):
         dataset.prepare(other_data, workdir, progress=False)
     # The same settings may be prepared again; the checkpoints stay.
     dataset.prepare(config, workdir, progress=False)

@@ -15,10 +15,10 @@ import os
 
 import numpy as np
 
-from jaxcomposer import atomic
 from jaxcomposer.config_lib import DataConfig
+from jaxcomposer.core import atomic
 from jaxcomposer.data.midi_io import MidiReadError, finish_piece
-from jaxcomposer.notes import (
+from jaxcomposer.music.notes import (
     DEFAULT_VELOCITY,
     KeySignature,
     Piece,

@@ -27,11 +27,13 @@ from collections.abc import Iterator
 import numpy as np
 from absl import logging
 
-from jaxcomposer import atomic, workdir_lib
+from jaxcomposer import workdir_lib
 from jaxcomposer.config_lib import Config, DataConfig
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure
 from jaxcomposer.data import corpus, ingest, labels
 from jaxcomposer.data.ingest import Encoded, Source, find_midi_files, fit_pitch_range
-from jaxcomposer.keys import key_name
+from jaxcomposer.music.keys import key_name
 from jaxcomposer.tokenizers import BOS, EOS, get_tokenizer
 
 __all__ = [
@@ -50,11 +52,11 @@ SPLITS = ("train", "valid")
 MANIFEST_VERSION = 1
 
 
-class PrepareError(RuntimeError):
+class PrepareError(Failure, RuntimeError):
     """Nothing usable to train on (the message says where and why)."""
 
 
-class DatasetError(ValueError):
+class DatasetError(Failure, ValueError):
     """A workdir's dataset is missing, garbled or inconsistent."""
 
 
@@ -129,7 +131,7 @@ def prepare(
 ) -> dict:
     """Reads, encodes, splits and writes the dataset; returns the manifest (also written).
 
-    Raises PrepareError when nothing is usable, and workdir_lib.CheckpointError (before any
+    Raises PrepareError when nothing is usable, and workdir_lib.WorkdirError (before any
     work) when the workdir's checkpoints were trained with other tokenizer settings, unless
     `overwrite`, which moves those checkpoints aside.
     """
@@ -173,7 +175,7 @@ def prepare(
         for split in SPLITS:
             chosen = [r for r, s in zip(usable, splits, strict=True) if s == split]
             _save_split(os.path.join(tmp, f"{split}.npz"), chosen, styles)
-        atomic.write_json(os.path.join(tmp, "manifest.json"), manifest)
+        atomic.write_json(os.path.join(tmp, workdir_lib.MANIFEST_FILE), manifest)
     moved = workdir_lib.record_prepared(workdir, config, tokenizer.vocab, overwrite=overwrite)
     if moved:
         manifest["replaced_checkpoints"] = moved
@@ -236,9 +238,8 @@ def file_stats(workdir: str) -> dict[str, dict]:
     """Per usable file of a prepared dataset, the reading counts from its manifest (notes,
     beats, seconds, ...); {} when the manifest is missing or unreadable."""
     try:
-        with open(os.path.join(workdir, "data", "manifest.json"), encoding="utf-8") as f:
-            return {item["name"]: item for item in json.load(f)["files"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {item["name"]: item for item in workdir_lib.read_manifest(workdir)["files"]}
+    except (workdir_lib.WorkdirError, KeyError, TypeError):
         return {}
 
 
@@ -393,7 +394,7 @@ def load_split(workdir: str, split: str) -> TokenSplit:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data_dir = workdir_lib.data_dir(workdir)
     path = os.path.join(data_dir, f"{split}.npz")
-    manifest_path = os.path.join(data_dir, "manifest.json")
+    manifest_path = workdir_lib.manifest_path(workdir)
     if not (os.path.exists(path) and os.path.exists(manifest_path)):
         raise DatasetError(
             f"no prepared dataset in {workdir} ({path} is missing): run --mode=prepare first"

@@ -24,11 +24,11 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxcomposer import atomic
 from jaxcomposer.config_lib import Config, DataConfig, TokenizerConfig
+from jaxcomposer.core import atomic
 from jaxcomposer.data import corpus, labels, midi_io
 from jaxcomposer.data.midi_io import MidiReadError
-from jaxcomposer.notes import Piece, piece_seconds
+from jaxcomposer.music.notes import Piece, piece_seconds
 from jaxcomposer.tokenizers import EncodingError, Tokenizer
 from jaxcomposer.tokenizers.base import LOST_NOTE_COUNTS, SHORTENED_NOTE_COUNTS
 
@@ -168,7 +168,10 @@ def read_and_encode(
         if tokens.size == 0:
             raise EncodingError(f"{source.name}: the piece encodes to no tokens")
         segments, stats["key_source"] = labels.key_segments(piece, source.kind)
-        key_labels = labels.token_labels(tokenizer, tokens, segments)
+        clock = tokenizer.token_time(piece, [beat for beat, _ in segments])  # e.g. seconds
+        key_labels = labels.token_labels(
+            tokenizer, tokens, [(float(t), k) for t, (_, k) in zip(clock, segments, strict=True)]
+        )
         stats["key_changes"] = len(segments) - 1
     except MidiReadError as e:
         return Encoded(source.name, None, {}, e.reason, False), True
@@ -295,7 +298,7 @@ def _fingerprint(config: Config, kind: str) -> str:
 def _code_hash() -> str:
     """Hash of the code that turns bytes into tokens: editing it invalidates the cache."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    names = ["notes.py", "keys.py", "conditioning.py"]
+    names = ["music/notes.py", "music/keys.py"]
     names += [f"data/{f}" for f in ("smf.py", "midi_io.py", "corpus.py", "ingest.py", "labels.py")]
     tokenizers = os.path.join(package, "tokenizers")
     names += sorted(f"tokenizers/{f}" for f in os.listdir(tokenizers) if f.endswith(".py"))

@@ -20,15 +20,16 @@ import os
 
 import numpy as np
 
-from jaxcomposer import conditioning, keys
-from jaxcomposer.notes import Piece
+from jaxcomposer.core.errors import Failure
+from jaxcomposer.music import keys
+from jaxcomposer.music.notes import Piece
 
 WINDOW_BEATS = 8.0  # two 4/4 bars per estimate window
 SWITCH_PENALTY = 1.0  # correlation units (one window scores in [-1, 1])
 FILE_KEY_TOLERANCE = 0.1  # share of note duration
 
 
-class LabelError(ValueError):
+class LabelError(Failure, ValueError):
     """A labels CSV that cannot be used (the message names the file, row and problem)."""
 
 
@@ -79,8 +80,9 @@ def key_segments(piece: Piece, kind: str) -> tuple[list[tuple[float, int]], str]
 
 
 def token_labels(tokenizer, tokens: np.ndarray, segments: list[tuple[float, int]]) -> np.ndarray:
-    """int8 (n,): the key in force at each token (no BOS/EOS) given [(first beat, key)]."""
-    beats = conditioning.token_beats(tokenizer, tokens)
+    """int8 (n,): the key in force at each token (no BOS/EOS) given [(first beat, key)], the
+    beats on the tokenizer's clock (`Tokenizer.token_time` of the piece's beats)."""
+    beats = tokenizer.token_beats(tokens)
     starts = np.array([b for b, _ in segments])
     index = np.maximum(np.searchsorted(starts, beats + 1e-9, side="right") - 1, 0)
     return np.array([k for _, k in segments], np.int8)[index]

@@ -16,10 +16,10 @@ import os
 
 import numpy as np
 
-from jaxcomposer import atomic
 from jaxcomposer.config_lib import DataConfig
+from jaxcomposer.core import atomic
 from jaxcomposer.data.smf import MidiReadError, SmfFile, parse_smf
-from jaxcomposer.notes import KeySignature, Notes, Piece, Tempo, TimeSignature
+from jaxcomposer.music.notes import KeySignature, Notes, Piece, Tempo, TimeSignature
 
 __all__ = ["MidiReadError", "read_midi", "read_midi_bytes", "finish_piece", "write_midi"]
 

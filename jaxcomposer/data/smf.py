@@ -13,10 +13,12 @@ import struct
 
 import numpy as np
 
+from jaxcomposer.core.errors import Failure
+
 MAX_TICK = 1 << 40  # beyond any real file (~10^9 beats at 960 ticks per beat)
 
 
-class MidiReadError(ValueError):
+class MidiReadError(Failure, ValueError):
     """A MIDI (or score) file that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: str, reason: str):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxcomposer import atomic
+from jaxcomposer.core import atomic
 from jaxcomposer.evaluation.musicstats import (
     NOTE_LENGTH_BIN_EDGES,
     NOTE_LENGTH_BIN_LABELS,

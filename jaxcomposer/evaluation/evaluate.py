@@ -19,14 +19,15 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxcomposer import atomic, conditioning, workdir_lib
+from jaxcomposer import workdir_lib
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import UsageError
 from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.data.ingest import find_midi_files
-from jaxcomposer.errors import UsageError
 from jaxcomposer.evaluation import compare, likelihood, musicstats
 from jaxcomposer.evaluation import ensemble as ensemble_lib
-from jaxcomposer.keys import transpose_key
-from jaxcomposer.model import StepFunction
+from jaxcomposer.model import StepFunction, conditioning
+from jaxcomposer.music.keys import transpose_key
 from jaxcomposer.tokenizers import EOS, PAD, Tokenizer, get_tokenizer
 
 
@@ -45,7 +46,7 @@ def piece_metrics(
         "correct": int(correct.sum()),
         "beats": float(decoded.beats),
     }
-    if tokenizer.name == "frame":
+    if decoded.frames is not None:  # tokens in frames (the tokenizer counts them)
         in_frames = tokens[1:] != EOS
         out["frames"] = int(decoded.frames)
         out["frame_nll_nats"] = float(nll[in_frames].sum())

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcomposer.notes import Notes, grid_round
+from jaxcomposer.music.notes import Notes, grid_round
 
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
 NATURAL_MINOR_STEPS = (0, 2, 3, 5, 7, 8, 10)

@@ -18,9 +18,9 @@ import wave
 import numpy as np
 import pretty_midi
 
-from jaxcomposer import atomic
+from jaxcomposer.core import atomic
 from jaxcomposer.data import midi_io
-from jaxcomposer.notes import Notes
+from jaxcomposer.music.notes import Notes
 
 TAIL_SECONDS = 1.0  # silence/release kept after the last note ends
 PEAK = 0.9  # normalised peak amplitude: headroom against clipping in players

@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxcomposer.notes import Notes
+from jaxcomposer.music.notes import Notes
 
 MIN_QPM, MAX_QPM = 50.0, 200.0
 

@@ -11,7 +11,7 @@ import json
 import os
 import urllib.parse
 
-from jaxcomposer import atomic
+from jaxcomposer.core import atomic
 
 # Keys of a `render.render_sample` dict that name files (or say how they were made), shown
 # as images/players/links rather than in the facts table.

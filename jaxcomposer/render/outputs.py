@@ -16,9 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, MultipleLocator
 
-from jaxcomposer import atomic
+from jaxcomposer.core import atomic
 from jaxcomposer.data import midi_io
-from jaxcomposer.notes import KeySignature, Notes, TimeSignature
+from jaxcomposer.music.notes import KeySignature, Notes, TimeSignature
 from jaxcomposer.render import audio, score
 
 estimate_key = score.estimate_key

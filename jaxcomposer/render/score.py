@@ -33,10 +33,10 @@ from music21 import (
 )
 from music21.musicxml.m21ToXml import GeneralObjectExporter
 
-from jaxcomposer import atomic
+from jaxcomposer.core import atomic
 from jaxcomposer.data import midi_io
-from jaxcomposer.keys import estimate_key, key_name
-from jaxcomposer.notes import KeySignature, Notes, TimeSignature
+from jaxcomposer.music.keys import estimate_key, key_name
+from jaxcomposer.music.notes import KeySignature, Notes, TimeSignature
 
 __all__ = [
     "MIDDLE_C", "estimate_key", "key_name", "playable_notes", "chords_per_hand", "meter_map",

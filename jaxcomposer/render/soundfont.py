@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from jaxcomposer.notes import Notes
+from jaxcomposer.music.notes import Notes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

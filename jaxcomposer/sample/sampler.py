@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcomposer import conditioning
+from jaxcomposer.model import conditioning
 from jaxcomposer.tokenizers.vocab import BOS, EOS
 
 NEG_INF = -1e9  # finite, so an all-masked row still gives a defined (uniform) softmax
@@ -245,25 +245,26 @@ class KeyInputs(NamedTuple):
     """Per-run arrays of conditioned sampling (see `key_inputs`)."""
 
     primer_cond_BxPxC: jax.Array  # float32: [X; M] of each primer token
-    units_B: jax.Array  # int32: bar-counter markers in the primer
+    units_B: jax.Array  # float32: bar-counter clock units the primer advanced
     bars_BxN: jax.Array  # int32: key schedule, first bar of each entry
     keys_BxN: jax.Array  # int32: key schedule, key number of each entry
     styles_B: jax.Array  # int32: style index (-1 = none)
-    unit_V: jax.Array  # int32 (V,): 1 for bar-counter markers
+    advance_V: jax.Array  # float32 (V,): clock units each token advances (BarCounter)
     in_scale_KxV: jax.Array  # bool (24, V): token allowed in key k (conditioning.in_scale_table)
     is_pitch_V: jax.Array  # bool (V,): tokens that sound a pitch
 
 
 def key_settings(tokenizer, spec, scale: str = "off", penalty: float = 3.0) -> KeySettings:
-    counter = conditioning.bar_counter(tokenizer)
+    counter = tokenizer.bar_counter()
     return KeySettings(spec, scale, penalty, counter.inclusive, counter.per_bar, counter.base)
 
 
 def key_inputs(tokenizer, ks: KeySettings, primers, schedules, styles=None) -> KeyInputs:
     """Host-side arrays for `sample_keyed`: the primer's vectors (bars counted from the primer's
-    start with conditioning.BarCounter) and the padded schedules ([(first bar, key)] per row)."""
+    start with the tokenizer's BarCounter) and the padded schedules ([(first bar, key)] per
+    row)."""
     primers = np.asarray(primers, np.int64)
-    counter = conditioning.bar_counter(tokenizer)
+    counter = tokenizer.bar_counter()
     bars_BxN, keys_BxN = conditioning.schedule_arrays(schedules)
     styles_B = np.full(len(primers), -1, np.int32) if styles is None else np.asarray(styles)
     bar_BxP = np.stack([counter.bars(row) for row in primers])
@@ -271,14 +272,14 @@ def key_inputs(tokenizer, ks: KeySettings, primers, schedules, styles=None) -> K
         [conditioning.key_at_bar(bars_BxN, keys_BxN, bars) for bars in bar_BxP.T], axis=1
     )
     cond = conditioning.vector(ks.spec, key_BxP, np.broadcast_to(styles_B[:, None], key_BxP.shape))
-    pcs, is_pitch = conditioning.pitch_class_of_tokens(tokenizer)
+    is_pitch = tokenizer.pitch_class_table().any(axis=1)
     return KeyInputs(
         primer_cond_BxPxC=cond.astype(np.float32),
-        units_B=counter.unit_V[primers].sum(axis=1).astype(np.int32),
+        units_B=counter.advance_V[primers].sum(axis=1).astype(np.float32),
         bars_BxN=bars_BxN,
         keys_BxN=keys_BxN,
         styles_B=styles_B.astype(np.int32),
-        unit_V=counter.unit_V,
+        advance_V=counter.advance_V.astype(np.float32),
         in_scale_KxV=conditioning.in_scale_table(tokenizer),
         is_pitch_V=is_pitch,
     )
@@ -332,13 +333,14 @@ def sample_keyed(
     pitch_step bool (B, N)).
 
     The scan carries the bar counter, so the key (and the [X; M] vector fed with each token)
-    changes at the token where the schedule's bar begins: for the event tokenizer the BAR token
-    that opens it. The scale rule (KeySettings.scale) uses the key of the latest input."""
+    changes at the token where the schedule's bar begins (Tokenizer.bar_counter: e.g. the BAR
+    token that opens it, or the token after the TIME_SHIFT that crosses into it). The scale
+    rule (KeySettings.scale) uses the key of the latest input."""
     cond = inputs.primer_cond_BxPxC if ks.spec.dim else None
     logits_BxPxV, carry = step_fn(variables, primer_BxP, None, cond)
-    incl_V = inputs.unit_V if ks.inclusive else jnp.zeros_like(inputs.unit_V)
+    incl_V = inputs.advance_V if ks.inclusive else jnp.zeros_like(inputs.advance_V)
     last_B = primer_BxP[:, -1]
-    key_B = _key_of(inputs.units_B - inputs.unit_V[last_B], incl_V[last_B], inputs, ks)
+    key_B = _key_of(inputs.units_B - inputs.advance_V[last_B], incl_V[last_B], inputs, ks)
     temp = settings.temperature if settings.decoder == "temperature" else 1.0
 
     def scale_fn(key_B, out):
@@ -363,7 +365,7 @@ def sample_keyed(
             held,
         )
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
-        units_B = units_B + inputs.unit_V[token_B]
+        units_B = units_B + inputs.advance_V[token_B]
         cond = None
         if ks.spec.dim:
             cond = conditioning.vector(ks.spec, key_B, inputs.styles_B, xp=jnp)[:, None, :]

@@ -8,7 +8,9 @@ import dataclasses
 import numpy as np
 
 from jaxcomposer.config_lib import TokenizerConfig
-from jaxcomposer.notes import Notes, Piece, TimeSignature
+from jaxcomposer.core.errors import Failure
+from jaxcomposer.music.notes import Notes, Piece, TimeSignature
+from jaxcomposer.tokenizers.geometry import BarCounter
 from jaxcomposer.tokenizers.grammar import Grammar
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
 
@@ -22,11 +24,11 @@ LOST_NOTE_COUNTS = (
 SHORTENED_NOTE_COUNTS = ("duration_capped_notes",)  # longer than max_duration_steps
 
 
-class EncodingError(ValueError):
+class EncodingError(Failure, ValueError):
     """A piece holds a value the vocabulary cannot express (the message says which and where)."""
 
 
-class TranspositionError(ValueError):
+class TranspositionError(Failure, ValueError):
     """Shifting would move some tokens out of the pitch range."""
 
     def __init__(self, shift: int, out_of_range: int):
@@ -43,7 +45,7 @@ class Decoded:
     notes: Notes
     skipped: int  # tokens that did not fit the grammar (or lay outside the vocabulary)
     beats: float  # length of the decoded music in quarter-note beats
-    frames: int = 0  # number of FRAME_END tokens (frame tokenizer), else 0
+    frames: int | None = None  # number of FRAME_END tokens (frame tokenizer), else None
     time_signatures: tuple[TimeSignature, ...] = ()
 
 
@@ -96,6 +98,54 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         """The token (range, index) a token becomes when transposed, or None if impossible."""
+
+    # --- geometry: where tokens sit in the music (each tokenizer answers for its own) -------
+    @property
+    @abc.abstractmethod
+    def time_unit(self) -> str:
+        """ "beat" (score tokens: token times are quarter-note beats) or "second" (performance
+        tokens: token times are seconds of playing, decoded as beats of `decoded_qpm`)."""
+
+    @abc.abstractmethod
+    def bar_counter(self) -> BarCounter:
+        """The bar number of every token from the tokens alone (key schedules while sampling)."""
+
+    @abc.abstractmethod
+    def token_beats(self, tokens: np.ndarray) -> np.ndarray:
+        """float64 (n,): onset of each token (no BOS/EOS) in quarter-note beats of the decoded
+        music (for time_unit "second": seconds * decoded_qpm / 60)."""
+
+    @abc.abstractmethod
+    def pitch_class_table(self) -> np.ndarray:
+        """bool (V, 12): the pitch classes each token sounds (note-off tokens sound none)."""
+
+    @abc.abstractmethod
+    def cut_points(self, tokens: np.ndarray) -> np.ndarray:
+        """bool (n,): True at i where a primer may end just before token i, so that decoding
+        tokens[i:] on their own loses nothing (tokens without BOS/EOS)."""
+
+    @abc.abstractmethod
+    def bar_lines(self, tokens: np.ndarray) -> np.ndarray:
+        """float64 (k,): beats at which the bars of the music the tokens encode start, through
+        the line that closes the last bar."""
+
+    @abc.abstractmethod
+    def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
+        """The time signatures the tokens hold, by beat (empty when they hold none)."""
+
+    def token_time(self, piece: Piece, beats: np.ndarray) -> np.ndarray:
+        """float64: the token clock (the beats `token_beats` reports) at the piece's `beats`.
+
+        Score tokens keep the piece's beats; tokens in real time override this (performance:
+        the tempo map, from the first onset)."""
+        if self.time_unit != "beat":
+            raise NotImplementedError(f"{type(self).__name__} must map piece beats to its clock")
+        return np.asarray(beats, np.float64)
+
+    def _grammar_starts(self, tokens: np.ndarray) -> np.ndarray:
+        """bool (n,): the grammar is in its start-of-piece state before token i."""
+        states, _ = self.grammar.walk(np.asarray(tokens, np.int64))
+        return states == self.grammar.bos_state
 
     # --- shared ----------------------------------------------------------------------------
     @property

@@ -24,13 +24,20 @@ import functools
 
 import numpy as np
 
-from jaxcomposer.notes import Notes, Piece
+from jaxcomposer.music.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer
 from jaxcomposer.tokenizers.common import (
     checked_grid,
     notes_from_steps,
+    pitch_range_classes,
     same_onset_repeats,
     shift_pitch_index,
+)
+from jaxcomposer.tokenizers.geometry import (
+    DEFAULT_BAR_BEATS,
+    NOMINAL_BARS,
+    BarCounter,
+    nominal_bar_lines,
 )
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
@@ -225,6 +232,42 @@ class ChordTokenizer(Tokenizer):
             _, masks, index_of_mask = chord_table()
             return name, int(index_of_mask[rotate_mask(int(masks[index]), shift)])
         return name, index
+
+    # --- geometry: onset groups chord_step_beats apart, no bars (nominal 4/4 bars) ----------
+    time_unit = "beat"
+
+    def bar_counter(self) -> BarCounter:
+        """Each onset group takes chord_step_beats, counted at the token that completes it (its
+        PITCH or CHORD token, or with chord_durations its DURATION); 4 beats make a bar."""
+        advance = np.zeros(self.vocab.size, np.float32)
+        ends = ("DURATION",) if self.config.chord_durations else ("PITCH", "CHORD")
+        for name in ends:
+            advance[self.vocab.range_ids(name)] = 1.0
+        per_bar = DEFAULT_BAR_BEATS / self.config.chord_step_beats
+        return BarCounter(advance, False, per_bar, 1, NOMINAL_BARS)
+
+    def token_beats(self, tokens: np.ndarray) -> np.ndarray:
+        """The decoded onset of the token's group: groups before it * chord_step_beats."""
+        return self.bar_counter().units(tokens) * self.config.chord_step_beats
+
+    def pitch_class_table(self) -> np.ndarray:
+        """PITCH tokens sound their pitch's class, CHORD tokens their set, DURATION none."""
+        pcs = pitch_range_classes(self, ("PITCH",))
+        masks = chord_table()[1]
+        pcs[self.vocab.range_ids("CHORD")] = (masks[:, None] >> np.arange(12)) & 1 == 1
+        return pcs
+
+    def cut_points(self, tokens: np.ndarray) -> np.ndarray:
+        """At group starts (the grammar's start state)."""
+        return self._grammar_starts(tokens)
+
+    def bar_lines(self, tokens: np.ndarray) -> np.ndarray:
+        """Nominal 4/4 bar lines through the end of the last group (groups hold no meter)."""
+        return nominal_bar_lines(self.decode(tokens).beats)
+
+    def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
+        """Onset groups hold no meter."""
+        return ()
 
     def describe_chord(self, index: int) -> str:
         """A CHORD index as the original's token text, its normal order joined by '.'."""

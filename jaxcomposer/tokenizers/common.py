@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import DEFAULT_VELOCITY, Notes, Piece, grid_round
+from jaxcomposer.music.notes import DEFAULT_VELOCITY, Notes, Piece, grid_round
 from jaxcomposer.tokenizers.base import EncodingError, Tokenizer
 
 
@@ -62,3 +62,14 @@ def shift_pitch_index(index: int, shift: int, num_pitches: int) -> int | None:
     """Index within a pitch range after a shift, or None when it leaves the range."""
     moved = index + shift
     return moved if 0 <= moved < num_pitches else None
+
+
+def pitch_range_classes(tokenizer: Tokenizer, names) -> np.ndarray:
+    """bool (V, 12): for each range in `names` whose index i is pitch pitch_min + i, that
+    pitch's class; every other token none."""
+    v = tokenizer.vocab
+    pcs = np.zeros((v.size, 12), bool)
+    for name in names:
+        ids = v.range_ids(name)
+        pcs[ids, (tokenizer.config.pitch_min + np.arange(ids.size)) % 12] = True
+    return pcs

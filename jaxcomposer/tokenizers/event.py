@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, grid_round
+from jaxcomposer.music.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, grid_round
 from jaxcomposer.tokenizers.base import Decoded, EncodingError, Tokenizer
-from jaxcomposer.tokenizers.common import checked_grid, notes_from_steps, shift_pitch_index
+from jaxcomposer.tokenizers.common import (
+    checked_grid,
+    notes_from_steps,
+    pitch_range_classes,
+    shift_pitch_index,
+)
+from jaxcomposer.tokenizers.geometry import BarCounter, bar_lines_of
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
 
@@ -57,12 +63,12 @@ class EventTokenizer(Tokenizer):
             raise ValueError("max_duration_steps and max_bar_beats must be >= 1")
         if not 0 <= c.num_velocity_bins <= 128:
             raise ValueError(f"num_velocity_bins must be in [0, 128], got {c.num_velocity_bins}")
-        self.meters = time_signature_table(c.max_bar_beats, c.steps_per_beat)
-        self.meter_index = {m: i for i, m in enumerate(self.meters)}
+        self.meter_table = time_signature_table(c.max_bar_beats, c.steps_per_beat)
+        self.meter_index = {m: i for i, m in enumerate(self.meter_table)}
         self.positions = c.max_bar_beats * c.steps_per_beat
         ranges = [
             ("BAR", 1),
-            ("TIMESIG", len(self.meters)),
+            ("TIMESIG", len(self.meter_table)),
             ("POSITION", self.positions),
             ("PITCH", self.num_pitches),
             ("DURATION", c.max_duration_steps),
@@ -78,7 +84,7 @@ class EventTokenizer(Tokenizer):
             max_bar_beats=c.max_bar_beats,
             max_duration_steps=c.max_duration_steps,
             num_velocity_bins=c.num_velocity_bins,
-            time_signatures=[f"{n}/{d}" for n, d in self.meters],
+            time_signatures=[f"{n}/{d}" for n, d in self.meter_table],
         )
 
     def _build_grammar(self) -> Grammar:
@@ -242,10 +248,10 @@ class EventTokenizer(Tokenizer):
                 bar_start = 0 if bar_start is None else bar_start + length
                 onset = bar_start
             elif kind == "TIMESIG":
-                if self.meters[index] != meter:
-                    n, d = self.meters[index]
+                if self.meter_table[index] != meter:
+                    n, d = self.meter_table[index]
                     changes.append(TimeSignature(bar_start / c.steps_per_beat, n, d))
-                meter = self.meters[index]
+                meter = self.meter_table[index]
             elif kind == "POSITION":
                 onset = bar_start + index
             elif kind == "PITCH":
@@ -259,7 +265,75 @@ class EventTokenizer(Tokenizer):
         arr = np.asarray(notes, np.int64).reshape(-1, 4)
         decoded = notes_from_steps(arr[:, 0], arr[:, 1], arr[:, 2], c.steps_per_beat, arr[:, 3])
         end = 0 if bar_start is None else bar_start + self._bar_length(meter)
-        return Decoded(decoded, 0, end / c.steps_per_beat, 0, tuple(changes))
+        return Decoded(decoded, 0, end / c.steps_per_beat, None, tuple(changes))
+
+    # --- geometry --------------------------------------------------------------------------
+    time_unit = "beat"
+
+    def bar_counter(self) -> BarCounter:
+        """Bars follow the meter: each BAR token opens the next bar (inclusive)."""
+        advance = np.zeros(self.vocab.size, np.float32)
+        advance[self.vocab.token("BAR")] = 1.0
+        return BarCounter(advance, True, 1.0, 0, "bars follow the meter (BAR tokens)")
+
+    def token_beats(self, tokens: np.ndarray) -> np.ndarray:
+        """The bar start for BAR/TIMESIG, the onset for POSITION and the note tokens after it
+        (walking the tokens as the decoder does, vectorised by bar)."""
+        tokens = np.asarray(tokens, np.int64)
+        v, spb = self.vocab, self.config.steps_per_beat
+        bar_id, pos_lo, sig_lo = v.token("BAR"), v.offset("POSITION"), v.offset("TIMESIG")
+        is_bar = tokens == bar_id
+        timesig = (tokens >= sig_lo) & (tokens < sig_lo + len(self.meter_table))
+        is_pos = (tokens >= pos_lo) & (tokens < pos_lo + self.positions)
+        bar_index = np.cumsum(is_bar) - 1  # -1 before the first BAR
+        meter_len = np.full(max(int(is_bar.sum()), 1), 4 * spb, np.int64)
+        current = 4 * spb
+        for i in np.flatnonzero(is_bar | timesig):
+            if timesig[i]:
+                n, d = self.meter_table[int(tokens[i] - sig_lo)]
+                current = n * 4 * spb // d
+            if bar_index[i] >= 0:
+                meter_len[bar_index[i]] = current
+        # Bar k starts after bars 0..k-1; the decoder sizes a bar by the meter read before its
+        # BAR, which equals the bar's own length except across a change, where TIMESIG follows.
+        starts = np.concatenate([[0], np.cumsum(meter_len)[:-1]])
+        bar_start = np.where(bar_index >= 0, starts[np.maximum(bar_index, 0)], 0)
+        last_pos = np.where(is_pos, tokens - pos_lo, -1)
+        # Position in force: the latest POSITION since the bar line (0 at the bar line).
+        seg = np.where(is_bar, 0, last_pos)
+        idx = np.where(is_bar | is_pos, np.arange(tokens.size), 0)
+        np.maximum.accumulate(idx, out=idx)
+        offset = np.where(seg[idx] >= 0, seg[idx], 0)
+        return (bar_start + offset) / spb
+
+    def pitch_class_table(self) -> np.ndarray:
+        """PITCH tokens sound their pitch's class; BAR, TIMESIG, POSITION, DURATION, VELOCITY
+        none."""
+        return pitch_range_classes(self, ("PITCH",))
+
+    def cut_points(self, tokens: np.ndarray) -> np.ndarray:
+        """Before a BAR (a bar line), or where the grammar is back at the start."""
+        tokens = np.asarray(tokens, np.int64)
+        return self._grammar_starts(tokens) | (tokens == self.vocab.token("BAR"))
+
+    def bar_lines(self, tokens: np.ndarray) -> np.ndarray:
+        """The start of each bar the BAR tokens open and the end of the last one, each bar as
+        long as the TIMESIG in force in it; [0.0] when the tokens hold no BAR."""
+        tokens = np.asarray(tokens, np.int64)
+        decoded = self.decode(tokens)
+        bars = int(np.count_nonzero(tokens == self.vocab.token("BAR")))
+        if not bars:
+            return np.zeros(1)
+        return bar_lines_of(decoded.time_signatures, decoded.beats)[: bars + 1]
+
+    def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
+        """The TIMESIG tokens' meters where they change; 4/4 at beat 0 when the tokens hold
+        bars but no TIMESIG (the decoder's default)."""
+        tokens = np.asarray(tokens, np.int64)
+        found = self.decode(tokens).time_signatures
+        if found or not (tokens == self.vocab.token("BAR")).any():
+            return tuple(found)
+        return (TimeSignature(0.0, *DEFAULT_METER),)
 
     def _bar_length(self, meter: tuple[int, int] | None) -> int:
         n, d = DEFAULT_METER if meter is None else meter

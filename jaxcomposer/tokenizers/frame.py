@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import Notes, Piece
+from jaxcomposer.music.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer
 from jaxcomposer.tokenizers.common import (
     checked_grid,
     notes_from_steps,
+    pitch_range_classes,
     same_onset_repeats,
     shift_pitch_index,
 )
+from jaxcomposer.tokenizers.geometry import NOMINAL_BARS, BarCounter, nominal_bar_lines
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
 
@@ -166,6 +168,35 @@ class FrameTokenizer(Tokenizer):
         return Decoded(
             notes=notes, skipped=0, beats=frames / self.config.steps_per_beat, frames=num_ends
         )
+
+    # --- geometry: frames of 1/steps_per_beat beats, no bars (nominal 4/4 bars) -------------
+    time_unit = "beat"
+
+    def bar_counter(self) -> BarCounter:
+        """A FRAME_END closes its frame (not inclusive); 4 beats of frames make a bar."""
+        advance = np.zeros(self.vocab.size, np.float32)
+        advance[self.vocab.token("FRAME_END")] = 1.0
+        return BarCounter(advance, False, 4.0 * self.config.steps_per_beat, 1, NOMINAL_BARS)
+
+    def token_beats(self, tokens: np.ndarray) -> np.ndarray:
+        """The start of the token's frame: FRAME_ENDs before it / steps_per_beat."""
+        return self.bar_counter().units(tokens) / self.config.steps_per_beat
+
+    def pitch_class_table(self) -> np.ndarray:
+        """NOTE (ONSET, HOLD) tokens sound their pitch's class, FRAME_END none."""
+        return pitch_range_classes(self, self.pitch_ranges)
+
+    def cut_points(self, tokens: np.ndarray) -> np.ndarray:
+        """At frame starts (the grammar's start state)."""
+        return self._grammar_starts(tokens)
+
+    def bar_lines(self, tokens: np.ndarray) -> np.ndarray:
+        """Nominal 4/4 bar lines through the end of the last frame (frames hold no meter)."""
+        return nominal_bar_lines(self.decode(tokens).beats)
+
+    def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
+        """Frames hold no meter."""
+        return ()
 
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in self.pitch_ranges:

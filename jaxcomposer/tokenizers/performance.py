@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.notes import DEFAULT_VELOCITY, Notes, Piece, beats_to_seconds
+from jaxcomposer.music.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, beats_to_seconds
 from jaxcomposer.tokenizers.base import Decoded, EncodingError, Tokenizer
-from jaxcomposer.tokenizers.common import shift_pitch_index
+from jaxcomposer.tokenizers.common import pitch_range_classes, shift_pitch_index
 from jaxcomposer.tokenizers.event import velocity_centres
+from jaxcomposer.tokenizers.geometry import DEFAULT_BAR_BEATS, BarCounter, nominal_bar_lines
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
 
@@ -267,6 +268,51 @@ class PerformanceTokenizer(Tokenizer):
         )
         last = int(arr[:, 2].max()) if len(arr) else 0
         return Decoded(notes.sorted(), 0, float(self._steps_to_beats(max(now, last))))
+
+    # --- geometry: time in seconds; nominal bars of 4 beats at decoded_qpm (2 s) -------------
+    time_unit = "second"
+
+    def bar_counter(self) -> BarCounter:
+        """TIME_SHIFT(k) advances k steps (1/perf_steps_per_second s each) and leads out of its
+        instant (not inclusive); a bar is DEFAULT_BAR_BEATS beats at decoded_qpm (2 s at 120
+        qpm), the bars `bar_lines` and the key schedules count."""
+        advance = np.zeros(self.vocab.size, np.float32)
+        shifts = self.vocab.range_ids("TIME_SHIFT")
+        advance[shifts] = np.arange(1, shifts.size + 1)
+        seconds_per_bar = DEFAULT_BAR_BEATS / BEATS_PER_SECOND
+        per_bar = seconds_per_bar * self.config.perf_steps_per_second
+        note = f"no bars: {seconds_per_bar:g} s = 1 bar (4 beats at {self.decoded_qpm:g} qpm)"
+        return BarCounter(advance, False, float(per_bar), 1, note)
+
+    def token_beats(self, tokens: np.ndarray) -> np.ndarray:
+        """Seconds of TIME_SHIFT before each token, as beats of decoded_qpm."""
+        return self._steps_to_beats(self.bar_counter().units(tokens))
+
+    def token_time(self, piece: Piece, beats: np.ndarray) -> np.ndarray:
+        """The piece's beats -> seconds (its tempo map) from the first onset, as the encoder
+        clocks them, in beats of decoded_qpm."""
+        notes = piece.notes  # the pedal moves no onset
+        seconds = beats_to_seconds(np.asarray(beats, np.float64), piece.tempos)
+        origin = beats_to_seconds(notes.start, piece.tempos).min() if len(notes) else 0.0
+        return (seconds - origin) * BEATS_PER_SECOND
+
+    def pitch_class_table(self) -> np.ndarray:
+        """NOTE_ON tokens sound their pitch's class; NOTE_OFF (only ends a note), TIME_SHIFT and
+        VELOCITY none."""
+        return pitch_range_classes(self, ("NOTE_ON",))
+
+    def cut_points(self, tokens: np.ndarray) -> np.ndarray:
+        """Where no note sounds (the grammar's start state): a primer cut there leaves no note
+        without its NOTE_OFF and no NOTE_OFF without its NOTE_ON."""
+        return self._grammar_starts(tokens)
+
+    def bar_lines(self, tokens: np.ndarray) -> np.ndarray:
+        """Nominal bars of 2 s (4 beats at decoded_qpm) through the end of the music."""
+        return nominal_bar_lines(self.decode(tokens).beats)
+
+    def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
+        """Performance tokens hold no meter."""
+        return ()
 
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in ("NOTE_ON", "NOTE_OFF"):

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcomposer import conditioning
-from jaxcomposer.keys import transpose_key
+from jaxcomposer.model import conditioning
+from jaxcomposer.music.keys import transpose_key
 from jaxcomposer.tokenizers.grammar import START_STATE, Grammar
 from jaxcomposer.tokenizers.vocab import PAD
 

@@ -17,13 +17,15 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcomposer import atomic, distributed, workdir_lib
-from jaxcomposer.conditioning import Spec
+from jaxcomposer import workdir_lib
 from jaxcomposer.config_lib import Config
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure
 from jaxcomposer.data import dataset
-from jaxcomposer.model import build_model
+from jaxcomposer.model import build_model, checkpoints
+from jaxcomposer.model.conditioning import Spec
 from jaxcomposer.tokenizers import Tokenizer, get_tokenizer
-from jaxcomposer.train import batching, reporting
+from jaxcomposer.train import batching, distributed, reporting
 from jaxcomposer.train.optimizer import make_optimizer
 from jaxcomposer.train.train_step import (
     TrainState,
@@ -36,7 +38,7 @@ from jaxcomposer.train.train_step import (
 )
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(Failure, RuntimeError):
     """The loss or gradient norm became NaN or infinite."""
 
 
@@ -99,7 +101,7 @@ def fit(
     tokenizer = tokenizer or get_tokenizer(config.tokenizer)
     spec = spec or Spec(config.model.condition)
     model = model or build_model(config.model, tokenizer.vocab.size, spec.dim)
-    manager = workdir_lib.make_manager(workdir, tcfg.keep_best)
+    manager = checkpoints.make_manager(workdir_lib.checkpoint_dir(workdir), tcfg.keep_best)
     try:
         latest = manager.latest_step()
         # Every process checks (the same files, the same verdict); process 0 alone writes.
@@ -123,7 +125,7 @@ def fit(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                 jax.eval_shape(init, run_key(config)).to_tree(),
             )
-            tree, meta = workdir_lib.restore(manager, latest, abstract)
+            tree, meta = checkpoints.restore(manager, latest, abstract)
             state = TrainState(**tree)
             logging.info("resumed from %s at step %d", manager.directory, latest)
         run = _Run(config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta, spec)
@@ -289,7 +291,7 @@ class _Run:
             "best_wall_seconds": self.best["wall_seconds"],
             "evals_without_improvement": self.bad_evals,
         }
-        workdir_lib.save(self.manager, step, state.to_tree(), meta, val_loss)
+        checkpoints.save(self.manager, step, state.to_tree(), meta, val_loss)
 
     def summary(self, step: int, stop: str) -> dict:
         return {

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from jaxcomposer import atomic
+from jaxcomposer.core import atomic
 
 
 def append_metrics(path: str, record: dict) -> None:

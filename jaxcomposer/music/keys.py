@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcomposer.errors import UsageError
-from jaxcomposer.notes import Notes
+from jaxcomposer.core.errors import UsageError
+from jaxcomposer.music.notes import Notes
 
 # Key profiles, (major, minor), index 0 = the tonic. Krumhansl-Kessler: probe-tone ratings
 # (Krumhansl 1990); Aarden-Essen: pitch-class frequencies of the Essen folksong collection

@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from jaxcomposer import keys
-from jaxcomposer.errors import UsageError
+from jaxcomposer.core.errors import UsageError
 from jaxcomposer.evaluation import compare, musicstats
-from jaxcomposer.notes import Notes, grid_round
+from jaxcomposer.music import keys
+from jaxcomposer.music.notes import Notes, grid_round
 
 OCTAVE = 12  # semitones
 STEP = 2  # semitones: a melodic step (a leap is anything wider)

@@ -4,7 +4,7 @@ The paper's update W_new = W_old + alpha * DeltaW + beta * F(y) in its establish
 KL-regularised policy-gradient fine-tuning (Jaques et al. 2017, Sequence Tutor / RL Tuner). Each
 update samples `finetune.batch_size` sequences from the current model with the jitted sampler
 (grammar mask on, temperature 1: the policy itself), decodes them, scores them with the reward
-table (evaluation/rewards.py) and takes an Adam step on policy_gradient.surrogate (reward with a
+table (finetune/rewards.py) and takes an Adam step on policy_gradient.surrogate (reward with a
 leave-one-out baseline, minus beta * exact KL to the pretrained model) plus alpha * the ordinary
 next-token NLL on real training windows (the paper's alpha DeltaW).
 
@@ -16,7 +16,7 @@ resumed from its latest checkpoint reproduces an uninterrupted one bit for bit.
 `--mode=generate --checkpoint=finetuned[:STEP]` samples from the result.
 
 Key-conditioned models (conditioning.Spec.dim > 0): each update asks every sampled sequence for
-a key (`finetune.key`, else drawn from the training pieces' keys as generate.plan_keys draws,
+a key (`finetune.key`, else drawn from the training pieces' keys as keyplan.plan_keys draws,
 a pure function of the step), samples with sampler.sample_keyed (no scale rule: the policy
 itself), feeds every forward pass (policy, frozen reference, real windows, validation) the
 [X; M] vectors training fed, and scores in_key in the requested key.
@@ -35,18 +35,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from matplotlib.figure import Figure
 
-from jaxcomposer import atomic, config_lib, keys, workdir_lib
+from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import Config, FinetuneConfig
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure, UsageError
 from jaxcomposer.data import dataset
-from jaxcomposer.errors import UsageError
-from jaxcomposer.evaluation import rewards
-from jaxcomposer.model import StepFunction
+from jaxcomposer.finetune import policy_gradient, rewards
+from jaxcomposer.finetune.reports import mean, plot_curves, progress_line, summary_text
+from jaxcomposer.model import StepFunction, checkpoints
 from jaxcomposer.model.loss import token_loss_sums
-from jaxcomposer.sample import generate, sampler
+from jaxcomposer.music import keys
+from jaxcomposer.sample import keyplan, sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer
-from jaxcomposer.train import batching, policy_gradient, reporting
+from jaxcomposer.train import batching, reporting
 from jaxcomposer.train.train_step import make_eval_step, make_mesh, shard_batch, validation_metrics
 
 CONFIG_FILE = "config.json"
@@ -59,7 +61,7 @@ RESUMABLE_FIELDS = frozenset({"num_steps", "eval_every", "log_every", "max_wall_
 _SAMPLE_STREAM, _WINDOW_STREAM, _KEY_STREAM = 0, 1, 2
 
 
-class FinetuneDivergedError(RuntimeError):
+class FinetuneDivergedError(Failure, RuntimeError):
     """The fine-tuning loss or gradient norm became NaN or infinite."""
 
 
@@ -213,7 +215,7 @@ def _check_resume(folder: str, config: Config, base_step: int, resuming: bool) -
             old = config_lib.from_json(f.read())
         changed = workdir_lib.differences(old, config, "finetune", RESUMABLE_FIELDS)
         if changed:
-            raise workdir_lib.CheckpointError(
+            raise workdir_lib.WorkdirError(
                 f"{folder} holds a fine-tuning run with a different config "
                 f"({'; '.join(changed)}); resume with the same values or remove that folder"
             )
@@ -225,7 +227,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
 
     The model, tokenizer and data settings come from the workdir's config.json; the finetune
     section from `flags_config` (the --config given on the command line). Raises
-    workdir_lib.CheckpointError for a workdir without checkpoints or with a model the
+    workdir_lib.WorkdirError for a workdir without checkpoints or with a model the
     sampler cannot fine-tune (the Keras replica reads fixed windows), errors.UsageError for a
     user reward that cannot be loaded."""
     workdir = os.path.abspath(workdir)
@@ -234,7 +236,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
     config = dataclasses.replace(base.config, finetune=flags_config.finetune)
     fcfg = config.finetune
     if config.model.kind != "lstm" or config.train.loss_on_last_only:
-        raise workdir_lib.CheckpointError(
+        raise workdir_lib.WorkdirError(
             f"{workdir}: fine-tuning needs a model that reads whole sequences (model.kind "
             f"'lstm'), not {config.model.kind!r} trained on the last target of fixed windows"
         )
@@ -249,10 +251,9 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
     context = reward_context(config, tokenizer, train_split)
     optimizer = make_optimizer(fcfg)
     real_table = tokenizer.grammar.next_state if config.train.grammar_mask_loss else None
-    manager = workdir_lib.make_manager(
-        workdir, config.train.keep_best,
-        directory=os.path.join(folder, workdir_lib.CHECKPOINT_DIR),
-    )  # fmt: skip
+    manager = checkpoints.make_manager(
+        os.path.join(folder, workdir_lib.CHECKPOINT_DIR), config.train.keep_best
+    )
     try:
         latest = manager.latest_step()
         _check_resume(folder, config, base.step, latest is not None)
@@ -268,7 +269,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
             abstract = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_device()), state
             )
-            state, meta = workdir_lib.restore(manager, latest, abstract)
+            state, meta = checkpoints.restore(manager, latest, abstract)
             logging.info("resumed fine-tuning from %s at step %d", manager.directory, latest)
         run = _Run(config, workdir, folder, manager, base, train_split, context, user)
         run.update = make_update(model, optimizer, tokenizer.grammar, fcfg, real_table)
@@ -349,7 +350,7 @@ class _Run:
             tokens = sampler.sample(*args, **kwargs)
             return np.asarray(jax.device_get(tokens)), None, None
         plan = self.key_plan(step)
-        inputs, ks = generate.keyed_run(self.base, self._key_sample(), primer, plan)
+        inputs, ks = keyplan.keyed_run(self.base, self._key_sample(), primer, plan)
         tokens = np.asarray(jax.device_get(sampler.sample_keyed(*args, inputs, ks=ks, **kwargs)[0]))
         # The vectors the scan fed: the same host code computes a primer's, over BOS + tokens.
         fed = np.concatenate([primer, tokens[:, :-1]], axis=1)
@@ -363,14 +364,12 @@ class _Run:
             num_samples=self.fcfg.batch_size,
         )  # fmt: skip
 
-    def key_plan(self, step: int) -> generate.KeyPlan:
+    def key_plan(self, step: int) -> keyplan.KeyPlan:
         """The requested key (and style) of each sampled row at `step`: a pure function of
         (seed, finetune.seed, step)."""
         seed = (self.config.seed, self.fcfg.seed, _KEY_STREAM, step)
         sample = self._key_sample()
-        return generate.plan_keys(
-            self.workdir, sample, self.spec, [None] * sample.num_samples, seed
-        )
+        return keyplan.plan_keys(self.workdir, sample, self.spec, [None] * sample.num_samples, seed)
 
     def real_batch(self, step: int):
         if self.fcfg.alpha <= 0:
@@ -449,7 +448,7 @@ class _Run:
                 self.save(state, step, val, wall(), meta)
                 saved_at = step
             if step % fcfg.log_every == 0 or is_eval:
-                bar.write(_line(step, fcfg.num_steps, recent, val))
+                bar.write(progress_line(step, fcfg.num_steps, recent, val))
                 recent = []
             if out_of_time:
                 stop = "max_wall_seconds"
@@ -463,7 +462,7 @@ class _Run:
     def save(self, state: dict, step: int, val: float, wall: float, meta: dict) -> None:
         meta = {"step": step, "val_loss": val, "wall_seconds": wall,
                 "base_step": meta.get("base_step")}  # fmt: skip
-        workdir_lib.save(self.manager, step, state, meta, val)
+        checkpoints.save(self.manager, step, state, meta, val)
 
     def summary(self, step: int, stop: str, wall: float, meta: dict) -> dict:
         records = reporting.read_metrics(self.metrics_path)
@@ -475,73 +474,10 @@ class _Run:
             "step": step,
             "stop_reason": stop,
             "base_step": meta.get("base_step"),
-            "reward_first": _mean(train[:window], "reward"),
-            "reward_last": _mean(train[-window:], "reward"),
-            "kl_last": _mean(train[-window:], "kl"),
+            "reward_first": mean(train[:window], "reward"),
+            "reward_last": mean(train[-window:], "reward"),
+            "kl_last": mean(train[-window:], "kl"),
             "val_loss_first": valid[0]["loss"] if valid else None,
             "val_loss_last": valid[-1]["loss"] if valid else None,
             "seconds": wall,
         }
-
-
-def _mean(records: list[dict], key: str) -> float | None:
-    values = [r[key] for r in records if r.get(key) is not None]
-    return float(np.mean(values)) if values else None
-
-
-def _line(step: int, num_steps: int, recent: list[dict], val: float | None) -> str:
-    val_text = "-" if val is None else f"{val:.4f}"
-    real = _mean(recent, "real_nll")
-    real_text = "" if real is None else f"  real nll {real:.4f}"
-    walls = [r["wall_seconds"] for r in recent]
-    # One record in the window has no interval to time: say nothing rather than "nan s/step".
-    timing = f"  {(walls[-1] - walls[0]) / (len(walls) - 1):.2f} s/step" if len(walls) > 1 else ""
-    matched = [k for k in recent[-1] if k.startswith("reward_match_")]
-    match = np.mean([sum(r[k] for k in matched) for r in recent]) if matched else None
-    match_text = "" if match is None else f" (batch rewards, unweighted: {match:+.3f} nats)"
-    return (
-        f"finetune {step}/{num_steps}  reward {_mean(recent, 'reward'):.4f}{match_text}  "
-        f"kl {_mean(recent, 'kl'):.5f} nats/token{real_text}  val {val_text}  "
-        f"|g| {_mean(recent, 'grad_norm'):.3g}{timing}"
-    )
-
-
-def summary_text(summary: dict) -> str:
-    def fmt(v):
-        return "-" if v is None else f"{v:.4f}"
-
-    return (
-        f"fine-tuned to step {summary['step']} ({summary['stop_reason']}) from pretrained step "
-        f"{summary['base_step']}: mean reward {fmt(summary['reward_first'])} -> "
-        f"{fmt(summary['reward_last'])}, KL {fmt(summary['kl_last'])} nats/token, validation "
-        f"NLL {fmt(summary['val_loss_first'])} -> {fmt(summary['val_loss_last'])} nats/token"
-    )
-
-
-def plot_curves(metrics_file: str, png_path: str) -> str | None:
-    """Mean reward, KL(pi || pi_0) per token and validation NLL vs update, as one PNG."""
-    records = reporting.read_metrics(metrics_file)
-    train = sorted((r for r in records if r.get("kind") == "train"), key=lambda r: r["step"])
-    valid = sorted((r for r in records if r.get("kind") == "valid"), key=lambda r: r["step"])
-    if not train:
-        return None
-    steps = np.array([r["step"] for r in train])
-    fig = Figure(figsize=(10, 3.2), dpi=110)
-    axes = fig.subplots(1, 3)
-    for ax, key, label in ((axes[0], "reward", "mean reward"),
-                           (axes[1], "kl", "KL(policy || pretrained), nats/token")):  # fmt: skip
-        values = np.array([r[key] for r in train])
-        ax.plot(steps, values, lw=0.6, alpha=0.4)
-        width = max(1, len(values) // 20)
-        smooth = np.convolve(values, np.ones(width) / width, mode="valid")
-        ax.plot(steps[width - 1 :], smooth, lw=1.5)
-        ax.set_title(label, fontsize=9)
-    axes[2].plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", markersize=3)
-    axes[2].set_title("validation NLL, nats/token", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("update")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic.atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    return png_path

@@ -1,0 +1,203 @@
+"""Orbax checkpoints of a folder: the manager (latest + best by validation loss), save, restore,
+choosing a step and checking that stored shapes fit the model.
+
+    <folder>/<step>/   `state` (step, params, opt_state, batch_stats) and `meta` (JSON:
+                       validation loss, wall time, early stopping)
+
+Checkpoints saved at a validation pass carry the metric {'val_loss': ...}; the preservation
+policy keeps the newest checkpoint and the K with the lowest val_loss. Orbax and jax are
+imported inside the functions (start-up cost; see workdir_lib.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import WorkdirError
+
+METRIC = "val_loss"
+# Checkpoints the preservation policy drops are first renamed in here (one atomic rename), then
+# deleted: orbax's plain deletion is an rmtree of `<step>/`, and a process killed during it left
+# a half-deleted folder still named `<step>` that a later run listed as a checkpoint.
+TRASH_DIR = "deleted"
+
+
+def _val_loss(metrics: dict) -> float:
+    return float(metrics[METRIC])
+
+
+_EXPECTED_WARNINGS = (
+    "Requested `tracked_metric`",  # a periodic checkpoint, saved without a validation loss
+    "Given directory is read only",  # restore_for_inference opens the manager read-only
+)
+
+
+class _QuietOrbax(logging.Filter):
+    """Orbax logs every save step at INFO, which would bury the training progress lines; keep
+    its warnings, except those about how this module uses it on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname.replace("\\", "/"):
+            return True
+        if record.getMessage().startswith(_EXPECTED_WARNINGS):
+            return False
+        return record.levelno >= logging.WARNING
+
+
+def _quiet_orbax() -> None:
+    from absl import logging as absl_logging
+
+    logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+        logger.addFilter(_QuietOrbax())
+
+
+def _multiprocessing_options(read_only: bool):
+    """Multi-host (distributed.py): training calls the manager on every process, as orbax's
+    multi-process API requires, with process 0 as primary host (it writes the metadata and
+    finalizes each step). Reading for inference runs on one process alone (process 0 samples
+    and evaluates), so that manager's barriers include only the calling process."""
+    import jax
+    from orbax.checkpoint.options import MultiprocessingOptions
+
+    if not read_only or jax.process_count() == 1:
+        return MultiprocessingOptions(primary_host=0)
+    me = jax.process_index()
+    return MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"inference{me}"
+    )
+
+
+def make_manager(directory: str, keep_best: int, *, read_only: bool = False):
+    """A manager of the checkpoint folder `directory` (a workdir's checkpoints/, or
+    fine-tuning's) keeping the latest checkpoint plus the `keep_best` lowest validation
+    losses."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import checkpoint_managers
+
+    _quiet_orbax()
+    policy = checkpoint_managers.AnyPreservationPolicy(
+        [
+            checkpoint_managers.LatestN(n=1),
+            # reverse=True sorts high-to-low, so the kept "last n" are the lowest losses.
+            checkpoint_managers.BestN(
+                get_metric_fn=_val_loss,
+                reverse=True,
+                n=max(int(keep_best), 0),
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
+    if not read_only:
+        empty_trash(directory)
+    options = ocp.CheckpointManagerOptions(
+        multiprocessing_options=_multiprocessing_options(read_only),
+        preservation_policy=policy,
+        best_fn=_val_loss,  # makes the manager write metrics and answer best_step()
+        best_mode="min",
+        create=not read_only,
+        read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
+        cleanup_tmp_directories=not read_only,
+        todelete_subdir=None if read_only else TRASH_DIR,
+    )
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def empty_trash(directory: str) -> None:
+    """Deletes the checkpoints orbax moved to `directory/deleted/` (see TRASH_DIR)."""
+    shutil.rmtree(os.path.join(directory, TRASH_DIR), ignore_errors=True)
+
+
+def save(
+    manager,
+    step: int,
+    state_tree: dict,
+    meta: dict,
+    val_loss: float | None = None,
+) -> None:
+    """Starts an asynchronous save (`manager.wait_until_finished()` / `close()` completes it)."""
+    import orbax.checkpoint as ocp
+
+    metrics = None if val_loss is None else {METRIC: float(val_loss)}
+    empty_trash(str(manager.directory))
+    manager.save(
+        int(step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state_tree),
+            meta=ocp.args.JsonSave(atomic.to_jsonable(meta)),
+        ),
+        metrics=metrics,
+        force=True,
+    )
+
+
+def restore(manager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores (state, meta) of `step` into the structure/shardings of `abstract_state`."""
+    import orbax.checkpoint as ocp
+
+    restored = manager.restore(
+        int(step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["meta"])
+
+
+def choose_step(manager, which: str | int) -> int:
+    """'best' (lowest validation loss; the latest if none has one), 'latest' or a step number."""
+    steps = list(manager.all_steps())
+    where = manager.directory
+    if not steps:
+        raise WorkdirError(f"{where}: no checkpoints (has the model been trained?)")
+    which = str(which).strip()
+    if which == "best":
+        best = manager.best_step()
+        return int(best if best is not None else manager.latest_step())
+    if which == "latest":
+        return int(manager.latest_step())
+    if which.lstrip("-").isdigit():
+        if int(which) not in steps:
+            raise WorkdirError(f"{where}: no checkpoint at step {which}; have {sorted(steps)}")
+        return int(which)
+    raise WorkdirError(f"checkpoint must be 'best', 'latest' or a step number, got {which!r}")
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    import jax
+
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_shapes(expected: Any, stored: Any, what: str) -> None:
+    want, have = _shapes(expected), _shapes(stored)
+    if want == have:
+        return
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    differ = [
+        f"{k}: model {want[k]} vs checkpoint {have[k]}"
+        for k in want
+        if k in have and want[k] != have[k]
+    ]
+    raise WorkdirError(
+        f"{what} does not fit the model config.json describes: "
+        f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {differ[:5]}"
+    )
+
+
+def abstract_variables(model, seq_len: int) -> dict:
+    """Shapes of the model's variables ({'params': ..., maybe 'batch_stats': ...}), no compute."""
+    import jax
+    import jax.numpy as jnp
+
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    return dict(jax.eval_shape(lambda: model.init(rngs, tokens, train=False)))

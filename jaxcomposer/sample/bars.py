@@ -1,0 +1,90 @@
+"""Bars of a generated row: the meter in force, where `--num_bars` bars end, key changes as beats.
+
+The tokenizer answers where its own bar lines lie (`Tokenizer.bar_lines`, `Tokenizer.meters`);
+tokens that hold no meter (frame, chord) take a primer file's meter, else 4/4, on a grid that
+runs on past the music (`bar_lines`); tokens in real time never take a file's meter (their beats
+are seconds at the decoded tempo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from jaxcomposer.config_lib import SampleConfig
+from jaxcomposer.music.notes import KeySignature, Notes
+from jaxcomposer.tokenizers import Tokenizer
+from jaxcomposer.tokenizers.geometry import DEFAULT_BAR_BEATS, bar_lines_of
+
+MAX_BAR_BEATS = 16.0  # longest bar a MIDI meter can declare that the sampler plans for
+bar_lines = bar_lines_of  # (meters, until) -> float64 beats of the bar lines up to `until`
+
+
+def meters_of(tokenizer: Tokenizer, row: np.ndarray, primer_piece=None) -> tuple:
+    """The time signatures in force along a token row: the tokens' own (`Tokenizer.meters`),
+    else the primer file's (for score tokens that carry no meter), else () which means 4/4. A
+    tuple of notes.TimeSignature sorted by beat."""
+    own = tokenizer.meters(row)
+    if own or tokenizer.time_unit != "beat":
+        return tuple(own)  # performances: beats are seconds, a primer's meter means nothing
+    if primer_piece is not None:
+        return tuple(sorted(primer_piece.time_signatures, key=lambda ts: ts.beat))
+    return ()
+
+
+def row_bar_lines(tokenizer: Tokenizer, row: np.ndarray, meters, until: float) -> np.ndarray:
+    """float64 beats of the bar lines of a row: the tokens' own when they hold a meter
+    (`Tokenizer.bar_lines`), else the grid of `meters` (4/4 if none) up to `until`."""
+    if tokenizer.meters(row):
+        return tokenizer.bar_lines(row)
+    return bar_lines(meters, until)
+
+
+def end_beat(tokenizer: Tokenizer, primer: np.ndarray, row: np.ndarray, meters, bars: int):
+    """(beat where `bars` bars after the primer end, bars actually available). Bars are counted
+    from the bar line that closes the primer's last bar, in the meter in force."""
+    primer_end = tokenizer.decode(primer).beats
+    lines = row_bar_lines(tokenizer, row, meters, primer_end + (bars + 1) * MAX_BAR_BEATS)
+    first = int(np.searchsorted(lines, primer_end - 1e-9))
+    available = min(bars, len(lines) - 1 - first)
+    return float(lines[first + available]), available
+
+
+def key_changes(tokenizer: Tokenizer, row: np.ndarray, meters, schedule) -> tuple:
+    """The key changes of a [(first bar, key number)] schedule after its first entry, as
+    KeySignature events at the beats where those bars start (bars counted from the row's start,
+    as the sampler counts them); changes past the music are dropped by the renderer."""
+    if len(schedule) < 2:
+        return ()
+    lines = row_bar_lines(tokenizer, row, meters, tokenizer.decode(row).beats)
+    return tuple(
+        KeySignature(float(lines[bar - 1]), int(key))
+        for bar, key in schedule[1:]
+        if 0 < bar <= len(lines)
+    )
+
+
+def cut_at_beat(notes: Notes, end_beat: float) -> Notes:
+    """Notes starting before `end_beat`, each ended by it at the latest."""
+    kept = notes[notes.start < end_beat]
+    return dataclasses.replace(kept, end=np.minimum(kept.end, end_beat))
+
+
+def steps_for_bars(
+    tokenizer: Tokenizer, primers: np.ndarray, sample: SampleConfig, meters=()
+) -> int:
+    """Tokens to generate for `num_bars` bars: measured tokens per beat of the primer (or a
+    conservative default) times the beats of num_bars + 1 bars in the meter in force at the
+    primer's end (at least 4/4 when the tokens hold their own meter, whose bars may change
+    later; the + 1 completes the primer's last bar), with 50% headroom; extra music is cut at
+    the bar line."""
+    if sample.num_bars <= 0:
+        return sample.num_steps
+    beats = tokenizer.decode(primers[0]).beats
+    per_beat = primers.shape[1] / beats if beats >= 4 else 4.0 * tokenizer.config.steps_per_beat
+    in_force = [ts.bar_beats for ts in meters if ts.beat <= beats] or [DEFAULT_BAR_BEATS]
+    floor = DEFAULT_BAR_BEATS if tokenizer.meters(primers[0]) else 0.0
+    bar = max(in_force[-1], floor)
+    return max(sample.num_steps, math.ceil((sample.num_bars + 1) * bar * per_beat * 1.5))
