@@ -160,9 +160,9 @@ def render_sample(
     `score_notes` at `score_qpm` (a performance put on a beat grid) replace `notes` in the
     score only; the MIDI, audio and piano roll keep the notes as played. The score carries a
     tempo mark at its tempo (`score_qpm` or `qpm`). Four-part notes (`score.four_voices`:
-    voices 0-3 known, or with `guess_voices` assigned to a four-part texture) give a MIDI track per voice
-    (Soprano, Alto, Tenor, Bass) and a score with two voices per staff; other notes give two
-    tracks (right and left hand, split at middle C) and a two-hand piano score.
+    voices 0-3 known, or with `guess_voices` assigned to a four-part texture) give a MIDI
+    track per voice (Soprano, Alto, Tenor, Bass) and a score with two voices per staff; other
+    notes give two tracks (right and left hand, split at middle C) and a two-hand piano score.
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)

@@ -555,9 +555,11 @@ _SMUFL_TSPAN = re.compile(
 def _unicode_music_text(svg: str) -> str:
     """The tempo mark's note as a text-font glyph (2/3 of the music font's size looks right)."""
     return _SMUFL_TSPAN.sub(
-        lambda m: f'<tspan font-family="DejaVu Sans" font-size="{float(m.group(1)) * 2 / 3:g}px">'
-        + "".join(_SMUFL_TEXT[c] for c in m.group(2))
-        + "</tspan>",
+        lambda m: (
+            f'<tspan font-family="DejaVu Sans" font-size="{float(m.group(1)) * 2 / 3:g}px">'
+            + "".join(_SMUFL_TEXT[c] for c in m.group(2))
+            + "</tspan>"
+        ),
         svg,
     )
 
@@ -566,7 +568,9 @@ def write_png(pages: list[str], png_path: str, *, scale: float = PNG_SCALE) -> N
     """All pages, stacked, as one PNG on white; the tempo mark's note drawn from a text font
     (the SVG pages keep verovio's embedded music font, which browsers show)."""
     png = cairosvg.svg2png(
-        bytestring=_unicode_music_text(stack_pages(pages)).encode("utf-8"), background_color="white", scale=scale
+        bytestring=_unicode_music_text(stack_pages(pages)).encode("utf-8"),
+        background_color="white",
+        scale=scale,
     )
     atomic.write_bytes(png_path, png)
 
