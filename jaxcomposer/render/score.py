@@ -9,6 +9,7 @@ music21/verovio/cairosvg are imported inside the functions: importing music21 co
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 import itertools
 import os
@@ -372,8 +373,10 @@ def _grand_staff(score, staves: list, *, title: str, qpm: float, meters, keys) -
     piano = instrument.Piano()
     piano.partName, piano.partAbbreviation = "Piano", "Pno."
     piano.midiProgram = 0  # 0-based here; MusicXML shows 1
-    parts[0].insert(0, piano)
+    for part in parts:  # the same instrument on both staves, or music21 writes a second one
+        part.insert(0, copy.deepcopy(piano))
     mark = tempo.MetronomeMark(number=round(qpm, 1), referent=1.0)  # quarter = qpm
+    mark.placement = "above"  # MuseScore otherwise sets it between the staves
     parts[0].getElementsByClass(stream.Measure).first().insert(0, mark)
     score.insert(0, layout.StaffGroup(parts, name="Piano", symbol="brace", barTogether=True))
     score.metadata = metadata.Metadata(title=title, composer="jaxcomposer")
