@@ -313,9 +313,9 @@ def _strip(score) -> None:
 
 def _staff_accidentals(measure, k, past_measure: list) -> None:
     """Accidentals of one staff's measure under key `k`, over all its voices in time order (an
-    alto F# then a soprano F in the bar needs a natural), as music21's makeAccidentals does for
-    one voice: shown on a chromatic note, again after another spelling of that step, and not
-    on a tie's continuation."""
+    alto F# then a soprano F in the bar needs a natural), by music21's updateAccidentalDisplay:
+    shown on a chromatic note, not again in the bar (unless another spelling of that step came
+    between), not on a tie's continuation; courtesy naturals after last bar's accidentals."""
     events = sorted(
         ((float(n.getOffsetInHierarchy(measure)), n) for n in measure.recurse().notes),
         key=lambda e: e[0],
@@ -328,6 +328,7 @@ def _staff_accidentals(measure, k, past_measure: list) -> None:
             p.updateAccidentalDisplay(
                 pitchPast=past, pitchPastMeasure=past_measure, alteredPitches=altered,
                 cautionaryPitchClass=True, overrideStatus=True, lastNoteWasTied=tied,
+                cautionaryNotImmediateRepeat=False,  # an accidental holds to the bar line
             )  # fmt: skip
             past.append(p)
 
