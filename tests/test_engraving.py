@@ -93,11 +93,17 @@ def _reopened_grand_staff(path: str):
 
 
 def test_piano_route_is_one_part_with_two_staves_an_instrument_and_the_tempo(tmp_path):
-    notes = make_notes([72, 76, 79, 48, 55], [0, 1, 2, 0, 2], [1, 2, 4, 2, 4])
+    # The right hand stops after bar 1, the left plays on: the treble staff gets a bar of rest,
+    # and only the last bar ends with the final bar line.
+    notes = make_notes([72, 76, 79, 48, 55, 43], [0, 1, 2, 0, 2, 4], [1, 2, 4, 2, 4, 8])
     path = str(tmp_path / "piano.musicxml")
     score.write_musicxml(path, notes, title="piano", qpm=QPM, key_number=0)
     part = _one_piano_part(path)
-    assert {n.findtext("staff") for n in part.iter("note")} == {"1", "2"}
+    measures = part.findall("measure")
+    assert len(measures) == 2
+    for measure in measures:
+        assert {n.findtext("staff") for n in measure.iter("note")} == {"1", "2"}
+    assert [m.findtext("barline/bar-style") for m in measures] == [None, "light-heavy"]
     treble, bass = _reopened_grand_staff(path)
     pitches = sorted(
         int(p.midi) for s in (treble, bass) for n in s.recurse().notes for p in n.pitches

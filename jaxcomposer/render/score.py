@@ -21,6 +21,7 @@ import cairosvg
 import numpy as np
 import verovio
 from music21 import (
+    bar,
     clef,
     converter,
     instrument,
@@ -188,10 +189,10 @@ def _rest_part(template, part_class=stream.Part):
 
 def _one_bar_of_rest(time_signature: tuple[int, int]):
     part = stream.Part()
-    bar = stream.Measure(number=1)
-    bar.append(meter.TimeSignature(f"{time_signature[0]}/{time_signature[1]}"))
-    bar.append(note.Rest(quarterLength=bar.barDuration.quarterLength))
-    part.append(bar)
+    measure = stream.Measure(number=1)
+    measure.append(meter.TimeSignature(f"{time_signature[0]}/{time_signature[1]}"))
+    measure.append(note.Rest(quarterLength=measure.barDuration.quarterLength))
+    part.append(measure)
     return part
 
 
@@ -365,6 +366,12 @@ def _grand_staff(score, staves: list, *, title: str, qpm: float, meters, keys) -
     PartStaffs of a StaffGroup as a single <part> with <staves>2</staves>. Adds the instrument
     (General MIDI program 1 in MusicXML's 1-based numbering), the tempo mark (a metronome
     direction with <sound tempo>) and the title."""
+    _pad_measures(staves)
+    for staff in staves:  # music21 ends each part with a final bar line: only the last keeps it
+        measures = list(staff.getElementsByClass(stream.Measure))
+        for measure in measures:
+            measure.rightBarline = None
+        measures[-1].rightBarline = bar.Barline("final")
     parts = []
     for staff, part_clef in zip(staves, (clef.TrebleClef(), clef.BassClef()), strict=True):
         part = stream.PartStaff(list(staff.getElementsByClass(stream.Measure)))
@@ -419,7 +426,22 @@ def _voice_staves(score, names: list, time_signature: tuple[int, int]) -> list:
         for measure in staff.getElementsByClass(stream.Measure):
             for number, voice in enumerate(measure.voices):
                 voice.id = str(first_id + number)
+            _share_rests(measure)
     return staves
+
+
+def _share_rests(measure) -> None:
+    """Where both voices of a staff rest together for the same time, one rest is printed (the
+    lower voice's is hidden, as engravers do); the MusicXML still has both voices' rests."""
+    if len(measure.voices) != 2:
+        return
+    upper, lower = measure.voices
+    upper_rests = {
+        (float(r.offset), float(r.quarterLength)) for r in upper.getElementsByClass(note.Rest)
+    }
+    for rest in lower.getElementsByClass(note.Rest):
+        if (float(rest.offset), float(rest.quarterLength)) in upper_rests:
+            rest.style.hideObjectOnPrint = True
 
 
 def build_score(
