@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -202,11 +203,15 @@ def write_midi(
     key_signatures=(),
     split_hands_at: int | None = None,
     program: int = 0,
+    voice_names: Sequence[str] | None = None,
 ) -> None:
     """Notes in beats -> a MIDI file at a constant tempo, written atomically.
 
     `split_hands_at=60` writes two piano staves' worth of instruments (right hand: pitch >= 60,
     left hand: below), which the sheet-music renderer turns into a grand staff.
+    `voice_names` (e.g. Soprano, Alto, Tenor, Bass) writes one track per voice instead, named
+    so: track i holds the notes with `notes.voice == i` (a track even when the voice is silent).
+    Raises ValueError when a note's voice has no name there.
     """
     import pretty_midi  # imported here: reading does not need it, and it costs ~0.3 s
 
@@ -218,7 +223,15 @@ def write_midi(
         raise ValueError(f"write_midi {path}: qpm must be > 0, got {qpm}")
     seconds_per_beat = 60.0 / qpm
     pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=qpm)
-    groups = _instrument_groups(notes, split_hands_at)
+    if voice_names is not None:
+        drum = np.asarray(notes.is_drum, bool)
+        voice = np.asarray(notes.voice)
+        if np.any(~drum & ((voice < 0) | (voice >= len(voice_names)))):
+            raise ValueError(f"write_midi {path}: a note's voice is not one of {list(voice_names)}")
+        groups = [(name, ~drum & (voice == i), False) for i, name in enumerate(voice_names)]
+        groups += [("Drums", drum, True)] if drum.any() else []
+    else:
+        groups = _instrument_groups(notes, split_hands_at)
     for label, mask, drum in groups:
         inst = pretty_midi.Instrument(program=program, is_drum=drum, name=label)
         for p, s, e, v in zip(

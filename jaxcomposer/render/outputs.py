@@ -143,6 +143,7 @@ def render_sample(
     key_number: int | None = None,
     score_notes: Notes | None = None,
     score_qpm: float | None = None,
+    guess_voices: bool = False,
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
@@ -157,8 +158,11 @@ def render_sample(
     job reports the error and goes on; the failed stage's old output (if any) is removed.
     `key_number` (pretty_midi numbering) sets the key signature; None = estimated from the notes.
     `score_notes` at `score_qpm` (a performance put on a beat grid) replace `notes` in the
-    score only; the MIDI, audio and piano roll keep the notes as played. The score's tempo
-    marking goes into its title (music21's metronome marks engrave as an empty box).
+    score only; the MIDI, audio and piano roll keep the notes as played. The score carries a
+    tempo mark at its tempo (`score_qpm` or `qpm`). Four-part notes (`score.four_voices`:
+    voices 0-3 known, or with `guess_voices` assigned to a four-part texture) give a MIDI
+    track per voice (Soprano, Alto, Tenor, Bass) and a score with two voices per staff; other
+    notes give two tracks (right and left hand, split at middle C) and a two-hand piano score.
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
@@ -196,21 +200,26 @@ def render_sample(
         return result
 
     def write_mid() -> str:
+        # Four-part music: a track per voice, as engraved.
+        voiced = score.four_voices(notes, guess=guess_voices)
+        tracks = (
+            dict(voice_names=score.VOICE_NAMES) if voiced is not None
+            else dict(split_hands_at=score.MIDDLE_C)
+        )  # fmt: skip
         midi_io.write_midi(
-            f"{base}.mid", notes, qpm=qpm, time_signatures=meters, key_signatures=keys,
-            split_hands_at=score.MIDDLE_C,
+            f"{base}.mid", notes if voiced is None else voiced, qpm=qpm, time_signatures=meters,
+            key_signatures=keys, **tracks,
         )  # fmt: skip
         return f"{stem}.mid"
 
     def write_xml() -> str:
-        engraved, engraved_qpm, heading = notes, qpm, title
+        engraved, engraved_qpm = notes, qpm
         if score_notes is not None:
             engraved, engraved_qpm = score_notes, score_qpm or qpm
-            heading = f"{title}, quarter = {engraved_qpm:.0f}"
         score.write_musicxml(
-            f"{base}.musicxml", engraved, title=heading, qpm=engraved_qpm,
+            f"{base}.musicxml", engraved, title=title, qpm=engraved_qpm,
             time_signature=(numerator, denominator), key_number=key_number,
-            time_signatures=meters, key_signatures=keys,
+            time_signatures=meters, key_signatures=keys, guess_voices=guess_voices,
         )  # fmt: skip
         return f"{stem}.musicxml"
 

@@ -9,7 +9,9 @@ music21/verovio/cairosvg are imported inside the functions: importing music21 co
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
+import itertools
 import os
 import re
 import tempfile
@@ -19,6 +21,7 @@ import cairosvg
 import numpy as np
 import verovio
 from music21 import (
+    bar,
     clef,
     converter,
     instrument,
@@ -36,12 +39,12 @@ from music21.musicxml.m21ToXml import GeneralObjectExporter
 from jaxcomposer.core import atomic
 from jaxcomposer.data import midi_io
 from jaxcomposer.music.keys import estimate_key, key_name
-from jaxcomposer.music.notes import KeySignature, Notes, TimeSignature
+from jaxcomposer.music.notes import KeySignature, Notes, TimeSignature, concat
 
 __all__ = [
     "MIDDLE_C", "estimate_key", "key_name", "playable_notes", "chords_per_hand", "meter_map",
-    "key_map", "build_score", "write_musicxml", "engrave", "write_svg_pages", "stack_pages",
-    "write_png", "render_score",
+    "key_map", "VOICE_NAMES", "assign_voices", "four_voices", "voice_lines", "build_score",
+    "write_musicxml", "engrave", "write_svg_pages", "stack_pages", "write_png", "render_score",
 ]  # fmt: skip
 
 MIDDLE_C = 60  # right hand plays pitches >= this, left hand the rest
@@ -70,7 +73,7 @@ def playable_notes(notes: Notes) -> Notes:
     end = notes.end.copy()
     restruck = np.flatnonzero(notes.pitch[1:] == notes.pitch[:-1])  # sorted by pitch, start
     end[restruck] = np.minimum(end[restruck], notes.start[restruck + 1])
-    return Notes(notes.pitch, notes.start, end, notes.velocity, notes.program, notes.is_drum)
+    return dataclasses.replace(notes, end=end)
 
 
 def chords_per_hand(notes: Notes, split_at: int = MIDDLE_C) -> Notes:
@@ -88,7 +91,7 @@ def chords_per_hand(notes: Notes, split_at: int = MIDDLE_C) -> Notes:
         np.maximum.at(group_end, group, notes.end[index])
         next_onset = np.r_[onsets[1:], np.inf][group]
         end[index] = np.minimum(group_end[group], next_onset)
-    return Notes(notes.pitch, notes.start, end, notes.velocity, notes.program, notes.is_drum)
+    return dataclasses.replace(notes, end=end)
 
 
 def meter_map(
@@ -174,13 +177,22 @@ def _respell(notes, k) -> None:
             p.octave += round((midi - p.ps) / 12)  # B#/Cb belong to the neighbouring octave
 
 
-def _rest_part(template):
+def _rest_part(template, part_class=stream.Part):
     """A part with the template's measures filled by whole-measure rests (for an empty hand)."""
-    part = stream.Part()
+    part = part_class()
     for m in template.getElementsByClass(stream.Measure):
         measure = stream.Measure(number=m.number)
         measure.append(note.Rest(quarterLength=m.barDuration.quarterLength))
         part.append(measure)
+    return part
+
+
+def _one_bar_of_rest(time_signature: tuple[int, int]):
+    part = stream.Part()
+    measure = stream.Measure(number=1)
+    measure.append(meter.TimeSignature(f"{time_signature[0]}/{time_signature[1]}"))
+    measure.append(note.Rest(quarterLength=measure.barDuration.quarterLength))
+    part.append(measure)
     return part
 
 
@@ -192,17 +204,244 @@ def _two_hands(score, time_signature: tuple[int, int]) -> list:
         if pitches:
             by_hand["right" if np.median(pitches) >= MIDDLE_C else "left"] = part
         score.remove(part)
-    template = by_hand["right"] or by_hand["left"]
-    if template is None:  # no notes at all: one bar of rest
-        template = stream.Part()
-        bar = stream.Measure(number=1)
-        bar.append(meter.TimeSignature(f"{time_signature[0]}/{time_signature[1]}"))
-        bar.append(note.Rest(quarterLength=bar.barDuration.quarterLength))
-        template.append(bar)
-    parts = [by_hand[h] or _rest_part(template) for h in ("right", "left")]
-    for part in parts:
+    template = by_hand["right"] or by_hand["left"] or _one_bar_of_rest(time_signature)
+    return [by_hand[h] or _rest_part(template) for h in ("right", "left")]
+
+
+# --- four voices --------------------------------------------------------------------------------
+
+VOICE_NAMES = ("Soprano", "Alto", "Tenor", "Bass")  # voice index 0-3, top to bottom
+# Notes without voices count as four-part music when at least this share of their onsets has
+# exactly four notes sounding and none has more (a chorale texture, not piano writing).
+FOUR_PART_SHARE = 0.75
+# Where a voice has not sung yet, its pitch is taken as the middle of its usual range (MIDI).
+_VOICE_CENTRES = (67, 62, 55, 48)
+
+
+def _sounding_at_onsets(notes: Notes) -> np.ndarray:
+    """int (O,): how many notes sound at each distinct onset (start <= onset < end)."""
+    onsets = np.unique(notes.start)
+    begun = np.searchsorted(np.sort(notes.start), onsets, side="right")
+    ended = np.searchsorted(np.sort(notes.end), onsets, side="right")
+    return begun - ended
+
+
+def assign_voices(notes: Notes, num_voices: int = 4) -> Notes:
+    """Voices by pitch rank with voice leading: at each onset the new notes, highest first, go to
+    the voices that are free there (their last note has ended) in top-to-bottom order, choosing
+    among the free voices the ones whose last pitches are nearest (sum of |semitones|; a voice
+    that has not sung yet sits at the middle of its range). A held note keeps its voice.
+    Returns the notes (canonical order) with `voice` in 0..num_voices-1.
+    Raises ValueError when more than `num_voices` notes sound at once."""
+    notes = notes.sorted()
+    voice = np.full(len(notes), -1, np.int8)
+    busy_until = np.full(num_voices, -np.inf)
+    last_pitch = np.array(_VOICE_CENTRES[:num_voices], np.float64)
+    onsets, first = np.unique(notes.start, return_index=True)
+    for onset, lo, hi in zip(onsets, first, np.r_[first[1:], len(notes)], strict=True):
+        new = np.arange(lo, hi)[::-1]  # sorted by pitch within an onset: highest first
+        free = [v for v in range(num_voices) if busy_until[v] <= onset + 1e-9]
+        if new.size > len(free):
+            raise ValueError(f"{new.size + num_voices - len(free)} notes sound at beat {onset:g}")
+        best = min(
+            itertools.combinations(free, new.size),
+            key=lambda vs: np.abs(last_pitch[list(vs)] - notes.pitch[new]).sum(),
+        )
+        for index, v in zip(new, best, strict=True):
+            voice[index] = v
+            busy_until[v] = notes.end[index]
+            last_pitch[v] = notes.pitch[index]
+    return dataclasses.replace(notes, voice=voice)
+
+
+def four_voices(notes: Notes, *, guess: bool = False) -> Notes | None:
+    """The notes as four voices (Soprano, Alto, Tenor, Bass = voice 0-3), or None (piano).
+
+    Notes whose voices are all known (0-3, at least two different ones) keep them. With
+    `guess`, notes whose voices are all unknown (-1) get `assign_voices` when they look
+    four-part (`FOUR_PART_SHARE`). Off by default: a melody over block triads looks so too,
+    and a pianist reads that better as two hands. A mixture, drums, more than four: None."""
+    if len(notes) == 0 or notes.is_drum.any():
+        return None
+    voice = notes.voice
+    if np.all(voice >= 0):
+        return notes if voice.max() < len(VOICE_NAMES) and np.unique(voice).size >= 2 else None
+    if np.any(voice >= 0) or not guess:
+        return None
+    sounding = _sounding_at_onsets(notes)
+    if sounding.max() > len(VOICE_NAMES) or np.mean(sounding == 4) < FOUR_PART_SHARE:
+        return None
+    return assign_voices(notes, len(VOICE_NAMES))
+
+
+def voice_lines(notes: Notes) -> Notes:
+    """Each voice as a single line: one note per onset (the highest for the upper voice of a
+    staff, the lowest for the lower one, so unisons with other voices stay), cut at the voice's
+    next onset. `notes.voice` must be 0-3 (`four_voices`)."""
+    kept = []
+    for v in range(len(VOICE_NAMES)):
+        line = notes[notes.voice == v]
+        line = line[np.lexsort((line.pitch if v % 2 else -line.pitch, line.start))]
+        line = line[np.r_[True, line.start[1:] != line.start[:-1]]] if len(line) else line
+        end = np.minimum(line.end, np.r_[line.start[1:], np.inf])
+        kept.append(dataclasses.replace(line, end=end))
+    return concat(kept).sorted()
+
+
+# --- shared notation ----------------------------------------------------------------------------
+
+
+def _parse_quantized(notes: Notes, *, qpm: float, meters, keys, **midi_options):
+    """Notes -> MIDI -> music21 Score quantised to 16ths and triplets (see module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="jaxcomposer-score-") as tmp:
+        midi_path = os.path.join(tmp, "score.mid")
+        # music21 cuts the bars by every time signature in the file, so they come out right.
+        midi_io.write_midi(
+            midi_path, notes, qpm=qpm, time_signatures=meters, key_signatures=keys, **midi_options
+        )
+        return converter.parse(
+            midi_path, format="midi", quantizePost=True, quarterLengthDivisors=(4, 3)
+        )
+
+
+def _strip(score) -> None:
+    """Removes what music21's MIDI reader put in: metronome marks, instruments (set again
+    below), clefs, keys and metres (set again once per staff, at bar lines)."""
+    drop = (tempo.MetronomeMark, key.KeySignature, clef.Clef, meter.TimeSignature)
+    for element in list(score.recurse().getElementsByClass((*drop, instrument.Instrument))):
+        element.activeSite.remove(element)
+
+
+def _staff_accidentals(measure, k, past_measure: list) -> None:
+    """Accidentals of one staff's measure under key `k`, over all its voices in time order (an
+    alto F# then a soprano F in the bar needs a natural), by music21's updateAccidentalDisplay:
+    shown on a chromatic note, not again in the bar (unless another spelling of that step came
+    between), not on a tie's continuation; courtesy naturals after last bar's accidentals."""
+    events = sorted(
+        ((float(n.getOffsetInHierarchy(measure)), n) for n in measure.recurse().notes),
+        key=lambda e: e[0],
+    )
+    past: list = []
+    altered = k.alteredPitches
+    for _, n in events:
+        tied = n.tie is not None and n.tie.type in ("stop", "continue")
+        for p in n.pitches:
+            p.updateAccidentalDisplay(
+                pitchPast=past, pitchPastMeasure=past_measure, alteredPitches=altered,
+                cautionaryPitchClass=True, overrideStatus=True, lastNoteWasTied=tied,
+                cautionaryNotImmediateRepeat=False,  # an accidental holds to the bar line
+            )  # fmt: skip
+            past.append(p)
+
+
+def _notate_staff(part, part_clef, meters, keys) -> None:
+    """Clef, key and time signatures at their bar lines; notes spelled in the key; accidentals."""
+    measures = list(part.getElementsByClass(stream.Measure))
+    offsets = [float(m.offset) for m in measures]
+    key_at = [None] * len(measures)  # the music21 key each measure starts under
+    for ks in keys:
+        index = _measure_index(offsets, ks.beat)
+        if index is not None:
+            key_at[index] = _music21_key(ks.key_number)
+    for ts in meters:
+        index = _measure_index(offsets, ts.beat)
+        if index is not None:  # a later change for the same bar line replaces an earlier
+            for old in measures[index].getElementsByClass(meter.TimeSignature):
+                measures[index].remove(old)
+            measures[index].insert(0, meter.TimeSignature(f"{ts.numerator}/{ts.denominator}"))
+    measures[0].insert(0, part_clef)
+    k = key_at[0] = key_at[0] or _music21_key(keys[0].key_number)
+    past: list = []
+    for measure, change in zip(measures, key_at, strict=True):
+        if change is not None and (change is key_at[0] or change.sharps != k.sharps):
+            measure.insert(0, change)
+        k = change or k
+        _respell(measure.recurse().notes, k)
+        _staff_accidentals(measure, k, past)
+        past = [p for n in measure.recurse().notes for p in n.pitches]
+
+
+def _grand_staff(score, staves: list, *, title: str, qpm: float, meters, keys) -> None:
+    """Puts two staves (treble over bass) into `score` as ONE Piano part: music21 writes the
+    PartStaffs of a StaffGroup as a single <part> with <staves>2</staves>. Adds the instrument
+    (General MIDI program 1 in MusicXML's 1-based numbering), the tempo mark (a metronome
+    direction with <sound tempo>) and the title."""
+    _pad_measures(staves)
+    for staff in staves:  # music21 ends each part with a final bar line: only the last keeps it
+        measures = list(staff.getElementsByClass(stream.Measure))
+        for measure in measures:
+            measure.rightBarline = None
+        measures[-1].rightBarline = bar.Barline("final")
+    parts = []
+    for staff, part_clef in zip(staves, (clef.TrebleClef(), clef.BassClef()), strict=True):
+        part = stream.PartStaff(list(staff.getElementsByClass(stream.Measure)))
+        _notate_staff(part, part_clef, meters, keys)
         score.insert(0, part)
-    return parts
+        parts.append(part)
+    piano = instrument.Piano()
+    piano.partName, piano.partAbbreviation = "Piano", "Pno."
+    piano.midiProgram = 0  # 0-based here; MusicXML shows 1
+    for part in parts:  # the same instrument on both staves, or music21 writes a second one
+        part.insert(0, copy.deepcopy(piano))
+    mark = tempo.MetronomeMark(number=round(qpm, 1), referent=1.0)  # quarter = qpm
+    mark.placement = "above"  # MuseScore otherwise sets it between the staves
+    parts[0].getElementsByClass(stream.Measure).first().insert(0, mark)
+    score.insert(0, layout.StaffGroup(parts, name="Piano", symbol="brace", barTogether=True))
+    score.metadata = metadata.Metadata(title=title, composer="jaxcomposer")
+
+
+def _pad_measures(parts: list) -> None:
+    """Gives every part as many measures as the longest (rests), so voices line up bar by bar."""
+    longest = max(parts, key=lambda p: len(p.getElementsByClass(stream.Measure)))
+    template = list(longest.getElementsByClass(stream.Measure))
+    for part in parts:
+        have = len(part.getElementsByClass(stream.Measure))
+        for m in template[have:]:
+            measure = stream.Measure(number=m.number)
+            measure.append(note.Rest(quarterLength=m.barDuration.quarterLength))
+            part.append(measure)
+
+
+def _voice_staves(score, names: list, time_signature: tuple[int, int]) -> list:
+    """[treble, bass] parts from the four voice parts of `score` (`names`: each part's name,
+    one of `VOICE_NAMES`): soprano and alto as voices 1 and 2 of the treble staff (stems up,
+    down), tenor and bass as voices 5 and 6 of the bass staff (MuseScore's numbering, 4 per
+    staff), by music21's partsToVoices; a silent voice gets rests."""
+    by_name = {}
+    for part, name in zip(list(score.parts), names, strict=True):
+        by_name[name] = part
+        score.remove(part)
+    found = [by_name.get(name) for name in VOICE_NAMES]
+    template = next((p for p in found if p is not None), None) or _one_bar_of_rest(time_signature)
+    parts = [p if p is not None else _rest_part(template) for p in found]
+    _pad_measures(parts)
+    for part in parts:
+        # A voice is one line: music21 makes inner voices only for overlaps, which voice_lines
+        # has removed (a quantisation overlap may leave one); flatten any back into the bar.
+        for measure in part.getElementsByClass(stream.Measure):
+            if measure.hasVoices():
+                measure.flattenUnnecessaryVoices(force=True, inPlace=True)
+    staves = list(stream.Score(parts).partsToVoices(voiceAllocation=2, setStems=True).parts)
+    for staff, first_id in zip(staves, (1, 5), strict=True):
+        for measure in staff.getElementsByClass(stream.Measure):
+            for number, voice in enumerate(measure.voices):
+                voice.id = str(first_id + number)
+            _share_rests(measure)
+    return staves
+
+
+def _share_rests(measure) -> None:
+    """Where both voices of a staff rest together for the same time, one rest is printed (the
+    lower voice's is hidden, as engravers do); the MusicXML still has both voices' rests."""
+    if len(measure.voices) != 2:
+        return
+    upper, lower = measure.voices
+    upper_rests = {
+        (float(r.offset), float(r.quarterLength)) for r in upper.getElementsByClass(note.Rest)
+    }
+    for rest in lower.getElementsByClass(note.Rest):
+        if (float(rest.offset), float(rest.quarterLength)) in upper_rests:
+            rest.style.hideObjectOnPrint = True
 
 
 def build_score(
@@ -215,65 +454,44 @@ def build_score(
     one_voice_per_hand: bool = True,
     time_signatures: Sequence[TimeSignature] = (),
     key_signatures: Sequence[KeySignature] = (),
+    voices: bool = True,
+    guess_voices: bool = False,
 ):
-    """music21 Score: a braced grand staff, treble over bass, with key and time signatures.
+    """music21 Score: one Piano part on a braced grand staff (treble over bass), with key and
+    time signatures, the instrument and a tempo mark (quarter = `qpm`).
+
+    Four-part music (`four_voices(notes, guess=guess_voices)`, unless `voices=False`) is
+    engraved as a short score:
+    soprano and alto as two voices of the treble staff (stems up, down), tenor and bass of the
+    bass staff, each voice with its own rests and ties. Other music goes to the two hands,
+    split at middle C; `one_voice_per_hand` engraves `chords_per_hand(notes)`: far easier to
+    read than the extra voices music21 makes for every overlap (and twice as fast to build).
     `time_signature` and `key_number` hold from beat 0 until the first of `time_signatures` /
     `key_signatures` (beats); each change is engraved at the first bar line at or after it, on
-    both staves. `one_voice_per_hand` engraves `chords_per_hand(notes)`: far easier to read than
-    the extra voices music21 makes for every overlap (and twice as fast to build)."""
-    notes = playable_notes(notes)
-    if one_voice_per_hand:
-        notes = chords_per_hand(notes)
+    both staves."""
+    voiced = four_voices(notes, guess=guess_voices) if voices else None
+    if voiced is not None:
+        notes = voice_lines(voiced)
+    else:
+        notes = playable_notes(notes)
+        if one_voice_per_hand:
+            notes = chords_per_hand(notes)
     end = float(notes.end.max(initial=0.0))
     meters = meter_map(time_signature, time_signatures, end)
     keys = key_map(key_number, key_signatures, end)
-    with tempfile.TemporaryDirectory(prefix="jaxcomposer-score-") as tmp:
-        midi_path = os.path.join(tmp, "hands.mid")
-        # music21 cuts the bars by every time signature in the file, so they come out right.
-        midi_io.write_midi(
-            midi_path, notes, qpm=qpm, time_signatures=meters, key_signatures=keys,
-            split_hands_at=MIDDLE_C,
-        )  # fmt: skip
-        score = converter.parse(
-            midi_path, format="midi", quantizePost=True, quarterLengthDivisors=(4, 3)
-        )
-    first = meters[0]
-    parts = _two_hands(score, (first.numerator, first.denominator))  # rests need the metres
-    # Metronome marks render as an empty box through cairosvg (SMuFL glyph in a text font);
-    # clefs, keys and metres are set again below, once per staff, at bar lines.
-    drop = (tempo.MetronomeMark, key.KeySignature, clef.Clef, meter.TimeSignature)
-    for element in list(score.recurse().getElementsByClass((*drop, instrument.Instrument))):
-        element.activeSite.remove(element)
-    for part, part_clef in zip(parts, (clef.TrebleClef(), clef.BassClef()), strict=True):
-        part.partName = None
-        part.partAbbreviation = None
-        measures = list(part.getElementsByClass(stream.Measure))
-        offsets = [float(m.offset) for m in measures]
-        key_at = [None] * len(measures)  # the music21 key each measure starts under
-        for ks in keys:
-            index = _measure_index(offsets, ks.beat)
-            if index is not None:
-                key_at[index] = _music21_key(ks.key_number)
-        for ts in meters:
-            index = _measure_index(offsets, ts.beat)
-            if index is not None:  # a later change for the same bar line replaces an earlier
-                for old in measures[index].getElementsByClass(meter.TimeSignature):
-                    measures[index].remove(old)
-                measures[index].insert(0, meter.TimeSignature(f"{ts.numerator}/{ts.denominator}"))
-        measures[0].insert(0, part_clef)
-        k = key_at[0] = key_at[0] or _music21_key(keys[0].key_number)
-        past: list = []
-        for measure, change in zip(measures, key_at, strict=True):
-            if change is not None and (change is key_at[0] or change.sharps != k.sharps):
-                measure.insert(0, change)
-            k = change or k
-            _respell(measure.recurse().notes, k)
-            stream.makeNotation.makeAccidentalsInMeasureStream(
-                measure, pitchPastMeasure=past, useKeySignature=k, overrideStatus=True
-            )
-            past = list(measure.pitches)
-    score.insert(0, layout.StaffGroup(parts, name="Piano", symbol="brace", barTogether=True))
-    score.metadata = metadata.Metadata(title=title, composer="jaxcomposer")
+    first = (meters[0].numerator, meters[0].denominator)  # rests need the metres
+    if voiced is not None:
+        score = _parse_quantized(notes, qpm=qpm, meters=meters, keys=keys, voice_names=VOICE_NAMES)
+        names = [part.partName for part in score.parts]  # from the instruments _strip removes
+        _strip(score)
+        staves = _voice_staves(score, names, first)
+    else:
+        score = _parse_quantized(notes, qpm=qpm, meters=meters, keys=keys, split_hands_at=MIDDLE_C)
+        _strip(score)
+        staves = _two_hands(score, first)
+    for part in list(score.parts):
+        score.remove(part)
+    _grand_staff(score, staves, title=title, qpm=qpm, meters=meters, keys=keys)
     return score
 
 
@@ -288,15 +506,18 @@ def write_musicxml(
     one_voice_per_hand: bool = True,
     time_signatures: Sequence[TimeSignature] = (),
     key_signatures: Sequence[KeySignature] = (),
+    voices: bool = True,
+    guess_voices: bool = False,
 ) -> int:
-    """Writes a grand-staff MusicXML score; returns the opening key number (estimated if None).
-    Time and key signatures as `build_score` takes them."""
+    """Writes a grand-staff MusicXML score (one Piano part, two staves, tempo mark; four voices
+    for four-part music); returns the opening key number (estimated if None).
+    Time and key signatures, `voices` and `guess_voices` as `build_score` takes them."""
     if key_number is None:
         key_number, _ = estimate_key(notes)
     score = build_score(
         notes, title=title, qpm=qpm, time_signature=time_signature, key_number=key_number,
         one_voice_per_hand=one_voice_per_hand, time_signatures=time_signatures,
-        key_signatures=key_signatures,
+        key_signatures=key_signatures, voices=voices, guess_voices=guess_voices,
     )  # fmt: skip
     atomic.write_bytes(path, GeneralObjectExporter(score).parse())
     return key_number
@@ -349,10 +570,33 @@ def stack_pages(pages: list[str]) -> str:
     )
 
 
+# SMuFL metronome glyphs (private-use code points of verovio's Leipzig text font, which cairosvg
+# cannot load: it draws an empty box) -> the Unicode music symbols of DejaVu Sans, Debian's default.
+_SMUFL_TEXT = {"\ueca5": "\u2669", "\ueca7": "\u266a", "\uecb7": "."}
+_SMUFL_TSPAN = re.compile(
+    r'<tspan font-family="Leipzig" font-size="(\d+(?:\.\d+)?)px">([\ueca5\ueca7\uecb7]+)</tspan>'
+)
+
+
+def _unicode_music_text(svg: str) -> str:
+    """The tempo mark's note as a text-font glyph (2/3 of the music font's size looks right)."""
+    return _SMUFL_TSPAN.sub(
+        lambda m: (
+            f'<tspan font-family="DejaVu Sans" font-size="{float(m.group(1)) * 2 / 3:g}px">'
+            + "".join(_SMUFL_TEXT[c] for c in m.group(2))
+            + "</tspan>"
+        ),
+        svg,
+    )
+
+
 def write_png(pages: list[str], png_path: str, *, scale: float = PNG_SCALE) -> None:
-    """All pages, stacked, as one PNG on white."""
+    """All pages, stacked, as one PNG on white; the tempo mark's note drawn from a text font
+    (the SVG pages keep verovio's embedded music font, which browsers show)."""
     png = cairosvg.svg2png(
-        bytestring=stack_pages(pages).encode("utf-8"), background_color="white", scale=scale
+        bytestring=_unicode_music_text(stack_pages(pages)).encode("utf-8"),
+        background_color="white",
+        scale=scale,
     )
     atomic.write_bytes(png_path, png)
 
