@@ -276,8 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp_root", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the workdirs for inspection")
-    parser.add_argument("--override", action="append", default=[],
-                        help="extra --config.X=V flags for every train run (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra --config.X=V flags for every train run (repeatable)",
+    )
     return parser
 
 

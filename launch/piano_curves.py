@@ -94,8 +94,11 @@ def run_one(root: str, name: str, args) -> dict:
         "cpu_seconds": round(cpu, 1),
         "cpu_per_wall": round(scale, 3),
         "curve": [
-            {"step": r["step"], "cpu_minutes": round(r["wall_seconds"] * scale / 60, 2),
-             "val_loss": r["loss"]}
+            {
+                "step": r["step"],
+                "cpu_minutes": round(r["wall_seconds"] * scale / 60, 2),
+                "val_loss": r["loss"],
+            }
             for r in valid
         ],  # fmt: skip
         "best_val_loss": summary["best_val_loss"],

@@ -30,7 +30,8 @@ def simulated_seconds(num_steps, m, eval_every, checkpoint_every):
     for step in range(1, num_steps + 1):
         total += m.step_seconds
         is_eval = step % eval_every == 0 or step == num_steps
-        total += m.eval_seconds * is_eval + m.save_seconds * (is_eval or step % checkpoint_every == 0)
+        is_save = is_eval or step % checkpoint_every == 0
+        total += m.eval_seconds * is_eval + m.save_seconds * is_save
     return total
 
 
@@ -43,8 +44,11 @@ def test_the_budget_gives_the_largest_step_count_that_fits():
     # more step adds a final evaluation's checkpoint: 551.5 s.
     assert chosen == 850
     left = 600.0 - 30.0 - 20.0
-    assert simulated_seconds(850, MEASURED, 100, 50) <= left < simulated_seconds(851, MEASURED,
-                                                                                 100, 50)
+    assert (
+        simulated_seconds(850, MEASURED, 100, 50)
+        <= left
+        < simulated_seconds(851, MEASURED, 100, 50)
+    )
     for eval_every, every in ((7, 3), (5, 5), (40, 13), (1, 1)):  # against the loop's count
         t = tiny_config(train={"budget_minutes": 3.0, "eval_every": eval_every,
                                "checkpoint_every": every}).train  # fmt: skip
