@@ -96,6 +96,9 @@ class TrainConfig:
     keep_best: int  # best-by-validation checkpoints kept besides the latest
     log_every: int  # steps between log lines
     max_wall_seconds: float  # stop (with a checkpoint) after this much training time; 0 = off
+    # > 0: num_steps is chosen from the step time measured after compilation so that warmup and
+    # decay fit this many minutes (train/budget.py); the chosen steps go into config.json.
+    budget_minutes: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +293,7 @@ _AT_LEAST = {  # field: smallest allowed value
     "train.eval_every": 1, "train.eval_batches": 1, "train.early_stop_patience": 0,
     "train.checkpoint_every": 1, "train.keep_best": 0, "train.log_every": 1,
     "train.max_wall_seconds": 0, "train.learning_rate": 0, "sample.top_k": 0,
+    "train.budget_minutes": 0,
     "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
     "sample.scale_penalty": 0,

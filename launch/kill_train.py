@@ -52,7 +52,7 @@ def train_command(workdir: str, args) -> list[str]:
         "--config.data.num_workers=1", f"--config.train.num_steps={args.steps}",
         f"--config.train.checkpoint_every={args.checkpoint_every}",
         f"--config.train.eval_every={args.eval_every}", "--config.train.log_every=10",
-        "--config.train.early_stop_patience=0",
+        "--config.train.early_stop_patience=0", *args.override,
     ]  # fmt: skip
 
 
@@ -255,6 +255,7 @@ def run(args) -> dict:
             shutil.rmtree(workdir, ignore_errors=True)
         summary = {**counts, "seconds": round(time.perf_counter() - started, 1),
                    "reference_seconds": round(budget, 2), "steps": args.steps,
+                   "reference_step": ref_step,
                    "ok": not failures, "failures": failures[:10]}  # fmt: skip
         return summary
     finally:
@@ -276,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp_root", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the workdirs for inspection")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra --config.X=V flags for every train run (repeatable)",
+    )
     return parser
 
 

@@ -25,7 +25,7 @@ from jaxcomposer.data import dataset
 from jaxcomposer.model import build_model, checkpoints
 from jaxcomposer.model.conditioning import Spec
 from jaxcomposer.tokenizers import Tokenizer, get_tokenizer
-from jaxcomposer.train import batching, distributed, reporting
+from jaxcomposer.train import batching, budget, distributed, reporting
 from jaxcomposer.train.optimizer import make_optimizer
 from jaxcomposer.train.train_step import (
     TrainState,
@@ -104,6 +104,8 @@ def fit(
     manager = checkpoints.make_manager(workdir_lib.checkpoint_dir(workdir), tcfg.keep_best)
     try:
         latest = manager.latest_step()
+        config, plan = _budget_plan(config, workdir, resuming=latest is not None)
+        tcfg = config.train
         # Every process checks (the same files, the same verdict); process 0 alone writes.
         workdir_lib.write_run_files(
             workdir, config, tokenizer.vocab, resuming=latest is not None,
@@ -130,6 +132,16 @@ def fit(
             logging.info("resumed from %s at step %d", manager.directory, latest)
         run = _Run(config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta, spec)
         run.train_step, run.eval_step = train_step, eval_step
+        if plan == "measure":  # budget_minutes: time the steps, choose num_steps, compile again
+            config = run.measure_budget(init)
+            tcfg = config.train
+            optimizer, schedule = make_optimizer(tcfg)
+            _, run.train_step, run.eval_step = compiled_steps(
+                config, mesh, model, optimizer, schedule, grammar
+            )
+            workdir_lib.write_run_files(
+                workdir, config, tokenizer.vocab, resuming=False, write=distributed.is_primary()
+            )
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
         manager.close()  # waits for asynchronous saves
@@ -185,6 +197,7 @@ class _Run:
             "wall_seconds": meta.get("best_wall_seconds"),
         }
         self.bad_evals = int(meta.get("evals_without_improvement") or 0)
+        self.stopping = budget.Stopping(self.best["val_loss"], self.best["step"], self.bad_evals)
         self.last_val = meta.get("val_loss")
         self.rng = dropout_key(config)
         self.seeds = (config.seed, tcfg.seed)  # batches fold in the root and the train seed
@@ -254,6 +267,10 @@ class _Run:
                 if self.primary:
                     bar.write(line.text)
         bar.close()
+        if stop == "early_stopping" and self.primary:
+            reason = self.stopping.reason(tcfg.early_stop_patience)
+            self.log({"kind": "stop", "step": step, "reason": reason})
+            print(reason, flush=True)
         if step > start and evaluated_at != step:
             if pending is not None:
                 _checked(*pending)
@@ -263,16 +280,45 @@ class _Run:
             self.save(state, step, self.last_val)
         return self.summary(step, stop)
 
+    def measure_budget(self, init) -> Config:
+        """Times this machine's steps (budget.measure), chooses num_steps for
+        train.budget_minutes, records it (budget.json, metrics.jsonl, the log) and returns the
+        config with it. Every process measures (the steps are collective); process 0's record
+        decides for all."""
+        import tempfile
+
+        def save_once(s):
+            with tempfile.TemporaryDirectory(prefix="budget_save.") as tmp:
+                manager = checkpoints.make_manager(tmp, 0)
+                try:
+                    checkpoints.save(manager, 0, s.to_tree(), {"step": 0}, None)
+                finally:
+                    manager.close()  # waits for the asynchronous save
+
+        measured = budget.measure(
+            self.train_step, lambda s: validation_metrics(self.eval_step, s, self.valid_batches),
+            save_once, lambda: init(run_key(self.config)), self.batch, self.rng,
+        )  # fmt: skip
+        config, record = budget.choose(self.config, measured)
+        if self.primary:
+            budget.write_record(self.workdir, record)
+        distributed.barrier("budget")
+        config = budget.apply(self.config, budget.recorded(self.workdir, self.config))
+        self.config, self.tcfg = config, config.train
+        self.log({"kind": "budget", **record})
+        if self.primary:
+            print(budget.describe(record, resumed=False), flush=True)
+        return config
+
     def validate(self, state: TrainState, step: int) -> dict:
         val = validation_metrics(self.eval_step, state, self.valid_batches)
         self.last_val = val["loss"]
         if not np.isfinite(val["loss"]):
             raise TrainingDivergedError(f"validation loss is {val['loss']} at step {step}")
-        if self.best["val_loss"] is None or val["loss"] < self.best["val_loss"]:
+        self.stopping = self.stopping.update(step, val["loss"])
+        if self.stopping.best_step == step:
             self.best = {"val_loss": val["loss"], "step": step, "wall_seconds": self.wall()}
-            self.bad_evals = 0
-        else:
-            self.bad_evals += 1
+        self.bad_evals = self.stopping.bad_evals
         record = {"kind": "valid", "step": step, **val, "wall_seconds": self.wall()}
         self.log({**record, "best_val_loss": self.best["val_loss"]})
         return val
@@ -304,6 +350,26 @@ class _Run:
             "train_seconds": self.wall(),
             "devices": int(self.mesh.size),
         }
+
+
+def _budget_plan(config: Config, workdir: str, *, resuming: bool) -> tuple[Config, str]:
+    """(config, plan) for train.budget_minutes: "off" without a budget; "recorded" when
+    budget.json holds this budget's steps (applied to the config: never measured again);
+    "measure" for a fresh run. A run resumed without a record is refused: its steps are unknown."""
+    if config.train.budget_minutes <= 0:
+        return config, "off"
+    record = budget.recorded(workdir, config)
+    if record is not None:
+        if distributed.is_primary():
+            print(budget.describe(record, resumed=True), flush=True)
+        return budget.apply(config, record), "recorded"
+    if resuming:
+        raise budget.BudgetError(
+            f"{budget.record_path(workdir)}: missing or made for another budget, but {workdir} "
+            "holds checkpoints: resume with the budget_minutes it was started with, or with "
+            "--config.train.budget_minutes=0 and the num_steps in its config.json"
+        )
+    return config, "measure"
 
 
 def _checked(step: int, metrics: dict) -> tuple[int, dict]:
