@@ -99,6 +99,8 @@ class BarCounter:
 
 def bar_counter(tokenizer) -> BarCounter:
     """The BarCounter of a tokenizer (event, frame or chord)."""
+    if callable(getattr(tokenizer, "bar_counter", None)):  # the geometry interface (issue 19)
+        return tokenizer.bar_counter()
     v, c = tokenizer.vocab, tokenizer.config
     unit = np.zeros(v.size, np.int32)
     names = dict(v.ranges)
@@ -122,6 +124,8 @@ def token_beats(tokenizer, tokens: np.ndarray) -> np.ndarray:
     event: the bar start for BAR/TIMESIG, the onset for POSITION and the note tokens after it;
     frame: the frame's start; chord: the group's index times chord_step_beats (its decoded
     onset)."""
+    if callable(getattr(tokenizer, "token_beats", None)):  # the geometry interface (issue 19)
+        return tokenizer.token_beats(tokens)
     tokens = np.asarray(tokens, np.int64)
     v, c = tokenizer.vocab, tokenizer.config
     if "BAR" not in dict(v.ranges):
@@ -163,6 +167,9 @@ def pitch_class_of_tokens(tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(pcs_VxC bool (V, 12): the pitch classes each token sounds, is_pitch_V bool): pitch tokens
     (PITCH, NOTE, ONSET, HOLD, NOTE_ON) sound one class, CHORD tokens their set, others none
     (NOTE_OFF only ends a note, so a scale rule never needs to hold it back)."""
+    if callable(getattr(tokenizer, "pitch_class_table", None)):  # the geometry interface
+        pcs = tokenizer.pitch_class_table()
+        return pcs, pcs.any(axis=1)
     v, c = tokenizer.vocab, tokenizer.config
     pcs = np.zeros((v.size, 12), bool)
     names = dict(v.ranges)
