@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer.perf_velocity_bins = 32  # performance: VELOCITY bins
     c.tokenizer.perf_sustain = True  # performance: sustain pedal lengthens notes (note-seq)
     c.tokenizer.num_voices = 4  # voices: parts per grid step, top first (4 = SATB)
+    c.tokenizer.per_voice_tokens = False  # voices: each voice its own NOTE/HOLD/REST tokens
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "lstm"

@@ -54,6 +54,7 @@ class TokenizerConfig:
     perf_velocity_bins: int = 32  # VELOCITY tokens (MIDI velocity * bins // 128)
     perf_sustain: bool = True  # sustain pedal (CC64) lengthens notes, as note-seq does
     num_voices: int = 4  # voices: parts, one token each per grid step (4 = SATB), at most 8
+    per_voice_tokens: bool = False  # voices: NOTE/HOLD/REST ranges of each voice's own
 
 
 @dataclasses.dataclass(frozen=True)

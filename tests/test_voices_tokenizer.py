@@ -31,6 +31,7 @@ CONFIGS = {
     "spb2": dict(steps_per_beat=2),
     "spb4": dict(steps_per_beat=4),
     "spb3-3voices": dict(steps_per_beat=3, num_voices=3, max_bar_beats=6),
+    "spb2-per-voice": dict(steps_per_beat=2, per_voice_tokens=True),
 }
 
 
@@ -98,7 +99,8 @@ def test_round_trip_keeps_notes_and_voices(key, data):
     assert len(quantized) == len(piece.notes) - lost  # every note is held or counted
     # Voice tokens: V per grid step, the steps filling whole bars of the declared meters.
     v = tok.vocab
-    voice_tokens = int(((tokens >= v.offset("NOTE")) & (tokens <= v.token("REST"))).sum())
+    markers = np.r_[v.token("BAR"), v.range_ids("TIMESIG")]
+    voice_tokens = int((~np.isin(tokens, markers)).sum())
     assert voice_tokens == decoded.beats * tok.config.steps_per_beat * tok.config.num_voices
     if len(quantized):
         assert decoded.beats >= quantized.end.max()
@@ -159,8 +161,8 @@ def test_grammar_walks_decode_without_skips_into_monophonic_voices(key):
         for u in range(voices):  # one note at a time in each voice
             mine = notes[notes.voice == u].sorted()
             assert (mine.start[1:] >= mine.end[:-1]).all()
-        # Each note is one NOTE token; decoding the walk again from its tokens agrees.
-        assert len(notes) == int(np.isin(tokens, tok.vocab.range_ids("NOTE")).sum())
+        # Each note is one NOTE token.
+        assert len(notes) == int(tok.pitch_class_table()[tokens].any(axis=1).sum())
 
 
 @SETTINGS
@@ -290,6 +292,30 @@ def test_key_conditioning_tables_and_labels():
     assert (up[~is_note] == tokens[~is_note]).all()
     pcs = tok.pitch_class_table()
     assert np.array_equal(np.roll(pcs[tokens[is_note]], 2, axis=1), pcs[up[is_note]])
+
+
+def test_per_voice_tokens_name_their_voice():
+    shared, own = tokenizer("spb2"), tokenizer("spb2-per-voice")
+    assert own.vocab.size == shared.vocab.size + 3 * (shared.num_pitches + 2)  # 3 more voices
+    piece = hand_piece()
+    a, b = shared.encode(piece), own.encode(piece)
+    assert a.size == b.size
+    described = [own.vocab.describe(t) for t in b]
+    voice_slots = [d for d in described if d.split("(")[0] not in ("BAR", "TIMESIG")]
+    for i, name in enumerate(voice_slots):  # slot i of a step belongs to voice i % 4
+        assert name.split("(")[0].endswith(f"_{i % 4}")
+    assert [d.replace("_0", "").replace("_1", "").replace("_2", "").replace("_3", "")
+            for d in described] == [shared.vocab.describe(t) for t in a]  # fmt: skip
+    assert voiced_tuples(own.decode(b).notes) == voiced_tuples(shared.decode(a).notes)
+    # The soprano's slot refuses the alto's tokens.
+    head = b[:2]
+    alto_note = own.vocab.token("NOTE_1", 60 - own.config.pitch_min)
+    _, accepted = own.grammar.walk(np.r_[head, alto_note])
+    assert accepted[:2].all() and not accepted[2]
+    up = own.transpose(b, 3)
+    assert voiced_tuples(own.decode(up).notes) == [
+        (p + 3, a_, e, vel, u) for p, a_, e, vel, u in voiced_tuples(own.decode(b).notes)
+    ]
 
 
 # --- voice assignment ------------------------------------------------------------------------

@@ -9,6 +9,10 @@ per voice, top voice first (soprano, alto, tenor, bass for num_voices=4):
   HOLD                 the voice's note continues (only after that voice's NOTE or HOLD)
   REST                 the voice is silent
 
+With `per_voice_tokens` each voice u has its own NOTE_u / HOLD_u / REST_u ranges, as DeepBach has
+one vocabulary per voice: every token then names its voice, so the model need not count its way
+through the cycle of voices (the grammar allows only the expected voice's tokens).
+
 Bars run up to the one holding the last sounding step; the last bar is filled (HOLD/REST), so
 every piece ends at a bar line. TIMESIG reuses the event tokenizer's meter table, and meters are
 read as it reads them (event.meter_segments). Unlike DeepBach's fixed 4/4 grid, bar lines follow
@@ -205,15 +209,18 @@ class VoicesTokenizer(Tokenizer):
         self.bar_steps = np.array(
             [n * 4 * c.steps_per_beat // d for n, d in self.meter_table], np.int64
         )
+        if c.per_voice_tokens:
+            self.voice_ranges = tuple((f"NOTE_{u}", f"HOLD_{u}", f"REST_{u}")
+                                      for u in range(c.num_voices))  # fmt: skip
+        else:
+            self.voice_ranges = (("NOTE", "HOLD", "REST"),) * c.num_voices
+        ranges = [("BAR", 1), ("TIMESIG", len(self.meter_table))]
+        for note, hold, rest in dict.fromkeys(self.voice_ranges):
+            ranges += [(note, self.num_pitches), (hold, 1), (rest, 1)]
         return make_vocab(
             self.name,
-            [
-                ("BAR", 1),
-                ("TIMESIG", len(self.meter_table)),
-                ("NOTE", self.num_pitches),
-                ("HOLD", 1),
-                ("REST", 1),
-            ],
+            ranges,
+            per_voice_tokens=c.per_voice_tokens,
             pitch_min=c.pitch_min,
             pitch_max=c.pitch_max,
             steps_per_beat=c.steps_per_beat,
@@ -229,6 +236,7 @@ class VoicesTokenizer(Tokenizer):
         mask crosses bar lines, so notes tie over them. Built as a table directly: the
         GrammarBuilder's per-edge calls would take seconds for 2**V * V * steps states."""
         v, voices = self.vocab, self.config.num_voices
+        self._token_tables()
         masks = 1 << voices
         max_steps = int(self.bar_steps.max())
         begin, meter0, bar_end0 = 2, 3, 3 + masks
@@ -241,11 +249,10 @@ class VoicesTokenizer(Tokenizer):
         table = np.full((num_states, v.size), -1, np.int32)
         table[START_STATE, BOS] = begin
         table[END_STATE, PAD] = END_STATE
-        bar, hold, rest = v.token("BAR"), v.token("HOLD"), v.token("REST")
+        bar = v.token("BAR")
         table[begin, bar] = meter0
         table[begin, EOS] = END_STATE  # the empty piece
         timesig = v.range_ids("TIMESIG")
-        note_ids = v.range_ids("NOTE")
         for mask in range(masks):
             table[bar_end0 + mask, bar] = meter0 + mask
             table[bar_end0 + mask, EOS] = END_STATE
@@ -265,10 +272,11 @@ class VoicesTokenizer(Tokenizer):
                 np.where(r_ > 1, step(np.maximum(r_ - 1, 1), 0, new_mask), bar_end0 + new_mask),
             )
 
-        table[here[:, None], note_ids[None, :]] = after(mask_ | bit)[:, None]
-        table[here, rest] = after(mask_ & ~bit)
+        note_ids = self._note_offset_U[voice_][:, None] + np.arange(self.num_pitches)[None, :]
+        table[here[:, None], note_ids] = after(mask_ | bit)[:, None]
+        table[here, self._rest_U[voice_]] = after(mask_ & ~bit)
         sounding = (mask_ & bit) != 0
-        table[here[sounding], hold] = after(mask_)[sounding]
+        table[here[sounding], self._hold_U[voice_][sounding]] = after(mask_)[sounding]
         names = ["START", "END", "BEGIN"]
         names += [f"METER_{m:0{voices}b}" for m in range(masks)]
         names += [f"BAR_END_{m:0{voices}b}" for m in range(masks)]
@@ -276,6 +284,22 @@ class VoicesTokenizer(Tokenizer):
             f"STEP_r{r}_v{u}_{m:0{voices}b}" for r, u, m in zip(r_, voice_, mask_, strict=True)
         ]
         return Grammar(next_state=table, bos_state=begin, state_names=tuple(names))
+
+    def _token_tables(self) -> None:
+        """Per voice u: first NOTE id, HOLD id, REST id (int64 (U,)); per token id: kind
+        (0 other, 1 NOTE, 2 HOLD, 3 REST) and pitch (-1 for non-NOTE tokens), int64 (V,)."""
+        v = self.vocab
+        self._note_offset_U = np.array([v.offset(n) for n, _, _ in self.voice_ranges])
+        self._hold_U = np.array([v.token(h) for _, h, _ in self.voice_ranges])
+        self._rest_U = np.array([v.token(r) for _, _, r in self.voice_ranges])
+        self._kind_V = np.zeros(v.size, np.int64)
+        self._pitch_V = np.full(v.size, -1, np.int64)
+        for note, hold, rest in self.voice_ranges:
+            ids = v.range_ids(note)
+            self._kind_V[ids] = 1
+            self._pitch_V[ids] = self.config.pitch_min + np.arange(ids.size)
+            self._kind_V[v.token(hold)] = 2
+            self._kind_V[v.token(rest)] = 3
 
     # --- encoding -----------------------------------------------------------------------------
     def _voiced(self, piece: Piece) -> tuple[np.ndarray, ...]:
@@ -309,13 +333,13 @@ class VoicesTokenizer(Tokenizer):
             return np.zeros(0, np.int32), counts
         bar_start, bar_meter = self._bars(piece, int(end.max()) - 1)
         total = int(bar_start[-1] + self.bar_steps[bar_meter[-1]])
-        grid_TxV = np.full((total, c.num_voices), v.token("REST"), np.int64)
+        grid_TxV = np.repeat(self._rest_U[None, :], total, axis=0)
         length = end - start
         rows = np.repeat(start, length) + _ramp(length)
         cols = np.repeat(voice, length)
         first = np.r_[0, np.cumsum(length)[:-1]]
-        values = np.full(rows.size, v.token("HOLD"), np.int64)
-        values[first] = v.offset("NOTE") + pitch - c.pitch_min
+        values = self._hold_U[cols]
+        values[first] = self._note_offset_U[voice] + pitch - c.pitch_min
         grid_TxV[rows, cols] = values
         parts = []
         bar_end = np.r_[bar_start[1:], total]
@@ -335,8 +359,9 @@ class VoicesTokenizer(Tokenizer):
     def _decode_body(self, tokens: np.ndarray, accepted: np.ndarray) -> Decoded:
         c, v = self.config, self.vocab
         voices = c.num_voices
-        bar, hold = v.token("BAR"), v.token("HOLD")
-        ts_lo, note_lo = v.offset("TIMESIG"), v.offset("NOTE")
+        bar, ts_lo = v.token("BAR"), v.offset("TIMESIG")
+        ts_hi = ts_lo + len(self.meter_table)
+        kind_V, pitch_V = self._kind_V.tolist(), self._pitch_V.tolist()
         step, voice, bar_start, bar_len = 0, 0, 0, 0  # grid steps
         meter = None
         sounding = [None] * voices  # (pitch, start step) of each voice's note
@@ -345,19 +370,19 @@ class VoicesTokenizer(Tokenizer):
         for token in tokens[accepted].tolist():
             if token == bar:
                 bar_start = step
-            elif ts_lo <= token < note_lo:
+            elif ts_lo <= token < ts_hi:
                 k = token - ts_lo
                 bar_len = int(self.bar_steps[k])
                 if self.meter_table[k] != meter:
                     n, d = self.meter_table[k]
                     changes.append(TimeSignature(bar_start / c.steps_per_beat, n, d))
                 meter = self.meter_table[k]
-            else:
-                if token != hold and sounding[voice] is not None:
+            elif kind_V[token]:  # NOTE, HOLD or REST of the voice the grammar expects
+                if kind_V[token] != 2 and sounding[voice] is not None:
                     notes.append((*sounding[voice], step, voice))
                     sounding[voice] = None
-                if note_lo <= token < hold:
-                    sounding[voice] = (c.pitch_min + token - note_lo, step)
+                if kind_V[token] == 1:
+                    sounding[voice] = (pitch_V[token], step)
                 voice += 1
                 if voice == voices:
                     voice, step = 0, step + 1
@@ -371,7 +396,7 @@ class VoicesTokenizer(Tokenizer):
         return Decoded(decoded, 0, (bar_start + bar_len) / c.steps_per_beat, 0, tuple(changes))
 
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
-        if name == "NOTE":
+        if name.startswith("NOTE"):
             moved = shift_pitch_index(index, shift, self.num_pitches)
             return None if moved is None else (name, moved)
         return name, index
@@ -388,8 +413,8 @@ class VoicesTokenizer(Tokenizer):
         return BarCounter(unit, True, 1.0, 0, 0.0, "bars follow the meter (BAR tokens)")
 
     def _voice_token_mask(self, tokens: np.ndarray) -> np.ndarray:
-        lo, hi = self.vocab.offset("NOTE"), self.vocab.token("REST")
-        return (tokens >= lo) & (tokens <= hi)
+        inside = (tokens >= 0) & (tokens < self.vocab.size)
+        return inside & (self._kind_V[np.where(inside, tokens, 0)] > 0)
 
     def token_beats(self, tokens: np.ndarray) -> np.ndarray:
         """float64 (n,): beat of each token: its grid step for voice tokens, the bar line for
@@ -403,8 +428,8 @@ class VoicesTokenizer(Tokenizer):
         """bool (V, 12): NOTE tokens sound their pitch's class; HOLD continues a note already
         admitted and REST sounds nothing, so a scale rule never holds them back."""
         table = np.zeros((self.vocab.size, 12), bool)
-        ids = self.vocab.range_ids("NOTE")
-        table[ids, (self.config.pitch_min + np.arange(ids.size)) % 12] = True
+        notes = self._kind_V == 1
+        table[np.flatnonzero(notes), self._pitch_V[notes] % 12] = True
         return table
 
     def cut_points(self, tokens: np.ndarray) -> np.ndarray:
