@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.key_labels_csv = ""  # CSV rows `file, key[, style]` override the key labels
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.name = "event"  # chord | frame | event | performance
+    c.tokenizer.name = "event"  # chord | frame | event | performance | voices
     c.tokenizer.steps_per_beat = 4  # grid steps per quarter note (4 = sixteenth notes)
     c.tokenizer.pitch_min = 21  # MIDI pitch (A0)
     c.tokenizer.pitch_max = 108  # MIDI pitch (C8)
@@ -42,6 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer.perf_max_shift_steps = 100  # performance: longest TIME_SHIFT (1 s)
     c.tokenizer.perf_velocity_bins = 32  # performance: VELOCITY bins
     c.tokenizer.perf_sustain = True  # performance: sustain pedal lengthens notes (note-seq)
+    c.tokenizer.num_voices = 4  # voices: parts per grid step, top first (4 = SATB)
+    c.tokenizer.per_voice_tokens = False  # voices: each voice its own NOTE/HOLD/REST tokens
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = "lstm"

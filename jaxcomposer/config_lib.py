@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    name: str  # "chord" | "frame" | "event" | "performance"
+    name: str  # "chord" | "frame" | "event" | "performance" | "voices"
     steps_per_beat: int  # grid steps per quarter-note beat (frame, event, chord durations)
     pitch_min: int  # lowest MIDI pitch in the vocabulary (21 = A0)
     pitch_max: int  # highest MIDI pitch in the vocabulary (108 = C8)
@@ -53,6 +53,8 @@ class TokenizerConfig:
     perf_max_shift_steps: int = 100  # longest TIME_SHIFT (steps); longer gaps use several
     perf_velocity_bins: int = 32  # VELOCITY tokens (MIDI velocity * bins // 128)
     perf_sustain: bool = True  # sustain pedal (CC64) lengthens notes, as note-seq does
+    num_voices: int = 4  # voices: parts, one token each per grid step (4 = SATB), at most 8
+    per_voice_tokens: bool = False  # voices: NOTE/HOLD/REST ranges of each voice's own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +274,7 @@ def freeze(config_dict: Any) -> Config:
 
 # --- value checks -----------------------------------------------------------------------------
 CHOICES = {
-    "tokenizer.name": ("chord", "frame", "event", "performance"),
+    "tokenizer.name": ("chord", "frame", "event", "performance", "voices"),
     "model.kind": ("lstm", "seed_replica"),
     "model.dtype": ("float32", "bfloat16"),
     "train.optimizer": ("adamw", "rmsprop"),
@@ -286,7 +288,7 @@ _AT_LEAST = {  # field: smallest allowed value
     "tokenizer.steps_per_beat": 1, "tokenizer.pitch_min": 0, "tokenizer.max_duration_steps": 1,
     "tokenizer.num_velocity_bins": 0, "tokenizer.max_bar_beats": 1,
     "tokenizer.perf_steps_per_second": 1, "tokenizer.perf_max_shift_steps": 1,
-    "tokenizer.perf_velocity_bins": 1,
+    "tokenizer.perf_velocity_bins": 1, "tokenizer.num_voices": 1,
     "model.embed_dim": 1, "model.hidden_size": 1, "model.num_layers": 1, "model.dense_size": 1,
     "train.batch_size": 1, "train.seq_len": 1, "train.num_steps": 0, "train.warmup_steps": 0,
     "train.weight_decay": 0, "train.grad_clip_norm": 0, "train.transpose_semitones": 0,
@@ -348,6 +350,7 @@ def validate(config: Config) -> None:
          "must lie in [tokenizer.pitch_min, 127]"),
         ("tokenizer.num_velocity_bins", config.tokenizer.num_velocity_bins <= 128,
          "must be <= 128"),
+        ("tokenizer.num_voices", config.tokenizer.num_voices <= 8, "must be <= 8"),
         ("data.max_qpm", config.data.max_qpm >= config.data.min_qpm, "must be >= data.min_qpm"),
         ("data.programs", all(0 <= p <= 127 for p in config.data.programs),
          "GM programs are 0-127"),

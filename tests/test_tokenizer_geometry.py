@@ -219,7 +219,8 @@ def test_a_tokenizer_must_answer_every_geometry_question():
         Partial.__abstractmethods__ = frozenset({missing})
         with pytest.raises(TypeError, match=missing):
             Partial(tiny_config().tokenizer)
-    assert set(NAMES) == {"event", "frame", "chord", "performance"}
+    # every registered tokenizer has its geometry tests: here, and voices in test_voices_tokenizer
+    assert set(NAMES) == {"event", "frame", "chord", "performance", "voices"}
     assert Tokenizer.__abstractmethods__ >= {
         "bar_counter",
         "token_beats",

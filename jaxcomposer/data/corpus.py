@@ -72,18 +72,24 @@ def _list_chorales() -> list[tuple[str, str]]:
 
 
 def read_score(path: str, data: DataConfig, name: str) -> tuple[Piece, dict]:
-    """A score music21 can parse (MusicXML, Humdrum, ...) -> Piece in beats; parts merged,
-    ties joined. Raises MidiReadError (the shared "unusable file" error) naming the file."""
+    """A score music21 can parse (MusicXML, Humdrum, ...) -> Piece in beats; ties joined, each
+    note's `voice` = its part's index in score order (soprano 0 ... bass 3 in a chorale).
+    Raises MidiReadError (the shared "unusable file" error) naming the file."""
     from music21 import converter, key, meter, tempo
 
     try:
         score = converter.parse(path)
-        flat = score.stripTies(inPlace=False).flatten()
+        # Parts in score order are the voices (part 0 = the top staff's soprano); a score
+        # without parts names no voices (-1).
+        parts = list(getattr(score, "parts", ()))
+        voiced = [(v, part) for v, part in enumerate(parts)] if parts else [(-1, score)]
         rows = [
-            (p.midi, float(el.offset), float(el.offset + el.quarterLength), _velocity(el))
-            for el in flat.notes
+            (p.midi, float(el.offset), float(el.offset + el.quarterLength), _velocity(el), v)
+            for v, part in voiced
+            for el in part.stripTies(inPlace=False).flatten().notes
             for p in el.pitches
         ]
+        flat = score.flatten()
         time_signatures = [
             TimeSignature(float(ts.offset), int(ts.numerator), int(ts.denominator))
             for ts in flat.getElementsByClass(meter.TimeSignature)
@@ -100,8 +106,8 @@ def read_score(path: str, data: DataConfig, name: str) -> tuple[Piece, dict]:
         stats = {"parts": len(getattr(score, "parts", ()))}
     except Exception as e:  # music21 raises many unrelated types for a bad score
         raise MidiReadError(path, f"music21 cannot read the score ({type(e).__name__}: {e})") from e
-    table = np.asarray(rows, np.float64).reshape(-1, 4)
-    notes = make_notes(table[:, 0], table[:, 1], table[:, 2], table[:, 3])
+    table = np.asarray(rows, np.float64).reshape(-1, 5)
+    notes = make_notes(table[:, 0], table[:, 1], table[:, 2], table[:, 3], voice=table[:, 4])
     piece = Piece(
         name=name,
         notes=notes,

@@ -50,6 +50,7 @@ def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tu
         velocity=n[:, 3].astype(np.int16),
         program=n[:, 5].astype(np.int16),
         is_drum=np.zeros(len(n), bool),
+        voice=track_voices(n, smf.note_tracks[~is_drum], smf.resolution),
     )
     stats = {
         "tracks": smf.num_tracks,
@@ -63,6 +64,7 @@ def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tu
         "ignored_bytes_after_end_of_track": smf.after_end,
         "ignored_unknown_chunks": smf.unknown_chunks,
         "ignored_bytes_after_last_track": smf.after_tracks,
+        "voice_parts": int(notes.voice.max(initial=-1)) + 1,
     }
     if len(notes) == 0 and stats["drum_notes"]:
         raise MidiReadError(
@@ -79,6 +81,41 @@ def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tu
         sustain=_sustain(smf),
     )
     return finish_piece(piece, data, path, stats)
+
+
+VOICE_PARTS = (2, 8)  # a file whose tracks are voices has this many (fewest, most) parts
+MAX_CHORD_SHARE = 0.05  # a voice part may have this share of its notes overlapping the previous
+OVERLAP_TOLERANCE_BEATS = 1 / 16  # legato overlaps up to this long do not count
+
+
+def track_voices(notes: np.ndarray, tracks: np.ndarray, resolution: int) -> np.ndarray:
+    """int8 (N,): voice index of each note when the file's parts are voices, else all -1.
+
+    `notes` is smf's int64 (N, 6) table of pitched notes, `tracks` its MTrk index per row. A part
+    is one (track, channel); the file's parts are voices when there are 2-8 of them and each is
+    essentially monophonic: at most 5% of its notes begin before the previous note (by onset)
+    has ended, beyond a legato overlap of 1/16 beat. Voices are numbered top down by the parts'
+    mean pitch (0 = the highest, the soprano), because track order in MIDI files is arbitrary
+    (some put the bass first)."""
+    voices = np.full(len(notes), -1, np.int8)
+    if len(notes) == 0:
+        return voices
+    part_keys = tracks * 16 + notes[:, 4]
+    parts, part_of = np.unique(part_keys, return_inverse=True)
+    if not VOICE_PARTS[0] <= parts.size <= VOICE_PARTS[1]:
+        return voices
+    tolerance = OVERLAP_TOLERANCE_BEATS * resolution
+    for k in range(parts.size):
+        mine = notes[part_of == k]
+        mine = mine[np.lexsort((mine[:, 1], mine[:, 0]))]
+        previous_end = np.maximum.accumulate(mine[:, 1])[:-1]
+        overlapping = int((mine[1:, 0] < previous_end - tolerance).sum())
+        if overlapping > MAX_CHORD_SHARE * len(mine):
+            return voices
+    mean_pitch = np.bincount(part_of, notes[:, 2]) / np.bincount(part_of)
+    rank = np.empty(parts.size, np.int64)
+    rank[np.argsort(-mean_pitch, kind="stable")] = np.arange(parts.size)
+    return rank[part_of].astype(np.int8)
 
 
 def finish_piece(piece: Piece, data: DataConfig, path: str, stats: dict) -> tuple[Piece, dict]:

@@ -51,6 +51,8 @@ class SmfFile:
     # Sustain pedal (controller 64) changes: (tick, channel, value); value >= 64 = down.
     sustain: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
     last_tick: int = 0  # the latest event tick in any track (where an unreleased pedal ends)
+    # int64 (N,): index of the MTrk chunk each row of `notes` came from (voices in tracks)
+    note_tracks: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def read_header(raw: bytes, path: str) -> tuple[int, int, int]:
@@ -82,6 +84,7 @@ def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfF
         raise MidiReadError(path, "the MIDI header declares no tracks")
     smf = SmfFile(resolution, num_tracks, np.zeros((0, 6), np.int64), [], [], [])
     notes: list[tuple[int, int, int, int, int, int]] = []
+    per_track: list[int] = []  # notes read from each track
     pos = 8 + struct.unpack(">I", raw[4:8])[0]
     track = 0
     while track < num_tracks:
@@ -106,10 +109,12 @@ def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfF
             raise MidiReadError(path, f"corrupt track {track}: {reason}") from None
         if len(notes) > max_notes:
             raise MidiReadError(path, f"absurd: more than {max_notes} notes (max_notes)")
+        per_track.append(len(notes) - sum(per_track))
         track += 1
     smf.after_tracks = len(raw) - pos
     if notes:
         smf.notes = np.array(notes, np.int64)
+        smf.note_tracks = np.repeat(np.arange(len(per_track)), per_track).astype(np.int64)
     return smf
 
 

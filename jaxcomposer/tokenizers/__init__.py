@@ -11,7 +11,7 @@ from jaxcomposer.tokenizers.base import (
 )
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
 
-NAMES = ("chord", "frame", "event", "performance")
+NAMES = ("chord", "frame", "event", "performance", "voices")
 
 
 def get_tokenizer(config: TokenizerConfig) -> Tokenizer:
@@ -23,6 +23,8 @@ def get_tokenizer(config: TokenizerConfig) -> Tokenizer:
         from jaxcomposer.tokenizers.event import EventTokenizer as cls
     elif config.name == "performance":
         from jaxcomposer.tokenizers.performance import PerformanceTokenizer as cls
+    elif config.name == "voices":
+        from jaxcomposer.tokenizers.voices import VoicesTokenizer as cls
     else:
         raise ValueError(f"unknown tokenizer {config.name!r}; choose one of {NAMES}")
     return cls(config)

@@ -19,9 +19,14 @@ LOST_NOTE_COUNTS = (
     "merged_on_grid_notes",  # one pitch struck twice on one grid step: one note is kept
     "merged_in_roll_notes",  # frame without onset marks: same-pitch notes that overlap or touch
     "merged_pitch_class_notes",  # chord: chord notes of one pitch class (octave doublings)
+    "merged_in_voice_notes",  # voices: two notes of one voice begin on one grid step
+    "beyond_voices_notes",  # voices: more notes begin together than there are voices
 )
 # Notes the tokens hold, but shortened:
-SHORTENED_NOTE_COUNTS = ("duration_capped_notes",)  # longer than max_duration_steps
+SHORTENED_NOTE_COUNTS = (
+    "duration_capped_notes",  # longer than max_duration_steps
+    "voice_cut_notes",  # voices: ended early by the next onset in its voice
+)
 
 
 class EncodingError(Failure, ValueError):

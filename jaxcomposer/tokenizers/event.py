@@ -146,51 +146,11 @@ class EventTokenizer(Tokenizer):
 
     def _meter_segments(self, piece: Piece, last_onset: int) -> list[tuple[int, tuple[int, int]]]:
         """[(first step, (numerator, denominator))] of each stretch of constant meter."""
-        spb = self.config.steps_per_beat
-        bar_steps = lambda meter: meter[0] * 4 * spb // meter[1]
-        segments = [(0, DEFAULT_METER)]
-        events = sorted(piece.time_signatures, key=lambda ts: ts.beat)
-        for i, ts in enumerate(events):
-            step = int(grid_round(ts.beat, spb))
-            if step > last_onset:
-                break  # takes effect after the last onset, if ever
-            meter = (ts.numerator, ts.denominator)
-            if meter not in self.meter_index:
-                raise EncodingError(
-                    f"{piece.name}: time signature {meter[0]}/{meter[1]} at beat {ts.beat:g} "
-                    f"is not in the vocabulary (bars of at most {self.config.max_bar_beats} "
-                    f"beats and a whole number of the {spb} steps per beat)"
-                )
-            if i == 0 and step < bar_steps(DEFAULT_METER):
-                segments = [(0, meter)]  # the opening meter, a little late
-                continue
-            start, current = segments[-1]
-            # No bar line lies in [step, start) when step <= start: the change that opened the
-            # latest stretch came earlier in the same bar, so this one overrides it.
-            length = bar_steps(current)
-            at = start if step <= start else start + -(-(step - start) // length) * length
-            if at == start:
-                segments[-1] = (start, meter)
-                if len(segments) > 1 and segments[-2][1] == meter:
-                    segments.pop()
-            elif meter != current:
-                segments.append((at, meter))
-        if DEFAULT_METER not in self.meter_index and segments[0][1] == DEFAULT_METER:
-            raise EncodingError(f"{piece.name}: the default 4/4 meter is not in the vocabulary")
-        return segments
+        return meter_segments(piece, last_onset, self.config, self.meter_index)
 
     def _bars(self, piece: Piece, last_onset: int) -> tuple[np.ndarray, np.ndarray]:
         """(bar start steps, TIMESIG index or -1 where the meter does not change) per bar."""
-        spb = self.config.steps_per_beat
-        segments = [s for s in self._meter_segments(piece, last_onset) if s[0] <= last_onset]
-        starts, meters = [], []
-        for k, (start, meter) in enumerate(segments):
-            stop = segments[k + 1][0] if k + 1 < len(segments) else last_onset + 1
-            length = meter[0] * 4 * spb // meter[1]
-            count = -(-(stop - start) // length)
-            starts.append(start + length * np.arange(count))
-            meters.append(np.r_[self.meter_index[meter], np.full(count - 1, -1)])
-        return np.concatenate(starts), np.concatenate(meters).astype(np.int64)
+        return bar_grid(piece, last_onset, self.config, self.meter_index)
 
     def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
         v = self.vocab
@@ -344,3 +304,61 @@ class EventTokenizer(Tokenizer):
             moved = shift_pitch_index(index, shift, self.num_pitches)
             return None if moved is None else (name, moved)
         return name, index
+
+
+def meter_segments(
+    piece: Piece, last_step: int, config, meter_index: dict[tuple[int, int], int]
+) -> list[tuple[int, tuple[int, int]]]:
+    """[(first step, (numerator, denominator))] of each stretch of constant meter up to grid
+    step `last_step`, read as the module docstring says (also used by the voices tokenizer).
+    `config` is a TokenizerConfig; raises EncodingError for a meter outside `meter_index`."""
+    spb = config.steps_per_beat
+    bar_steps = lambda meter: meter[0] * 4 * spb // meter[1]
+    segments = [(0, DEFAULT_METER)]
+    events = sorted(piece.time_signatures, key=lambda ts: ts.beat)
+    for i, ts in enumerate(events):
+        step = int(grid_round(ts.beat, spb))
+        if step > last_step:
+            break  # takes effect after the last onset, if ever
+        meter = (ts.numerator, ts.denominator)
+        if meter not in meter_index:
+            raise EncodingError(
+                f"{piece.name}: time signature {meter[0]}/{meter[1]} at beat {ts.beat:g} "
+                f"is not in the vocabulary (bars of at most {config.max_bar_beats} "
+                f"beats and a whole number of the {spb} steps per beat)"
+            )
+        if i == 0 and step < bar_steps(DEFAULT_METER):
+            segments = [(0, meter)]  # the opening meter, a little late
+            continue
+        start, current = segments[-1]
+        # No bar line lies in [step, start) when step <= start: the change that opened the
+        # latest stretch came earlier in the same bar, so this one overrides it.
+        length = bar_steps(current)
+        at = start if step <= start else start + -(-(step - start) // length) * length
+        if at == start:
+            segments[-1] = (start, meter)
+            if len(segments) > 1 and segments[-2][1] == meter:
+                segments.pop()
+        elif meter != current:
+            segments.append((at, meter))
+    if DEFAULT_METER not in meter_index and segments[0][1] == DEFAULT_METER:
+        raise EncodingError(f"{piece.name}: the default 4/4 meter is not in the vocabulary")
+    return segments
+
+
+def bar_grid(
+    piece: Piece, last_step: int, config, meter_index: dict[tuple[int, int], int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bar start steps int64, TIMESIG index or -1 where the meter does not change) of every
+    bar up to the one holding grid step `last_step`."""
+    spb = config.steps_per_beat
+    segments = [s for s in meter_segments(piece, last_step, config, meter_index)
+                if s[0] <= last_step]  # fmt: skip
+    starts, meters = [], []
+    for k, (start, meter) in enumerate(segments):
+        stop = segments[k + 1][0] if k + 1 < len(segments) else last_step + 1
+        length = meter[0] * 4 * spb // meter[1]
+        count = -(-(stop - start) // length)
+        starts.append(start + length * np.arange(count))
+        meters.append(np.r_[meter_index[meter], np.full(count - 1, -1)])
+    return np.concatenate(starts), np.concatenate(meters).astype(np.int64)
