@@ -161,3 +161,21 @@ def test_a_run_cannot_silently_mix_configs(trained, tmp_path):
     other_recipe = run_config(learning_rate=0.5)
     with pytest.raises(workdir_lib.CheckpointError, match="train.learning_rate"):
         workdir_lib.write_run_files(workdir, other_recipe, vocab, resuming=True)
+
+
+def test_no_trash_left_after_closing(tmp_path):
+    """The checkpoint the last save drops is deleted when the manager closes, not kept in
+    checkpoints/deleted/ (issue 23: a third of the folder after a run)."""
+    import numpy as np
+
+    from jaxcomposer import workdir_lib
+
+    manager = workdir_lib.make_manager(str(tmp_path), keep_best=1)
+    for step, loss in ((1, 3.0), (2, 1.0), (3, 2.0), (4, 2.5)):
+        workdir_lib.save(manager, step, {"w": np.full(4, step, np.float32)}, {}, val_loss=loss)
+        manager.wait_until_finished()
+    workdir_lib.close_manager(manager)
+    folder = tmp_path / workdir_lib.CHECKPOINT_DIR
+    assert sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == [2, 4]
+    trash = folder / workdir_lib.TRASH_DIR
+    assert not trash.exists() or not any(trash.iterdir())

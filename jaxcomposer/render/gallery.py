@@ -90,7 +90,7 @@ def _sample_html(out_dir: str, sample: dict) -> tuple[str, str]:
     if wav:
         synth = sample.get("synthesizer") or "unknown"
         parts.append(
-            f'<p><audio controls preload="none" src="{_href(wav)}"></audio><br>'
+            f'<p><audio controls preload="metadata" src="{_href(wav)}"></audio><br>'
             f'<small>audio: {_e(synth)} synthesiser, <a href="{_href(wav)}">WAV</a></small></p>'
         )
     links = [
@@ -115,6 +115,15 @@ def _sample_html(out_dir: str, sample: dict) -> tuple[str, str]:
     return anchor, "\n".join(parts)
 
 
+def _relative_paths(out_dir: str, settings: dict) -> dict:
+    """`settings` with absolute paths (workdir, primer file) shown relative to the gallery's
+    folder, so a shared gallery names no folder of the machine that wrote it."""
+    return {
+        k: os.path.relpath(v, out_dir) if isinstance(v, str) and os.path.isabs(v) else v
+        for k, v in settings.items()
+    }
+
+
 def write_gallery(out_dir: str, samples: list[dict], *, title: str, settings: dict) -> str:
     """Writes out_dir/index.html (atomically) for `render.render_sample` dicts (plus any extra
     scalar fields, shown as facts); returns its path. File paths are relative to out_dir."""
@@ -135,10 +144,10 @@ def write_gallery(out_dir: str, samples: list[dict], *, title: str, settings: di
 <body>
 <h1>{_e(title)}</h1>
 <p>{len(samples)} sample(s). Each has its engraved score, audio, MIDI and MusicXML files.</p>
-<h3>Settings</h3>
-{_table(settings)}
 <ul>{contents}</ul>
 {"".join(body for _, body in sections)}
+<section><h3>Settings</h3>
+{_table(_relative_paths(out_dir, settings))}</section>
 </body>
 </html>
 """

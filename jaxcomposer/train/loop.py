@@ -130,7 +130,7 @@ def fit(
         run.train_step, run.eval_step = train_step, eval_step
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
-        manager.close()  # waits for asynchronous saves
+        workdir_lib.close_manager(manager)  # waits for asynchronous saves
     if not distributed.is_primary():
         return summary
     reporting.plot_learning_curve(
