@@ -424,3 +424,10 @@ def test_gallery_music_before_settings_and_relative_paths(tmp_path):
     assert 'preload="metadata"' in page and 'preload="none"' not in page
     assert page.index("<audio") < page.index("Settings")
     assert str(tmp_path) not in page and "<td>..</td>" in page
+
+
+def test_gallery_names_each_sample_once(tmp_path):
+    """The heading and the contents show the title; the stem is not a third name."""
+    sample = {"name": "sample_00", "stem": "sample_00", "title": "Sample <1>"}
+    page = gallery_page(str(tmp_path), [sample])
+    assert page.count("Sample &lt;1&gt;") == 2 and "sample_00<" not in page
