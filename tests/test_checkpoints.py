@@ -161,3 +161,19 @@ def test_a_run_cannot_silently_mix_configs(trained, tmp_path):
     other_recipe = run_config(learning_rate=0.5)
     with pytest.raises(workdir_lib.WorkdirError, match="train.learning_rate"):
         workdir_lib.write_run_files(workdir, other_recipe, vocab, resuming=True)
+
+
+def test_no_trash_left_after_closing(tmp_path):
+    """The checkpoint the last save drops is deleted when the manager closes, not kept in
+    checkpoints/deleted/ (a third of the folder after a run)."""
+    from jaxcomposer.model import checkpoints
+
+    folder = tmp_path / "checkpoints"
+    manager = checkpoints.make_manager(str(folder), keep_best=1)
+    for step, loss in ((1, 3.0), (2, 1.0), (3, 2.0), (4, 2.5)):
+        checkpoints.save(manager, step, {"w": np.full(4, step, np.float32)}, {}, val_loss=loss)
+        manager.wait_until_finished()
+    checkpoints.close_manager(manager)
+    assert sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == [2, 4]
+    trash = folder / checkpoints.TRASH_DIR
+    assert not trash.exists() or not any(trash.iterdir())

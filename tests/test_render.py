@@ -411,3 +411,23 @@ def test_gallery_is_offline_complete_and_escaped(rendered):
     assert "Samples &lt;b&gt;&amp;&lt;/b&gt;" in page
     assert "Scale &lt;in D&gt; &amp; &quot;co&quot;" in page
     assert "top_p" in page and "D major" in page and "<audio controls" in page
+
+
+def test_gallery_music_before_settings_and_relative_paths(tmp_path):
+    """Players load their length (preload=metadata), the settings come after the music and an
+    absolute workdir is shown relative to the gallery's folder."""
+    out_dir = tmp_path / "run" / "samples"
+    out_dir.mkdir(parents=True)
+    (out_dir / "s.wav").write_bytes(b"RIFF")
+    settings = {"workdir": str(tmp_path / "run"), "seed": 1}
+    page = gallery_page(str(out_dir), [{"name": "s", "wav": "s.wav"}], settings)
+    assert 'preload="metadata"' in page and 'preload="none"' not in page
+    assert page.index("<audio") < page.index("Settings")
+    assert str(tmp_path) not in page and "<td>..</td>" in page
+
+
+def test_gallery_names_each_sample_once(tmp_path):
+    """The heading and the contents show the title; the stem is not a third name."""
+    sample = {"name": "sample_00", "stem": "sample_00", "title": "Sample <1>"}
+    page = gallery_page(str(tmp_path), [sample])
+    assert page.count("Sample &lt;1&gt;") == 2 and "sample_00<" not in page

@@ -275,7 +275,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
         run.update = make_update(model, optimizer, tokenizer.grammar, fcfg, real_table)
         summary = run.loop(state, meta, progress=show)
     finally:
-        manager.close()
+        checkpoints.close_manager(manager)
     plot_curves(os.path.join(folder, workdir_lib.METRICS_FILE), os.path.join(folder, CURVE_FILE))
     atomic.write_json(os.path.join(folder, SUMMARY_FILE), summary)
     print(summary_text(summary), flush=True)

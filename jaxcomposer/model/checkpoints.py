@@ -114,6 +114,15 @@ def empty_trash(directory: str) -> None:
     shutil.rmtree(os.path.join(directory, TRASH_DIR), ignore_errors=True)
 
 
+def close_manager(manager) -> None:
+    """Waits for the manager's asynchronous saves, closes it and deletes the checkpoints its
+    preservation policy moved to `deleted/` meanwhile. `save` empties that folder only before
+    each save, so without this the checkpoint dropped by the last save stayed there (a third
+    of the folder after a run with one best and one latest checkpoint)."""
+    manager.close()
+    empty_trash(str(manager.directory))
+
+
 def save(
     manager,
     step: int,

@@ -38,6 +38,8 @@ audio { width: 100%; max-width: 40em; }
 .error { color: #a00; }
 .links a { margin-right: 1.2em; }
 code { font-size: 0.85em; }
+.wide { overflow-x: auto; }
+td { overflow-wrap: anywhere; }
 """
 
 
@@ -60,7 +62,7 @@ def _href(relative: str) -> str:
 
 def _table(rows: dict) -> str:
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items())
-    return f"<table>{body}</table>"
+    return f'<div class="wide"><table>{body}</table></div>'  # scrolls sideways on a phone
 
 
 def _existing(out_dir: str, relative: object) -> str | None:
@@ -73,9 +75,9 @@ def _sample_html(out_dir: str, sample: dict) -> tuple[str, str]:
     """(anchor id, <section>) for one sample."""
     name = str(sample.get("name") or sample.get("stem") or "sample")
     anchor = "s-" + urllib.parse.quote(name, safe="")
-    parts = [f'<section id="{html.escape(anchor, quote=True)}"><h2>{_e(name)}</h2>']
-    if sample.get("title"):
-        parts.append(f"<p>{_e(sample['title'])}</p>")
+    # One name per sample: its title when it has one (the file stem is in every file's name).
+    heading = sample.get("title") or name
+    parts = [f'<section id="{html.escape(anchor, quote=True)}"><h2>{_e(heading)}</h2>']
     facts = {k: v for k, v in sample.items() if k not in _NOT_FACTS and v is not None}
     parts.append(_table(facts))
     errors = dict(sample.get("errors") or {})
@@ -90,7 +92,7 @@ def _sample_html(out_dir: str, sample: dict) -> tuple[str, str]:
     if wav:
         synth = sample.get("synthesizer") or "unknown"
         parts.append(
-            f'<p><audio controls preload="none" src="{_href(wav)}"></audio><br>'
+            f'<p><audio controls preload="metadata" src="{_href(wav)}"></audio><br>'
             f'<small>audio: {_e(synth)} synthesiser, <a href="{_href(wav)}">WAV</a></small></p>'
         )
     links = [
@@ -115,12 +117,22 @@ def _sample_html(out_dir: str, sample: dict) -> tuple[str, str]:
     return anchor, "\n".join(parts)
 
 
+def _relative_paths(out_dir: str, settings: dict) -> dict:
+    """`settings` with absolute paths (workdir, primer file) shown relative to the gallery's
+    folder, so a shared gallery names no folder of the machine that wrote it."""
+    return {
+        k: os.path.relpath(v, out_dir) if isinstance(v, str) and os.path.isabs(v) else v
+        for k, v in settings.items()
+    }
+
+
 def write_gallery(out_dir: str, samples: list[dict], *, title: str, settings: dict) -> str:
     """Writes out_dir/index.html (atomically) for `render.render_sample` dicts (plus any extra
     scalar fields, shown as facts); returns its path. File paths are relative to out_dir."""
     sections = [_sample_html(out_dir, sample) for sample in samples]
     contents = "".join(
-        f'<li><a href="#{html.escape(anchor, quote=True)}">{_e(s.get("name") or s.get("stem"))}</a>'
+        f'<li><a href="#{html.escape(anchor, quote=True)}">'
+        f'{_e(s.get("title") or s.get("name") or s.get("stem"))}</a>'
         f" ({_e(s.get('key') or '?')})</li>"
         for (anchor, _), s in zip(sections, samples, strict=True)
     )
@@ -135,10 +147,10 @@ def write_gallery(out_dir: str, samples: list[dict], *, title: str, settings: di
 <body>
 <h1>{_e(title)}</h1>
 <p>{len(samples)} sample(s). Each has its engraved score, audio, MIDI and MusicXML files.</p>
-<h3>Settings</h3>
-{_table(settings)}
 <ul>{contents}</ul>
 {"".join(body for _, body in sections)}
+<section><h3>Settings</h3>
+{_table(_relative_paths(out_dir, settings))}</section>
 </body>
 </html>
 """

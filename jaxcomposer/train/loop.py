@@ -144,7 +144,7 @@ def fit(
             )
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
-        manager.close()  # waits for asynchronous saves
+        checkpoints.close_manager(manager)  # waits for asynchronous saves
     if not distributed.is_primary():
         return summary
     reporting.plot_learning_curve(
