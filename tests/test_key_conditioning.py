@@ -317,3 +317,23 @@ def test_a_key_change_after_the_last_bar_is_warned_about(caplog):
         plan = keyplan.plan_keys("unused", sample, KEY_SPEC, [None], seed=0)
     assert plan.schedules == [[(1, 0), (3, 7), (99, 14)]]
     assert "change(s) at bar 99 come after the last bar (--num_bars=4)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("d-moll", "D minor"), ("D-Dur", "D major"), ("h-moll", "B minor"), ("H-Dur", "B major"),
+        ("fis-moll", "F# minor"), ("Es-Dur", "Eb major"), ("As-Dur", "Ab major"),
+        ("b-moll", "Bb minor"), ("B-Dur", "Bb major"), ("cis", "C# minor"), ("Fis", "F# major"),
+        # English forms keep their reading, including "-" as a flat and "B" alone as B major.
+        ("B", "B major"), ("b", "B minor"), ("Bb minor", "Bb minor"), ("B-", "Bb major"),
+        ("D minor", "D minor"), ("Eb", "Eb major"),
+    ],
+)  # fmt: skip
+def test_german_key_names_read_as_germans_mean_them(name, expected):
+    assert keys.key_name(keys.parse_key(name)) == expected
+
+
+def test_a_misspelt_german_name_is_refused_with_the_accepted_forms():
+    with pytest.raises(keys.KeyNameError, match="German"):
+        keys.parse_key("Ds-Dur")

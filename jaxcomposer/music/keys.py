@@ -3,6 +3,8 @@ numbering."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from jaxcomposer.core.errors import UsageError
@@ -86,8 +88,15 @@ _MODE_WORDS = {
 }  # fmt: skip
 ACCEPTED_FORMS = (
     'accepted forms: "D minor", "F# major", "Bb minor", "Eb", "Dm", "D min", "d" (lower case '
-    "letter alone = minor), sharps as # and flats as b or -, with major/maj/minor/min/m"
+    "letter alone = minor), sharps as # and flats as b or -, with major/maj/minor/min/m; German "
+    '"d-moll", "D-Dur", "fis-moll", "Es-Dur", "h-moll", "B-Dur" (h = B, b = Bb, -is sharp, '
+    "-es/-s flat)"
 )
+# German names: a letter (h = B, b = B flat), sharps "is", flats "es" (or "s" after a vowel, as in
+# "Es", "As"), then an optional "-Dur"/"-moll". Read as German only when the text is unmistakably
+# German (a mode word dur/moll, the letter h, or an is/es suffix): "B" alone stays English B major.
+_GERMAN = re.compile(r"^([a-h])((?:is)+|(?:es|s)+)?(?:-?(dur|moll))?$", re.IGNORECASE)
+_GERMAN_LETTERS = {**_LETTERS, "b": 10, "h": 11}
 NUM_KEYS = 24
 # Scale pitch classes above the tonic. Minor admits its natural, harmonic and melodic forms
 # (b6/6, b7/7), so a minor key allows 9 of the 12 classes.
@@ -107,6 +116,9 @@ def parse_key(text: str) -> int:
     listing the accepted forms) for anything else."""
     raw = str(text).strip()
     compact = raw.replace(" ", "")
+    german = _german_key(compact)
+    if german is not None:
+        return german
     if not compact or compact[0].lower() not in _LETTERS:
         raise KeyNameError(f"unknown key {raw!r}; {ACCEPTED_FORMS}")
     letter, rest = compact[0], compact[1:]
@@ -121,6 +133,28 @@ def parse_key(text: str) -> int:
     if mode is None:
         mode = 1 if letter.islower() else 0
     return tonic % 12 + 12 * mode
+
+
+def _german_key(compact: str) -> int | None:
+    """The key number of an unmistakably German key name ("fis-moll", "Es-Dur", "h"), else None.
+
+    Capital letter = major, lower case = minor, unless "-Dur"/"-moll" says otherwise."""
+    match = _GERMAN.match(compact)
+    if match is None:
+        return None
+    letter, suffix, mode_word = match.group(1), match.group(2) or "", match.group(3)
+    if mode_word is None and letter.lower() != "h" and not suffix:
+        return None  # "B", "d": the English reading (B major; lower case alone = minor)
+    if suffix.lower().startswith("s") and letter.lower() not in "ae":
+        return None  # a bare "s" flattens only a vowel (As, Es); "Ds" is no German name
+    tonic = _GERMAN_LETTERS[letter.lower()]
+    lowered = suffix.lower()
+    tonic += lowered.count("is") - (lowered.count("es") + (lowered.startswith("s")))
+    if mode_word is None:
+        minor = letter.islower()
+    else:
+        minor = mode_word.lower() == "moll"
+    return tonic % 12 + 12 * int(minor)
 
 
 def parse_key_schedule(text: str) -> list[tuple[int, int]]:
