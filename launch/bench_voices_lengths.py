@@ -26,6 +26,7 @@ TOKENIZERS = {
     "event spb2": dict(name="event", steps_per_beat=2),
     "voices spb2": dict(name="voices", steps_per_beat=2),
     "voices spb4": dict(name="voices", steps_per_beat=4),
+    "voices spb2 per-voice": dict(name="voices", steps_per_beat=2, per_voice_tokens=True),
 }
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     print(f"read {len(pieces)} chorales in {time.process_time() - began:.1f} s CPU")
     beats = np.array([float(p.notes.end.max()) for p in pieces])
     notes = sum(len(p.notes) for p in pieces)
-    print(f"{'tokenizer':<12} {'vocab':>5} {'mean':>7} {'median':>7} {'max':>6} "
+    print(f"{'tokenizer':<21} {'vocab':>5} {'mean':>7} {'median':>7} {'max':>6} "
           f"{'tok/beat':>8} {'lost':>6} {'shortened':>9}")  # fmt: skip
     print(f"(tokens per piece with BOS/EOS; notes lost or shortened of {notes})")
     for label, fields in TOKENIZERS.items():
@@ -54,7 +55,7 @@ def main() -> None:
             lost += sum(counts.get(k, 0) for k in LOST_NOTE_COUNTS)
             shortened += sum(counts.get(k, 0) for k in SHORTENED_NOTE_COUNTS)
         n = np.asarray(lengths)
-        print(f"{label:<12} {tok.vocab.size:>5} {n.mean():>7.1f} {np.median(n):>7.0f} "
+        print(f"{label:<21} {tok.vocab.size:>5} {n.mean():>7.1f} {np.median(n):>7.0f} "
               f"{n.max():>6} {n.sum() / beats.sum():>8.2f} {lost:>6} {shortened:>9}")  # fmt: skip
 
 
