@@ -23,9 +23,12 @@ ESS = (sum w)^2 / sum w^2 falls below `ess_threshold * num_particles`.
 The program is a small state machine per particle (a program counter `pc` into op arrays), so
 constraints whose position depends on what the particle wrote (a gap closed when the bar counter
 reaches the end of an infill range) run under jit with static shapes:
-  FREE_UNTIL(target, skip): free tokens until the particle's bar-counter units reach `target`;
-    then `pc` moves past the op and past `skip` ops (skip = 1 when the closing marker is itself
-    the first forced token, as an event BAR that opens the bar after the gap).
+  FREE_UNTIL(target, skip, state): free tokens until the particle's bar-counter units equal
+    `target` with the grammar in `state` (the state the forced tokens that follow start from:
+    a clean cut, e.g. after a chord group's DURATION, not between its tokens); then `pc` moves
+    past the op and past `skip` ops (skip = 1 when the closing marker is itself the first
+    forced token, as an event BAR that opens the bar after the gap). A particle whose units
+    pass `target` before that has written too many bars and gets weight -inf.
 A particle that can no longer finish its program in the steps left (`need_K[pc] > T - t`) gets
 weight -inf. The token history is recovered at the end by following the ancestor indices back.
 """
@@ -56,29 +59,33 @@ class ProgramArrays(NamedTuple):
     target_K: Any  # float32: FREE_UNTIL's bar-counter units that close the free stretch
     skip_K: Any  # int32: FREE_UNTIL's ops passed after it closes (its marker is their token)
     need_K: Any  # int32: fewest steps from op k to the END op
+    state_K: Any  # int32: FREE_UNTIL's grammar state at the close (-1: any)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Program:
     """A constraint program: what each particle must do at each of its steps.
 
-    Built with `Program.build(ops)` from a list of (op, token, target, skip) tuples; `free(n)`,
-    `forced(tokens)` and `free_until(target, skip)` make the pieces. `need_K[k]` counts the
-    fewest steps from op k to END (a FREE_UNTIL needs at least one and covers its skip)."""
+    Built with `Program.build(ops)` from a list of (op, token, target, skip, state) tuples;
+    `free(n)`, `forced(tokens)` and `free_until(target, skip, state)` make the pieces.
+    `need_K[k]` counts the fewest steps from op k to END (a FREE_UNTIL needs at least one and
+    covers its skip)."""
 
     op_K: np.ndarray
     token_K: np.ndarray
     target_K: np.ndarray
     skip_K: np.ndarray
     need_K: np.ndarray
+    state_K: np.ndarray
 
     @staticmethod
-    def build(ops: list[tuple[int, int, float, int]]) -> Program:
-        ops = [*ops, (END, PAD, 0.0, 0)]
+    def build(ops: list[tuple[int, int, float, int, int]]) -> Program:
+        ops = [*ops, (END, PAD, 0.0, 0, -1)]
         op = np.asarray([o[0] for o in ops], np.int32)
         token = np.asarray([o[1] for o in ops], np.int32)
         target = np.asarray([o[2] for o in ops], np.float32)
         skip = np.asarray([o[3] for o in ops], np.int32)
+        state = np.asarray([o[4] for o in ops], np.int32)
         for k in np.flatnonzero(op == FREE_UNTIL):
             if skip[k] and (
                 k + skip[k] >= op.size - 1 or (op[k + 1 : k + 1 + skip[k]] != FORCE).any()
@@ -89,13 +96,13 @@ class Program:
         for k in np.flatnonzero(op == FREE_UNTIL):
             cost[k + 1 : k + 1 + skip[k]] = 0
         need = np.cumsum(cost[::-1])[::-1].astype(np.int32)
-        return Program(op, token, target, skip, need)
+        return Program(op, token, target, skip, need, state)
 
     @staticmethod
     def from_forced(forced_T: np.ndarray) -> Program:
         """One op per position: FORCE(v) where forced_T >= 0, FREE where it is -1."""
-        return Program.build([(FORCE, int(v), 0.0, 0) if v >= 0 else (FREE, PAD, 0.0, 0)
-                              for v in np.asarray(forced_T).tolist()])  # fmt: skip
+        values = np.asarray(forced_T).reshape(-1).tolist()
+        return Program.build([forced([v])[0] if v >= 0 else free(1)[0] for v in values])
 
     @property
     def min_steps(self) -> int:
@@ -109,20 +116,25 @@ class Program:
         pad = lambda a, v: np.concatenate([a, np.full(extra, v, a.dtype)])
         return ProgramArrays(
             pad(self.op_K, END), pad(self.token_K, PAD), pad(self.target_K, 0.0),
-            pad(self.skip_K, 0), pad(self.need_K, 0),
+            pad(self.skip_K, 0), pad(self.need_K, 0), pad(self.state_K, -1),
         )  # fmt: skip
 
 
-def free(n: int) -> list[tuple[int, int, float, int]]:
-    return [(FREE, PAD, 0.0, 0)] * int(n)
+def free(n: int) -> list[tuple[int, int, float, int, int]]:
+    """n FREE ops."""
+    return [(FREE, PAD, 0.0, 0, -1)] * int(n)
 
 
-def forced(tokens) -> list[tuple[int, int, float, int]]:
-    return [(FORCE, int(t), 0.0, 0) for t in np.asarray(tokens).reshape(-1).tolist()]
+def forced(tokens) -> list[tuple[int, int, float, int, int]]:
+    """One FORCE op per token of `tokens`."""
+    return [(FORCE, int(t), 0.0, 0, -1) for t in np.asarray(tokens).reshape(-1).tolist()]
 
 
-def free_until(target_units: float, skip: int = 0) -> list[tuple[int, int, float, int]]:
-    return [(FREE_UNTIL, PAD, float(target_units), int(skip))]
+def free_until(
+    target_units: float, skip: int = 0, state: int = -1
+) -> list[tuple[int, int, float, int, int]]:
+    """A FREE_UNTIL op: free until the units equal `target_units` in grammar state `state`."""
+    return [(FREE_UNTIL, PAD, float(target_units), int(skip), int(state))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +239,7 @@ def run_smc(
     logits_BxPxV, carry = call(primer_BxP, None, None if cond_GxPxC is None else rep(cond_GxPxC))
     vocab = next_state_SxV.shape[1]
     eos_ok = jnp.arange(vocab) != EOS if not settings.allow_eos else jnp.ones(vocab, bool)
-    op_K, token_K, target_K, skip_K, need_K = program
+    op_K, token_K, target_K, skip_K, need_K, state_K = program
     rows = jnp.arange(b)
     group_base = (jnp.arange(g) * n)[:, None]
 
@@ -252,20 +264,22 @@ def run_smc(
         inc_B = jnp.where(is_end, 0.0, jnp.where(is_free, mass_B, forced_lp_B))
         late = need_K[pc_B] > num_steps - t  # cannot finish in the steps left
         inc_B = jnp.where(late & ~is_end, -jnp.inf, inc_B)
-        new_units_B = units_B + unit_V[token_B]
-        closes = (op_B == FREE_UNTIL) & (new_units_B >= target_K[pc_B])
-        skip_B = skip_K[pc_B]
-        # the closing marker stands for the first skipped FORCE op: it must be that token
-        bad_close = (
-            closes & (skip_B > 0) & (token_B != token_K[jnp.minimum(pc_B + 1, op_K.size - 1)])
-        )
-        inc_B = jnp.where(bad_close, -jnp.inf, inc_B)
-        pc_B = jnp.where(
-            is_end, pc_B,
-            jnp.where(op_B == FREE_UNTIL, jnp.where(closes, pc_B + 1 + skip_B, pc_B), pc_B + 1),
-        )  # fmt: skip
         nxt = next_state_SxV[state_B, token_B]
         state_B = jnp.where(nxt >= 0, nxt, state_B)
+        units_B = units_B + unit_V[token_B]
+        in_gap = op_B == FREE_UNTIL
+        want_state_B = state_K[pc_B]
+        at_target = units_B == target_K[pc_B]
+        closes = in_gap & at_target & ((want_state_B < 0) | (state_B == want_state_B))
+        overshoot = in_gap & (units_B > target_K[pc_B])  # wrote more bars than the gap holds
+        skip_B = skip_K[pc_B]
+        # the closing marker stands for the first skipped FORCE op: it must be that token
+        next_token_B = token_K[jnp.minimum(pc_B + 1, op_K.size - 1)]
+        bad_close = closes & (skip_B > 0) & (token_B != next_token_B)
+        inc_B = jnp.where(bad_close | overshoot, -jnp.inf, inc_B)
+        pc_B = jnp.where(
+            is_end, pc_B, jnp.where(in_gap, jnp.where(closes, pc_B + 1 + skip_B, pc_B), pc_B + 1)
+        )
         lw_B = lw_B + inc_B
         logits_Bx1xV, carry = call(
             token_B[:, None], carry, None if cond_BxC is None else cond_BxC[:, None]
