@@ -45,10 +45,12 @@ def test_one_distribution_scores_chance_within_its_spread():
 
 def test_clearly_different_distributions_score_near_one():
     rng = np.random.default_rng(2)
-    a, b = rng.normal(size=(40, 12)), rng.normal(size=(30, 12)) + np.r_[6.0, np.zeros(11)]
+    a, b = rng.normal(size=(40, 12)), rng.normal(size=(40, 12)) + np.r_[6.0, np.zeros(11)]
     result = ts.classifier_two_sample_test(a, b, permutations=20)
     assert result["accuracy"] > 0.95
     assert result["binomial_p"] < 1e-6 and result["permutation_p"] == pytest.approx(1 / 21)
+    unequal = ts.classifier_two_sample_test(a, b[:25])
+    assert unequal["accuracy"] > 0.95 and np.isnan(unequal["binomial_p"])  # chance is not 1/2
 
 
 def test_folds_are_stratified_and_each_piece_tested_once():

@@ -16,9 +16,9 @@ means the two sets are indistinguishable to it, near 1.0 means they differ. Here
   balanced accuracy (mean of the two per-class accuracies, so chance is 0.5 whatever the class
   sizes), the loss weights the two classes equally;
 - the p-value is a permutation test (labels shuffled, the whole repeated k-fold rerun) when
-  `permutations` > 0, and always a one-sided binomial test of the first repeat's correct count
-  against Binomial(n, 1/2) (Lopez-Paz & Oquab's test, approximate since k-fold scores share
-  training data).
+  `permutations` > 0, and, for two sets of equal size, a one-sided binomial test of the first
+  repeat's correct count against Binomial(n, 1/2) (Lopez-Paz & Oquab's test, approximate
+  since k-fold scores share training data).
 """
 
 from __future__ import annotations
@@ -207,9 +207,10 @@ def classifier_two_sample_test(
     """Repeated stratified k-fold logistic-regression two-sample test of set A against set B
     (rows = pieces, float features, e.g. `piece_features`). Returns a dict: accuracy (mean
     balanced held-out accuracy over repeats), accuracy_std (std over repeats), accuracy_min/max,
-    binomial_p (first repeat), permutation_p (None unless permutations > 0: (1 + #null >= obs) /
-    (1 + permutations)), n_a, n_b, folds, repeats, l2, features. With fewer than 2 pieces in a
-    set the accuracy is NaN and `reason` says why. Folds are min(folds, smaller set's size).
+    binomial_p (first repeat; NaN unless the sets have equal sizes), permutation_p (None
+    unless permutations > 0: (1 + #null >= obs) / (1 + permutations)), n_a, n_b, folds,
+    repeats, l2, features. With fewer than 2 pieces in a set the accuracy is NaN and `reason`
+    says why. Folds are min(folds, smaller set's size).
     Raises ValueError when the two sets have different feature counts."""
     a, b = np.asarray(features_a_AxF, np.float64), np.asarray(features_b_BxF, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
@@ -236,7 +237,8 @@ def classifier_two_sample_test(
         accuracy_std=float(observed.std()),
         accuracy_min=float(observed.min()),
         accuracy_max=float(observed.max()),
-        binomial_p=binomial_p_value(int(round(correct[0, 0])), len(x)),
+        # against Binomial(n, 1/2) only when the classes are equal: else chance is not 1/2
+        binomial_p=nan if len(a) != len(b) else binomial_p_value(int(round(correct[0, 0])), len(x)),
         permutation_p=None,
     )
     if permutations:
@@ -244,3 +246,55 @@ def classifier_two_sample_test(
         as_large = int(np.sum(null >= observed.mean() - 1e-12))
         out["permutation_p"] = float((1 + as_large) / (1 + len(null)))
     return out
+
+
+def first_bars(notes: Notes, time_signatures, bars: int) -> Notes:
+    """The notes of the first `bars` bars (from beat 0, each bar as long as the time signature
+    in force, 4/4 where none is given; sample.generate.bar_lines), each note ended at the cut."""
+    from jaxcomposer.sample.generate import MAX_BAR_BEATS, bar_lines, cut_at_beat
+
+    meters = tuple(sorted(time_signatures, key=lambda ts: ts.beat))
+    end = float(bar_lines(meters, bars * MAX_BAR_BEATS)[bars])
+    return cut_at_beat(notes, end)
+
+
+def generated_vs_real(
+    generated: list[Notes],
+    held_out: list[Notes],
+    other_real: list[Notes],
+    *,
+    steps_per_beat: int = 4,
+    permutations: int = 100,
+    seed: int = 0,
+) -> dict:
+    """The report's test: generated pieces against held-out real pieces, and the control: the
+    held-out pieces pooled with `other_real` (e.g. training pieces, as many as there are
+    generated ones where available) and split at random into two halves, tested the same way.
+    All pieces already cut to the same length. Returns {"test": ..., "control": ...,
+    "feature_names": FEATURE_NAMES} with classifier_two_sample_test dicts."""
+    feats = [np.stack([piece_features(n, steps_per_beat=steps_per_beat) for n in pieces])
+             if pieces else np.zeros((0, len(FEATURE_NAMES))) for pieces in
+             (generated, held_out, other_real)]  # fmt: skip
+    test = classifier_two_sample_test(feats[0], feats[1], permutations=permutations, seed=seed)
+    pool = np.concatenate([feats[1], feats[2]])
+    order = np.random.default_rng(seed + 7).permutation(len(pool))
+    half = len(pool) // 2
+    control = classifier_two_sample_test(
+        pool[order[:half]], pool[order[half : 2 * half]], permutations=permutations, seed=seed
+    )
+    return {"test": test, "control": control, "feature_names": list(FEATURE_NAMES)}
+
+
+def describe(result: dict) -> str:
+    """One line: accuracy ± std (p-values) of one classifier_two_sample_test result."""
+    if not math.isfinite(result["accuracy"]):
+        return f"n/a ({result.get('reason', '')})"
+    perm, binomial = result["permutation_p"], result["binomial_p"]
+    return (
+        f"{result['accuracy']:.3f} ± {result['accuracy_std']:.3f} "
+        f"({result['n_a']} vs {result['n_b']} pieces, {result['folds']}-fold x "
+        f"{result['repeats']}"
+        + (f"; binomial p {binomial:.2g}" if math.isfinite(binomial) else "")
+        + (f", permutation p {perm:.2g}" if perm is not None else "")
+        + ")"
+    )
