@@ -16,6 +16,8 @@ def test_vertical_classes_of_a_held_bass_under_a_moving_line():
     # onset 0: {48, 60} -> 12 semitones = class 0; onset 1: {48, 62}, 62 new -> 14 = class 2;
     # onset 2: one pitch, no pair.
     assert counts.tolist() == [1, 0, 1, 0, 0, 0, 0]
+    # struck together only: the octave at beat 0; D4 over the held bass drops out
+    assert ms.vertical_interval_counts(notes, both_start=True).tolist() == [1, 0, 0, 0, 0, 0, 0]
 
 
 def test_vertical_pairs_held_unchanged_are_counted_once_and_folding():
@@ -70,7 +72,8 @@ def test_chord_share_uses_what_is_held_over_the_onset():
     assert ms.chord_share(notes) == pytest.approx(2 / 3)
 
 
-def test_vertical_counts_match_a_pair_loop_on_random_pieces():
+@pytest.mark.parametrize("struck", [False, True])
+def test_vertical_counts_match_a_pair_loop_on_random_pieces(struck):
     rng = np.random.default_rng(3)
     for _ in range(10):
         n = 30
@@ -85,9 +88,12 @@ def test_vertical_counts_match_a_pair_loop_on_random_pieces():
             for a in sounding:
                 for b in sounding:
                     if a < b and (a in new or b in new):
+                        if struck and not (a in new and b in new):
+                            continue
                         d = (b - a) % 12
                         expected[min(d, 12 - d)] += 1
-        assert ms.vertical_interval_counts(notes).tolist() == expected.tolist()
+        got = ms.vertical_interval_counts(notes, both_start=struck)
+        assert got.tolist() == expected.tolist()
 
 
 def test_empty_piece_harmony_is_nan():

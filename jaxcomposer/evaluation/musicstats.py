@@ -384,17 +384,24 @@ def onset_sonorities(notes: Notes, steps_per_beat: int = 4) -> tuple[np.ndarray,
     return sounding, starting
 
 
-def vertical_interval_counts(notes: Notes, steps_per_beat: int = 4) -> np.ndarray:
+def vertical_interval_counts(
+    notes: Notes, steps_per_beat: int = 4, *, both_start: bool = False
+) -> np.ndarray:
     """int64[7]: counts of vertical interval classes 0-6 (semitones mod 12, folded: class
     min(d % 12, 12 - d % 12), labels VERTICAL_CLASS_LABELS) over every pair of distinct pitches
     sounding together at an onset of which at least one starts at that onset, summed over the
     onsets. A pair held unchanged across onsets is counted once, where it begins; two pitches an
-    octave apart are class 0. Drums ignored."""
+    octave apart are class 0. `both_start`: only pairs whose two pitches both start at the onset
+    (struck together; suspensions and passing notes against held notes drop out). Drums
+    ignored."""
     sounding, starting = onset_sonorities(notes, steps_per_beat)
     by_semitones = np.zeros(128, np.int64)
     for d in range(1, 128):
         lower, upper = sounding[:, :-d], sounding[:, d:]
-        new = starting[:, :-d] | starting[:, d:]
+        if both_start:
+            new = starting[:, :-d] & starting[:, d:]
+        else:
+            new = starting[:, :-d] | starting[:, d:]
         by_semitones[d] = int(np.count_nonzero(lower & upper & new))
     d = np.arange(128) % 12
     return np.bincount(np.minimum(d, 12 - d)[1:], by_semitones[1:], minlength=7).astype(np.int64)
