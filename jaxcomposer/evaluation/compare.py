@@ -25,9 +25,11 @@ from matplotlib.figure import Figure
 
 from jaxcomposer.core import atomic
 from jaxcomposer.evaluation.musicstats import (
+    HARMONY_STAT_DESCRIPTIONS,
     NOTE_LENGTH_BIN_EDGES,
     NOTE_LENGTH_BIN_LABELS,
     STAT_DESCRIPTIONS,
+    VERTICAL_CLASS_LABELS,
 )
 
 GRID_STEPS_PER_BANDWIDTH = 20  # trapezoid spacing near each kernel = its bandwidth / this
@@ -164,6 +166,7 @@ def compare_sets(
     real: list[dict],
     *,
     note_lengths: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+    vertical_intervals: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
     max_pairs: int = 4000,
     seed: int = 0,
 ) -> dict:
@@ -171,7 +174,10 @@ def compare_sets(
 
     A statistic missing from a dict counts as NaN; NaN values are skipped and counted. With
     `note_lengths` = (generated counts, real counts) from `note_length_histogram`, the pooled
-    note-length distributions are compared too. `seed` drives the subsampling of pair distances.
+    note-length distributions are compared too; with `vertical_intervals` (counts from
+    `musicstats.vertical_interval_counts`) the pooled vertical interval-class distributions,
+    whose overlap sum(min(p, q)) = 1 - total variation distance. `seed` drives the subsampling
+    of pair distances.
     """
     names = list(dict.fromkeys(k for stats in [*generated, *real] for k in stats))
     statistics = {}
@@ -197,6 +203,10 @@ def compare_sets(
     if note_lengths is not None:
         comparison["note_length_histogram"] = compare_histograms(
             *note_lengths, NOTE_LENGTH_BIN_EDGES, NOTE_LENGTH_BIN_LABELS
+        )
+    if vertical_intervals is not None:
+        comparison["vertical_interval_histogram"] = compare_histograms(
+            *vertical_intervals, np.arange(len(VERTICAL_CLASS_LABELS) + 1), VERTICAL_CLASS_LABELS
         )
     return comparison
 
@@ -269,6 +279,33 @@ def _markdown(comparison: dict, title: str, gen: str, real: str, plots: list[str
                 [[label, _fmt(g), _fmt(r)] for label, g, r in shares],
             ),
         ]
+    hist = comparison.get("vertical_interval_histogram")
+    if hist:
+        shares = zip(hist["bin_labels"], hist["generated_share"], hist["real_share"], strict=True)
+        lines += [
+            "\n## Vertical interval classes at onsets, overlap "
+            f"{_fmt_area(hist['overlap'])} (1 - total variation distance of the pooled shares)\n",
+            *_table(
+                ["interval class", f"{gen} share", f"{real} share"],
+                [[label, _fmt(g), _fmt(r)] for label, g, r in shares],
+            ),
+        ]
+    c2st = comparison.get("two_sample")
+    if c2st:
+        from jaxcomposer.evaluation.two_sample import describe
+
+        lines += [
+            f"\n## Classifier two-sample test (first {c2st['bars']} bars)\n",
+            "Held-out balanced accuracy of logistic regression on key-invariant features "
+            "(evaluation/two_sample.py); 0.5 = indistinguishable.\n",
+            *_table(
+                ["test", "accuracy ± std over repeats"],
+                [
+                    [f"{gen} vs {real}", describe(c2st["test"])],
+                    ["control: two random halves of real pieces", describe(c2st["control"])],
+                ],
+            ),
+        ]
     lines += ["\n## Plots\n"] + [f"![{os.path.basename(rel)}]({rel})" for rel in plots]
     return "\n".join(lines) + "\n"
 
@@ -296,7 +333,7 @@ def _stat_figure(name: str, s: dict, gen: str, real: str):
                 ax.plot(curves[0], pdf, color=color, label=f"{label} KDE")
         ax.legend(fontsize=8)
     ax.set_title(f"{name}: overlap area {_fmt_area(s['overlap_area'])}", fontsize=10)
-    ax.set_xlabel(STAT_DESCRIPTIONS.get(name, name))
+    ax.set_xlabel({**STAT_DESCRIPTIONS, **HARMONY_STAT_DESCRIPTIONS}.get(name, name))
     ax.set_ylabel("density")
     return figure
 

@@ -24,7 +24,7 @@ from jaxcomposer.core import atomic
 from jaxcomposer.core.errors import UsageError
 from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.data.ingest import find_midi_files
-from jaxcomposer.evaluation import compare, likelihood, musicstats
+from jaxcomposer.evaluation import compare, likelihood, musicstats, two_sample
 from jaxcomposer.evaluation import ensemble as ensemble_lib
 from jaxcomposer.model import StepFunction, conditioning
 from jaxcomposer.music.keys import transpose_key
@@ -341,20 +341,31 @@ def _nothing_usable(skipped: list[dict]) -> str:
 
 def _stats_with_copy(notes, steps_per_beat: int, copy_index) -> dict:
     stats = musicstats.piece_stats(notes, steps_per_beat=steps_per_beat)
+    stats.update(musicstats.harmony_stats(notes, steps_per_beat=steps_per_beat))
     groups = musicstats.onset_groups(notes, steps_per_beat)
     stats["longest_copy"] = float(musicstats.longest_copy(groups, copy_index))
     return stats
 
 
 def compare_samples(
-    workdir: str, samples_dir: str, *, progress: bool = True, real_tokens: int = 0
+    workdir: str,
+    samples_dir: str,
+    *,
+    progress: bool = True,
+    real_tokens: int = 0,
+    bars: int = 8,
+    permutations: int = 100,
 ) -> dict:
     """Musical statistics of the MIDI files in `samples_dir` against the held-out real pieces
     (the validation split, decoded), with the longest stretch copied from the training set.
     `real_tokens` N > 0 compares with each held-out piece's first N tokens instead, the length
     of samples of N tokens: statistics that grow with length (pitch range, distinct pitches,
-    the longest run) then compare like with like. Writes report.json, report.md and plots into
-    WORKDIR/reports/<samples folder name>/."""
+    the longest run) then compare like with like. Adds the harmony statistics, the pooled
+    vertical interval-class distributions, and the classifier two-sample test on the first
+    `bars` bars of every piece (samples vs held-out pieces; control: two random halves of the
+    held-out pieces pooled with as many training pieces as there are samples, seeded by the
+    config's seed; `permutations` labels shuffles for its p-value). Writes report.json,
+    report.md and plots into WORKDIR/reports/<samples folder name>/."""
     config = workdir_lib.load_config(workdir)
     tokenizer = get_tokenizer(config.tokenizer)
     spb = config.tokenizer.steps_per_beat
@@ -362,20 +373,36 @@ def compare_samples(
     copy_index = musicstats.build_copy_index(
         [musicstats.onset_groups(tokenizer.decode(p).notes, spb) for p in train_split.pieces()]
     )
-    generated, skipped = [], []
+    generated, generated_cut, skipped = [], [], []
     for name, path in tqdm(find_midi_files(samples_dir), desc="samples", disable=not progress):
         try:
-            generated.append(midi_io.read_midi(path, config.data, name)[0].notes)
+            piece = midi_io.read_midi(path, config.data, name)[0]
         except midi_io.MidiReadError as err:
             skipped.append({"name": name, "reason": err.reason})
             print(f"skipped {name}: {err.reason}", flush=True)
+            continue
+        generated.append(piece.notes)
+        generated_cut.append(two_sample.first_bars(piece.notes, piece.time_signatures, bars))
     if not generated:
         raise UsageError(f"--samples {samples_dir}: {_nothing_usable(skipped)}")
     if skipped:
         logging.warning("--samples %s: %d of %d files skipped", samples_dir, len(skipped),
                         len(skipped) + len(generated))  # fmt: skip
     cut = real_tokens + 1 if real_tokens > 0 else None  # + BOS
-    real = [tokenizer.decode(p[:cut]).notes for p in dataset.load_split(workdir, "valid").pieces()]
+    decoded = [tokenizer.decode(p[:cut]) for p in dataset.load_split(workdir, "valid").pieces()]
+    real = [d.notes for d in decoded]
+    rng = np.random.default_rng(config.seed)
+    train_pieces = list(train_split.pieces())
+    chosen = rng.permutation(len(train_pieces))[: len(generated)]
+    others = [tokenizer.decode(train_pieces[i][:cut]) for i in sorted(chosen)]
+
+    def first(d):
+        return two_sample.first_bars(d.notes, d.time_signatures, bars)
+
+    c2st = two_sample.generated_vs_real(
+        generated_cut, [first(d) for d in decoded], [first(d) for d in others],
+        steps_per_beat=spb, permutations=permutations, seed=config.seed,
+    )  # fmt: skip
     comparison = compare.compare_sets(
         [_stats_with_copy(n, spb, copy_index) for n in generated],
         [_stats_with_copy(n, spb, copy_index) for n in real],
@@ -383,7 +410,12 @@ def compare_samples(
             [musicstats.note_length_histogram(n)[0] for n in generated],
             [musicstats.note_length_histogram(n)[0] for n in real],
         ),
+        vertical_intervals=(
+            [musicstats.vertical_interval_counts(n, spb) for n in generated],
+            [musicstats.vertical_interval_counts(n, spb) for n in real],
+        ),
     )
+    comparison["two_sample"] = {"bars": bars, **c2st}
     comparison["skipped"] = skipped
     label = os.path.basename(os.path.normpath(samples_dir))
     out_dir = os.path.join(workdir, "reports", label)
@@ -395,5 +427,8 @@ def compare_samples(
     for name, s in comparison["statistics"].items():
         print(f"{name:<22} generated {s['generated']['mean']:9.3f}  real {s['real']['mean']:9.3f}"
               f"  overlap {s['overlap_area']:.3f}", flush=True)  # fmt: skip
+    print(f"vertical interval overlap {comparison['vertical_interval_histogram']['overlap']:.3f}"
+          f"  classifier {two_sample.describe(c2st['test'])}"
+          f"  control {two_sample.describe(c2st['control'])}", flush=True)  # fmt: skip
     print(f"report written to {out_dir}/report.md", flush=True)
     return comparison

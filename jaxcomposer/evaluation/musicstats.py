@@ -320,3 +320,147 @@ def longest_copy(sample_groups: Sequence, train_index: CopyIndex) -> int:
         if len(lengths) and lengths.max() >= (1 << level):
             return int(lengths.max())
     return 0
+
+
+# ---- Harmony: the vertical sound at each onset, outer-voice parallels, chord vocabulary ----
+#
+# Everything here works on the grid (notes rounded by `_grid_intervals`). An onset is a grid step
+# where at least one (non-drum) note starts. The sonority at an onset is the set of distinct
+# pitches sounding there: notes with start <= step < end, i.e. the notes starting there plus the
+# notes held over it. A pitch sounding in two notes at once counts once.
+
+VERTICAL_CLASS_LABELS = ("P1/P8", "m2/M7", "M2/m7", "m3/M6", "M3/m6", "P4/P5", "TT")
+HARMONY_STAT_DESCRIPTIONS = {
+    "vertical_seconds_share": "share of vertical interval classes that are seconds (m2/M7, M2/m7)",
+    "vertical_thirds_sixths_share": "share of vertical interval classes that are thirds/sixths",
+    "parallel_perfect_rate": "outer-voice parallel fifths/octaves per onset-to-onset transition",
+    "chord_share": "share of onsets whose pitch-class set is a triad/seventh chord (or part)",
+}
+
+
+def _chord_class_masks() -> frozenset[int]:
+    """12-bit pitch-class masks (bit c = class c) of the sonorities `chord_share` counts: every
+    non-empty subset of a major, minor, diminished or augmented triad (so single classes and the
+    dyads of ic 3, 4, 5, 6); every dominant, minor, major, half-diminished and diminished seventh
+    chord; and each of those seventh chords without its fifth (root, third, seventh: the usual
+    incomplete seventh chord of four-part writing). All 12 roots; inversions are the same set."""
+    triads = ((0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 8))
+    sevenths = ((0, 4, 7, 10), (0, 3, 7, 10), (0, 4, 7, 11), (0, 3, 6, 10), (0, 3, 6, 9))
+    masks = set()
+    for root in range(12):
+        for triad in triads:
+            classes = [(root + c) % 12 for c in triad]
+            for subset in range(1, 8):
+                masks.add(sum(1 << classes[i] for i in range(3) if subset >> i & 1))
+        for seventh in sevenths:
+            classes = [(root + c) % 12 for c in seventh]
+            masks.add(sum(1 << c for c in classes))
+            masks.add(sum(1 << c for c in (classes[0], classes[1], classes[3])))
+    return frozenset(masks)
+
+
+CHORD_CLASS_MASKS = _chord_class_masks()
+
+
+def onset_sonorities(notes: Notes, steps_per_beat: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(sounding bool[G, 128], starting bool[G, 128]) at the G onsets in time order: which pitches
+    sound at each onset step (start <= step < end on the grid) and which of them start there.
+    Drums ignored. Chunked over onsets so memory stays O(chunk x notes)."""
+    notes = notes[~notes.is_drum]
+    if len(notes) == 0:
+        return np.zeros((0, 128), bool), np.zeros((0, 128), bool)
+    start, end = _grid_intervals(notes, steps_per_beat)
+    onsets = np.unique(start)
+    pitch = notes.pitch.astype(np.int64)
+    sounding = np.zeros((len(onsets), 128), bool)
+    starting = np.zeros((len(onsets), 128), bool)
+    chunk = max(1, 2_000_000 // len(notes))
+    for lo in range(0, len(onsets), chunk):
+        t = onsets[lo : lo + chunk, None]
+        g, n = np.nonzero((start[None, :] <= t) & (t < end[None, :]))
+        sounding[lo + g, pitch[n]] = True
+        g, n = np.nonzero(start[None, :] == t)
+        starting[lo + g, pitch[n]] = True
+    return sounding, starting
+
+
+def vertical_interval_counts(
+    notes: Notes, steps_per_beat: int = 4, *, both_start: bool = False
+) -> np.ndarray:
+    """int64[7]: counts of vertical interval classes 0-6 (semitones mod 12, folded: class
+    min(d % 12, 12 - d % 12), labels VERTICAL_CLASS_LABELS) over every pair of distinct pitches
+    sounding together at an onset of which at least one starts at that onset, summed over the
+    onsets. A pair held unchanged across onsets is counted once, where it begins; two pitches an
+    octave apart are class 0. `both_start`: only pairs whose two pitches both start at the onset
+    (struck together; suspensions and passing notes against held notes drop out). Drums
+    ignored."""
+    sounding, starting = onset_sonorities(notes, steps_per_beat)
+    by_semitones = np.zeros(128, np.int64)
+    for d in range(1, 128):
+        lower, upper = sounding[:, :-d], sounding[:, d:]
+        if both_start:
+            new = starting[:, :-d] & starting[:, d:]
+        else:
+            new = starting[:, :-d] | starting[:, d:]
+        by_semitones[d] = int(np.count_nonzero(lower & upper & new))
+    d = np.arange(128) % 12
+    return np.bincount(np.minimum(d, 12 - d)[1:], by_semitones[1:], minlength=7).astype(np.int64)
+
+
+def parallel_perfect_rate(notes: Notes, steps_per_beat: int = 4) -> float:
+    """Parallel fifths and octaves between the outer voices, per transition.
+
+    The outer voices at an onset are the highest and lowest sounding pitches (onsets with at
+    least two distinct sounding pitches only). A transition is a pair of consecutive onsets that
+    both have two; it is a parallel when the top and the bass both move (neither repeats) in the
+    same direction and their interval, in semitones mod 12, is 7 (P5, compound included) at both
+    onsets or 0 (P8, compound) at both. Returns parallels / transitions; NaN with none."""
+    sounding, _ = onset_sonorities(notes, steps_per_beat)
+    two = sounding.sum(axis=1) >= 2
+    sounding = sounding[two]
+    if len(sounding) < 2:
+        return float("nan")
+    top = 127 - np.argmax(sounding[:, ::-1], axis=1)
+    bass = np.argmax(sounding, axis=1)
+    # consecutive among the onsets that have two voices: an onset with one voice breaks the pair
+    index = np.flatnonzero(two)
+    adjacent = np.diff(index) == 1
+    interval = (top - bass) % 12
+    move_top, move_bass = np.sign(np.diff(top)), np.sign(np.diff(bass))
+    parallel = (
+        (move_top != 0)
+        & (move_top == move_bass)
+        & (interval[1:] == interval[:-1])
+        & np.isin(interval[1:], (0, 7))
+    )
+    transitions = int(adjacent.sum())
+    return float((parallel & adjacent).sum() / transitions) if transitions else float("nan")
+
+
+def chord_share(notes: Notes, steps_per_beat: int = 4) -> float:
+    """Share of onsets whose sonority's pitch-class set is in CHORD_CLASS_MASKS (a triad or
+    seventh chord in any inversion, or one of the subsets `_chord_class_masks` names); NaN
+    without onsets."""
+    sounding, _ = onset_sonorities(notes, steps_per_beat)
+    if len(sounding) == 0:
+        return float("nan")
+    classes = np.zeros((len(sounding), 12), bool)
+    for c in range(12):
+        classes[:, c] = sounding[:, c::12].any(axis=1)
+    masks = classes.astype(np.int64) @ (1 << np.arange(12))
+    return float(np.mean([int(m) in CHORD_CLASS_MASKS for m in masks]))
+
+
+def harmony_stats(notes: Notes, *, steps_per_beat: int = 4) -> dict[str, float]:
+    """The scalar harmony statistics of one piece (keys and meanings in
+    HARMONY_STAT_DESCRIPTIONS); shares of vertical classes are NaN without any vertical pair.
+    Kept apart from `piece_stats`, whose names are the fine-tuning match rewards."""
+    counts = vertical_interval_counts(notes, steps_per_beat)
+    total = counts.sum()
+    share = counts / total if total else np.full(7, np.nan)
+    return {
+        "vertical_seconds_share": float(share[1] + share[2]),
+        "vertical_thirds_sixths_share": float(share[3] + share[4]),
+        "parallel_perfect_rate": parallel_perfect_rate(notes, steps_per_beat),
+        "chord_share": chord_share(notes, steps_per_beat),
+    }

@@ -1,0 +1,241 @@
+r"""Which lever makes the chords less like clusters? (issue 20; a benchmark, not a test)
+
+Trains each named variant of configs/quick.py (a list of `--config.a.b=v` overrides, plus
+optional `sample.*` settings for generation) for `--seeds` seeds at the main job's wall budget
+(configs/quick.py train.max_wall_seconds unless `--budget` says otherwise), one run per core
+of `--cores` in parallel (taskset, one XLA thread), then scores each with harmony_bench
+(launch/harmony_bench.py: 40 samples of 8 bars vs the validation chorales) on the same core.
+Writes ROOT/levers.json and a table (mean ± std over seeds: classifier accuracy, control,
+vertical-interval overlap, valid NLL, key match, skipped tokens, CPU seconds of training) into
+docs/harmony.md between the markers `<!-- levers:begin -->` and `<!-- levers:end -->`.
+
+Variants: the VARIANTS dict below, chosen with `--only=base,voices`, or given on the command
+line with `--variant NAME=OVERRIDE[,OVERRIDE...]` (repeatable; an override is either
+`tokenizer.name=voices` for the config or `sample:scale=off` for generation), e.g.
+
+  python launch/harmony_levers.py --only=base,scale_off --seeds=3 --cores=0,1
+  python launch/harmony_levers.py --variant voices=tokenizer.name=voices --seeds=3
+
+Each run is a subprocess (`python -m jaxcomposer.main --mode=prepare`, then `--mode=train`,
+then harmony_bench) in ROOT/<variant>/seed<S> (ROOT default /tmp/harmony_levers); a run whose
+workdir already has train_summary.json and bench.json is not redone (`--redo` forces it).
+A failed run is reported in the table with its log's last line and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# name -> {"config": [config overrides], "sample": {sample.* settings for generation}}
+VARIANTS = {
+    "base": {"config": [], "sample": {}},
+    "scale_off": {"config": [], "sample": {"scale": "off"}},
+    "top_p_0.95": {"config": [], "sample": {"top_p": 0.95}},
+    "temperature_0.8": {"config": [], "sample": {"temperature": 0.8}},
+    "voices": {"config": ["tokenizer.name=voices"], "sample": {}},
+    "bigger_lr": {"config": ["train.learning_rate=0.005"], "sample": {}},
+}
+BEGIN, END = "<!-- levers:begin -->", "<!-- levers:end -->"
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """"name=a.b=v,sample:scale=off" -> (name, {"config": ["a.b=v"], "sample": {"scale": ...}})."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name:
+        sys.exit(f"--variant {text!r}: expected NAME=OVERRIDE[,OVERRIDE...]")
+    out = {"config": [], "sample": {}}
+    for item in filter(None, rest.split(",")):
+        if item.startswith("sample:"):
+            key, _, value = item[len("sample:"):].partition("=")
+            out["sample"][key] = value
+        else:
+            if "=" not in item:
+                sys.exit(f"--variant {text!r}: override {item!r} has no '='")
+            out["config"].append(item)
+    return name, out
+
+
+def _run(cmd: list[str], core: int, log_path: str) -> tuple[int, float]:
+    """Runs cmd pinned to `core` with one XLA thread; (return code, CPU seconds of the child)."""
+    env = dict(os.environ, PYTHONPATH=REPO,
+               XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(["taskset", "-c", str(core), *cmd], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def _last_line(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_one(job: dict, core: int, args) -> dict:
+    workdir, log = job["workdir"], os.path.join(job["workdir"] + ".log")
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+    bench_json = os.path.join(os.path.dirname(workdir), f"seed{job['seed']}_bench.json")
+    summary = os.path.join(workdir, "train_summary.json")
+    result = {"variant": job["name"], "seed": job["seed"], "workdir": workdir, "log": log}
+    overrides = [f"--config.{o}" for o in job["spec"]["config"]]
+    overrides += [f"--config.seed={job['seed']}", f"--config.train.max_wall_seconds={args.budget}"]
+    main = [sys.executable, "-m", "jaxcomposer.main", "--config=configs/quick.py",
+            f"--workdir={workdir}", "--progress=false", *overrides]  # fmt: skip
+    if args.redo or not os.path.exists(summary):
+        cpu = 0.0
+        for mode in ("prepare", "train"):
+            rc, seconds = _run([*main[:3], f"--mode={mode}", *main[3:]], core, log)
+            cpu += seconds
+            if rc:
+                return {**result, "error": f"{mode} exit {rc}: {_last_line(log)}"}
+            result[f"{mode}_cpu_seconds"] = round(seconds, 1)
+    if args.redo or not os.path.exists(bench_json) or not os.path.exists(summary):
+        bench = [sys.executable, "launch/harmony_bench.py", f"--workdir={workdir}",
+                 f"--num_samples={args.num_samples}", f"--bars={args.bars}",
+                 f"--json={bench_json}", f"--out_dir={workdir}_samples"]  # fmt: skip
+        bench += [f"--sample={k}={v}" for k, v in job["spec"]["sample"].items()]
+        rc, _ = _run(bench, core, log)
+        if rc:
+            return {**result, "error": f"bench exit {rc}: {_last_line(log)}"}
+    with open(summary, encoding="utf-8") as f:
+        result["train"] = json.load(f)
+    with open(bench_json, encoding="utf-8") as f:
+        result["bench"] = json.load(f)
+    cpu_file = os.path.join(os.path.dirname(workdir), f"seed{job['seed']}_cpu.json")
+    if "train_cpu_seconds" in result:
+        with open(cpu_file, "w", encoding="utf-8") as f:
+            json.dump({k: result[k] for k in ("prepare_cpu_seconds", "train_cpu_seconds")}, f)
+    elif os.path.exists(cpu_file):
+        with open(cpu_file, encoding="utf-8") as f:
+            result.update(json.load(f))
+    return result
+
+
+def _mean_std(values, digits=3) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def table(results: list[dict], names: list[str], args) -> str:
+    header = ["variant", "seeds", "classifier acc.", "control acc.", "vertical overlap",
+              "vertical overlap (struck)", "valid NLL (nats/token)", "key match",
+              "skipped tokens", "train CPU s"]  # fmt: skip
+    rows = []
+    for name in names:
+        runs = [r for r in results if r["variant"] == name and "bench" in r]
+        failed = [r for r in results if r["variant"] == name and "error" in r]
+        b = [r["bench"] for r in runs]
+        rows.append([
+            name, f"{len(runs)}" + (f" ({len(failed)} failed)" if failed else ""),
+            _mean_std([x["classifier"]["accuracy"] for x in b]),
+            _mean_std([x["control"]["accuracy"] for x in b]),
+            _mean_std([x["vertical_overlap"] for x in b]),
+            _mean_std([x["vertical_overlap_struck"] for x in b]),
+            _mean_std([r["train"]["best_val_loss"] for r in runs], 4),
+            _mean_std([x["key_match"] for x in b]),
+            str(sum(x["skipped_tokens"] for x in b)),
+            _mean_std([r.get("train_cpu_seconds") for r in runs], 0),
+        ])  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    errors = [f"- {r['variant']} seed {r['seed']}: {r['error']}" for r in results if "error" in r]
+    note = (f"\nconfigs/quick.py variants, {args.budget:g} s wall budget each, one core per run "
+            f"(taskset, one XLA thread); {args.num_samples} samples of {args.bars} bars vs the "
+            "validation chorales (launch/harmony_bench.py); mean ± std over seeds. "
+            f"Written by launch/harmony_levers.py on {time.strftime('%Y-%m-%d %H:%M')}.\n"
+            )  # fmt: skip
+    return "\n".join(lines) + "\n" + note + ("\n".join(errors) + "\n" if errors else "")
+
+
+def write_doc(path: str, block: str) -> None:
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Harmony\n"
+    inner = f"{BEGIN}\n{block}{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + inner + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n## Levers\n\n" + inner + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def main() -> None:
+    from configs import quick
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default="/tmp/harmony_levers")
+    parser.add_argument("--only", default="", help="comma-separated names from VARIANTS")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cores", default="0,1")
+    parser.add_argument("--budget", type=float, default=quick.get_config().train.max_wall_seconds)
+    parser.add_argument("--num_samples", type=int, default=40)
+    parser.add_argument("--bars", type=int, default=8)
+    parser.add_argument("--doc", default=os.path.join(REPO, "docs", "harmony.md"))
+    parser.add_argument("--redo", action="store_true")
+    args = parser.parse_args()
+    variants = dict(parse_variant(v) for v in args.variant)
+    if args.only or not variants:
+        names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            sys.exit(f"--only: unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+        variants = {**{n: VARIANTS[n] for n in names}, **variants}
+    jobs = queue.Queue()
+    for seed in range(args.seeds):  # seed-major: every variant gets a first seed early
+        for name, spec in variants.items():
+            workdir = os.path.join(args.root, name, f"seed{seed}")
+            jobs.put({"name": name, "seed": seed, "spec": spec, "workdir": workdir})
+    results, lock = [], threading.Lock()
+
+    def worker(core: int) -> None:
+        while True:
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                return
+            started = time.perf_counter()
+            r = run_one(job, core, args)
+            with lock:
+                results.append(r)
+                print(f"{job['name']} seed {job['seed']} on core {core}: "
+                      + (r.get("error") or f"classifier {r['bench']['classifier']['accuracy']:.3f}"
+                         f", vertical overlap {r['bench']['vertical_overlap']:.3f}")
+                      + f" ({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+
+    cores = [int(c) for c in args.cores.split(",")]
+    threads = [threading.Thread(target=worker, args=(c,)) for c in cores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.sort(key=lambda r: (list(variants).index(r["variant"]), r["seed"]))
+    os.makedirs(args.root, exist_ok=True)
+    with open(os.path.join(args.root, "levers.json"), "w", encoding="utf-8") as f:
+        json.dump({"variants": variants, "budget": args.budget, "results": results}, f, indent=1)
+    block = table(results, list(variants), args)
+    print(block)
+    write_doc(args.doc, block)
+    print(f"table written to {args.doc}; runs in {args.root}")
+
+
+if __name__ == "__main__":
+    main()
