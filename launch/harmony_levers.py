@@ -87,16 +87,20 @@ def _last_line(path: str) -> str:
 
 
 def run_one(job: dict, core: int, args) -> dict:
-    workdir, log = job["workdir"], os.path.join(job["workdir"] + ".log")
+    workdir = job["workdir"]
+    log = os.path.join(job["bench_dir"], f"seed{job['seed']}.log")
     os.makedirs(os.path.dirname(workdir), exist_ok=True)
-    bench_json = os.path.join(os.path.dirname(workdir), f"seed{job['seed']}_bench.json")
+    os.makedirs(job["bench_dir"], exist_ok=True)
+    bench_json = os.path.join(job["bench_dir"], f"seed{job['seed']}_bench.json")
     summary = os.path.join(workdir, "train_summary.json")
     result = {"variant": job["name"], "seed": job["seed"], "workdir": workdir, "log": log}
     overrides = [f"--config.{o}" for o in job["spec"]["config"]]
     overrides += [f"--config.seed={job['seed']}", f"--config.train.max_wall_seconds={args.budget}"]
     main = [sys.executable, "-m", "jaxcomposer.main", "--config=configs/quick.py",
             f"--workdir={workdir}", "--progress=false", *overrides]  # fmt: skip
-    if args.redo or not os.path.exists(summary):
+    if job["wait"] is not None and not os.path.exists(summary):
+        return {**result, "error": f"its training run in {workdir} failed"}
+    if (args.redo and job["wait"] is None) or not os.path.exists(summary):
         cpu = 0.0
         for mode in ("prepare", "train"):
             rc, seconds = _run([*main[:3], f"--mode={mode}", *main[3:]], core, log)
@@ -105,9 +109,10 @@ def run_one(job: dict, core: int, args) -> dict:
                 return {**result, "error": f"{mode} exit {rc}: {_last_line(log)}"}
             result[f"{mode}_cpu_seconds"] = round(seconds, 1)
     if args.redo or not os.path.exists(bench_json) or not os.path.exists(summary):
+        samples_dir = os.path.join(job["bench_dir"], f"seed{job['seed']}_samples")
         bench = [sys.executable, "launch/harmony_bench.py", f"--workdir={workdir}",
                  f"--num_samples={args.num_samples}", f"--bars={args.bars}",
-                 f"--json={bench_json}", f"--out_dir={workdir}_samples"]  # fmt: skip
+                 f"--json={bench_json}", f"--out_dir={samples_dir}"]  # fmt: skip
         bench += [f"--sample={k}={v}" for k, v in job["spec"]["sample"].items()]
         rc, _ = _run(bench, core, log)
         if rc:
@@ -116,7 +121,7 @@ def run_one(job: dict, core: int, args) -> dict:
         result["train"] = json.load(f)
     with open(bench_json, encoding="utf-8") as f:
         result["bench"] = json.load(f)
-    cpu_file = os.path.join(os.path.dirname(workdir), f"seed{job['seed']}_cpu.json")
+    cpu_file = os.path.join(os.path.dirname(workdir), f"seed{job['seed']}_cpu.json")  # trainer's
     if "train_cpu_seconds" in result:
         with open(cpu_file, "w", encoding="utf-8") as f:
             json.dump({k: result[k] for k in ("prepare_cpu_seconds", "train_cpu_seconds")}, f)
@@ -200,10 +205,23 @@ def main() -> None:
             sys.exit(f"--only: unknown variant(s) {unknown}; known: {list(VARIANTS)}")
         variants = {**{n: VARIANTS[n] for n in names}, **variants}
     jobs = queue.Queue()
+    # Variants that differ only in sampling settings share one training run per seed: the first
+    # variant with those config overrides trains, the others wait for it and only sample.
+    trainer = {}
+    for name, spec in variants.items():
+        trainer.setdefault(tuple(spec["config"]), name)
+    done = {(name, seed): threading.Event() for name in variants for seed in range(args.seeds)}
     for seed in range(args.seeds):  # seed-major: every variant gets a first seed early
-        for name, spec in variants.items():
-            workdir = os.path.join(args.root, name, f"seed{seed}")
-            jobs.put({"name": name, "seed": seed, "spec": spec, "workdir": workdir})
+        trainers_first = sorted(
+            variants.items(), key=lambda v: trainer[tuple(v[1]["config"])] != v[0]
+        )
+        for name, spec in trainers_first:
+            owner = trainer[tuple(spec["config"])]
+            workdir = os.path.join(args.root, owner, f"seed{seed}")
+            bench_dir = os.path.join(args.root, name)
+            jobs.put({"name": name, "seed": seed, "spec": spec, "workdir": workdir,
+                      "bench_dir": bench_dir, "wait": None if owner == name else done[owner, seed],
+                      "done": done[name, seed]})  # fmt: skip
     results, lock = [], threading.Lock()
 
     def worker(core: int) -> None:
@@ -212,8 +230,13 @@ def main() -> None:
                 job = jobs.get_nowait()
             except queue.Empty:
                 return
+            if job["wait"] is not None:
+                job["wait"].wait()
             started = time.perf_counter()
-            r = run_one(job, core, args)
+            try:
+                r = run_one(job, core, args)
+            finally:
+                job["done"].set()
             with lock:
                 results.append(r)
                 print(f"{job['name']} seed {job['seed']} on core {core}: "
