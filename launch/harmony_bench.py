@@ -22,6 +22,8 @@ scored against the workdir's validation pieces cut to the same number of bars:
                    bench's code (launch/bench_keys.py `figures`; the validation pieces' figure
                    against their labels alongside)
   skipped_tokens   tokens the decoder could not place, summed over the samples (goal 0)
+  separating_features  the classifier features whose means differ most (Cohen's d): what
+                   gives the samples away
 
 Prints a table and one JSON line, and writes OUT_DIR/harmony_bench.json (OUT_DIR defaults to
 /tmp/harmony_bench/<workdir name>; nothing is written into the workdir).
@@ -143,6 +145,7 @@ def bench(
         samples, real, others, steps_per_beat=spb, permutations=permutations, seed=seed
     )
     gen_h, real_h, other_h = _harmony(samples, spb), _harmony(real, spb), _harmony(others, spb)
+    telltales = separating_features(samples, real, spb)
     labels_list = musicstats.VERTICAL_CLASS_LABELS
     edges = np.arange(len(labels_list) + 1)
     vertical = compare.compare_histograms(gen_h["counts"], real_h["counts"], edges, labels_list)
@@ -182,10 +185,25 @@ def bench(
         "skipped_tokens": int(sum(info["skipped_tokens"] for info in result["samples"])),
         "short_samples": int(sum((info.get("bars") or bars) < bars for info in result["samples"])),
         "unreadable_samples": skipped_files,
+        "separating_features": telltales,
         "generate_seconds": round(generate_seconds, 1),
         "out_dir": out_dir,
         "machine": bench_keys.MACHINE,
     }
+
+
+def separating_features(samples, real, steps_per_beat: int, top: int = 6) -> list[dict]:
+    """The classifier's features that differ most between the sets: standardised mean difference
+    (Cohen's d with the pooled standard deviation) of two_sample.piece_features, largest |d|
+    first, with both means: what gives the samples away."""
+    a = np.stack([two_sample.piece_features(n, steps_per_beat=steps_per_beat) for n in samples])
+    b = np.stack([two_sample.piece_features(n, steps_per_beat=steps_per_beat) for n in real])
+    pooled = np.sqrt((a.var(0, ddof=1) + b.var(0, ddof=1)) / 2)
+    d = np.where(pooled > 0, (a.mean(0) - b.mean(0)) / np.where(pooled > 0, pooled, 1), 0.0)
+    order = np.argsort(-np.abs(d))[:top]
+    return [{"feature": two_sample.FEATURE_NAMES[i], "d": round(float(d[i]), 2),
+             "samples": round(float(a[:, i].mean()), 4), "real": round(float(b[:, i].mean()), 4)}
+            for i in order]  # fmt: skip
 
 
 def _f(x, digits=3) -> str:
@@ -221,6 +239,9 @@ def table(r: dict) -> str:
              f"(step {r['checkpoint_step']}) vs {r['real_pieces']} validation pieces"]  # fmt: skip
     lines += [f"{'figure':<{width}}  {'samples':<40}  real / chance"]
     lines += [f"{a:<{width}}  {b:<40}  {c_}" for a, b, c_ in rows]
+    lines += ["what separates them most (Cohen's d, samples mean vs real mean): " + "; ".join(
+        f"{t['feature']} {t['d']:+.1f} ({t['samples']:.3g} vs {t['real']:.3g})"
+        for t in r.get("separating_features", []))]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+SCHED = ("train.max_wall_seconds=0", "train.num_steps=950")
 # name -> {"config": [config overrides], "sample": {sample.* settings for generation}}
 VARIANTS = {
     "base": {"config": [], "sample": {}},
@@ -45,6 +46,24 @@ VARIANTS = {
     "temperature_0.8": {"config": [], "sample": {"temperature": 0.8}},
     "voices": {"config": ["tokenizer.name=voices"], "sample": {}},
     "bigger_lr": {"config": ["train.learning_rate=0.005"], "sample": {}},
+    # Fixed work instead of a wall budget: the ~950 steps the base reaches in 300 s on an idle
+    # core, with the cosine schedule run to its end (the wall cap stops base mid-schedule).
+    "base_sched": {"config": [*SCHED], "sample": {}},
+    "voices_sched": {"config": ["tokenizer.name=voices", *SCHED], "sample": {}},
+    "voices_spb2_pv": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=2",
+                                  "tokenizer.per_voice_tokens=True", *SCHED], "sample": {}},
+    # top-p truncation cuts the many-pitch tail of "move" and keeps the one HOLD token: plain
+    # sampling (top_p 1) on the same models.
+    "voices_spb2_pv_top_p_1": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=2",
+                                          "tokenizer.per_voice_tokens=True", *SCHED],
+                               "sample": {"top_p": 1.0}},
+    # The one-core-hour chorale model: the best 5-minute representation, 58 minutes of
+    # training (budget.py sets the steps so the cosine decay ends in time) plus prepare and bench.
+    "hour_voices_spb2_pv": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=2",
+                                       "tokenizer.per_voice_tokens=True",
+                                       "train.max_wall_seconds=0", "train.budget_minutes=58",
+                                       "train.eval_every=500", "train.checkpoint_every=500"],
+                            "sample": {}},
 }
 BEGIN, END = "<!-- levers:begin -->", "<!-- levers:end -->"
 
@@ -94,8 +113,10 @@ def run_one(job: dict, core: int, args) -> dict:
     bench_json = os.path.join(job["bench_dir"], f"seed{job['seed']}_bench.json")
     summary = os.path.join(workdir, "train_summary.json")
     result = {"variant": job["name"], "seed": job["seed"], "workdir": workdir, "log": log}
-    overrides = [f"--config.{o}" for o in job["spec"]["config"]]
-    overrides += [f"--config.seed={job['seed']}", f"--config.train.max_wall_seconds={args.budget}"]
+    # The budget first, so that a variant may replace it (train.max_wall_seconds=0 with a fixed
+    # train.num_steps compares equal work, unaffected by what else runs on the machine).
+    overrides = [f"--config.seed={job['seed']}", f"--config.train.max_wall_seconds={args.budget}"]
+    overrides += [f"--config.{o}" for o in job["spec"]["config"]]
     main = [sys.executable, "-m", "jaxcomposer.main", "--config=configs/quick.py",
             f"--workdir={workdir}", "--progress=false", *overrides]  # fmt: skip
     if job["wait"] is not None and not os.path.exists(summary):
