@@ -62,6 +62,11 @@ flags.DEFINE_string(
 flags.DEFINE_string("style", None, "Style (a training sub-folder) for key+style models.")
 flags.DEFINE_enum("scale", None, ["strict", "soft", "off"], "Out-of-scale pitches: mask/penalize.")
 flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-scale logits.")
+flags.DEFINE_string(
+    "meter", None,
+    "hold (the primer's meter, else the first one sampled, for the whole piece), free, or a "
+    "time signature such as 3/4.",
+)  # fmt: skip
 # Evaluation.
 flags.DEFINE_string("eval_dir", None, "Evaluate on this MIDI folder instead of the valid split.")
 flags.DEFINE_string("samples", None, "Compare the MIDI files in this folder with real pieces.")

@@ -121,6 +121,9 @@ def generate(
     args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
     removed = pitch_steps = None
     kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
+    rows_meter = bar_lib.held_meters(tokenizer, sample.meter, primers, primer_piece)
+    kwargs["meter"] = (None if rows_meter is None
+                       else sampler.meter_hold(tokenizer, rows_meter, primers))
     if keyed:
         inputs, kwargs["ks"] = keyplan.keyed_run(restored, sample, primers, plan)
         tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))
