@@ -144,6 +144,7 @@ def render_sample(
     score_notes: Notes | None = None,
     score_qpm: float | None = None,
     guess_voices: bool = False,
+    soundfont: str | None = None,
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
@@ -163,6 +164,8 @@ def render_sample(
     voices 0-3 known, or with `guess_voices` assigned to a four-part texture) give a MIDI
     track per voice (Soprano, Alto, Tenor, Bass) and a score with two voices per staff; other
     notes give two tracks (right and left hand, split at middle C) and a two-hand piano score.
+    `soundfont`: the .sf2 file the audio is played from (default: pretty_midi's General-MIDI
+    bank; `audio.write_audio`).
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
@@ -251,7 +254,9 @@ def render_sample(
     info["synthesizer"] = stage(
         "wav",
         [f"{base}.wav"],
-        lambda: audio.write_audio(f"{base}.wav", notes, qpm=qpm, sample_rate=sample_rate),
+        lambda: audio.write_audio(
+            f"{base}.wav", notes, qpm=qpm, sample_rate=sample_rate, soundfont=soundfont
+        ),
     )
     info["wav"] = f"{stem}.wav" if info["synthesizer"] else None
     info["roll"] = stage("roll", [f"{base}-roll.png"], write_roll)
