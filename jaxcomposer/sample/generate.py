@@ -8,6 +8,7 @@ schedules from sample/keyplan.py, bar arithmetic from sample/bars.py, tokens fro
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import re
@@ -81,6 +82,8 @@ def generate(
     progress: Callable[[str, int, int], None] | None = None,
     qpm: float | None = None,
     soundfont: str | None = None,
+    executor: concurrent.futures.Executor | None = None,
+    skip_stages: tuple[str, ...] = (),
 ) -> dict:
     """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info.
     For tokens in real time (performance), the score is engraved on an estimated beat grid
@@ -93,7 +96,9 @@ def generate(
     each sample and ("rendered", num_samples, num_samples) at the end. `qpm`: the written
     tempo (quarter notes per minute) of the MIDI, score and audio, instead of the primer's (or
     100); tokens in real time keep their decoded tempo. `soundfont`: an .sf2 file for the audio
-    instead of pretty_midi's General-MIDI one."""
+    instead of pretty_midi's General-MIDI one. `executor`: renders the samples in parallel
+    (`render_sample` must be picklable for a process pool; it is); `skip_stages`:
+    render_sample stages not wanted (e.g. ("png", "roll") where a page draws its own)."""
     report = progress or (lambda stage, done, total: None)
     base = restored.config if restored is not None else workdir_lib.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
@@ -154,9 +159,9 @@ def generate(
     if qpm is None:
         qpm = primer_piece.initial_qpm if primer_piece is not None else 100.0
     qpm = tokenizer.decoded_qpm or qpm  # performance tokens decode to seconds at a fixed tempo
-    results = []
-    for i, row in enumerate(np.concatenate([primers, tokens], axis=1)):
-        report("rendering", i, len(tokens))
+    rows = np.concatenate([primers, tokens], axis=1)
+    jobs = []  # per sample: (row, decoded, notes, end, bars, render_sample's arguments)
+    for i, row in enumerate(rows):
         decoded = tokenizer.decode(row)
         notes = decoded.notes
         meters = bar_lib.meters_of(tokenizer, row, primer_piece)
@@ -174,10 +179,7 @@ def generate(
         grid = {}
         if tokenizer.decoded_qpm:
             grid = performance_score(notes, tokenizer.decoded_qpm, score_qpm)
-        info = outputs.render_sample(
-            out_dir,
-            stem,
-            notes,
+        render_kwargs = dict(
             title=f"jaxcomposer sample {i + 1} (seed {seed})",
             qpm=qpm,
             time_signature=(time_sig.numerator, time_sig.denominator) if time_sig else (4, 4),
@@ -187,8 +189,20 @@ def generate(
                 bar_lib.key_changes(tokenizer, row, meters, plan.schedules[i]) if plan else ()
             ),
             soundfont=soundfont,
+            skip=skip_stages,
             **grid,
         )
+        jobs.append((row, decoded, notes, end, bars, (out_dir, stem, notes), render_kwargs))
+    # With an executor (e.g. a process pool) the samples render in parallel, in any order.
+    futures = [
+        executor.submit(outputs.render_sample, *args, **kwargs) if executor else None
+        for *_, args, kwargs in jobs
+    ]
+    results = []
+    for i, (row, decoded, notes, end, bars, args, kwargs) in enumerate(jobs):
+        report("rendering", i, len(jobs))
+        stem = args[1]
+        info = futures[i].result() if executor else outputs.render_sample(*args, **kwargs)
         info.update(
             name=stem,
             model=model_label,

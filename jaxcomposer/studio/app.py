@@ -57,6 +57,28 @@ FIELDS = {"model", "key", "scale", "primer", *LIMITS}
 # Files of a job the server serves: render_sample's, plus the run's index and JSON.
 _RUN_FILES = ("index.html", "samples.json")
 _SAMPLE_FILE_KEYS = ("midi", "musicxml", "wav", "roll", "png")
+# The page shows the SVG pages and draws the piano roll from the notes itself (a canvas), so
+# the two PNG stages (together ~1 s a sample on this machine) are not run.
+SKIP_STAGES = ("png", "roll")
+MAX_ROLL_NOTES = 20000  # notes sent to the page for its piano roll
+
+
+def _warm_renderer(out_dir: str) -> str:
+    """Runs once in each render process: imports music21/verovio/matplotlib and renders a
+    two-note sample, so the first real job does not pay for it (~3 s)."""
+    import numpy as np
+
+    from jaxcomposer.music.notes import Notes
+    from jaxcomposer.render import outputs
+
+    notes = Notes(
+        pitch=np.array([60, 64], np.int16), start=np.array([0.0, 1.0]),
+        end=np.array([1.0, 2.0]), velocity=np.array([80, 80], np.int16),
+        program=np.zeros(2, np.int16), is_drum=np.zeros(2, bool), voice=np.full(2, -1, np.int8),
+    )  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    outputs.render_sample(out_dir, f"warm_{os.getpid()}", notes, title="warm-up", skip=SKIP_STAGES)
+    return out_dir
 
 
 class RequestError(UsageError):
@@ -149,7 +171,9 @@ def _number(name: str, value: Any) -> float | int:
 class Studio:
     """Models, jobs and the worker. `workdirs`: trained run folders (each restored now, at
     `checkpoint`); `results_dir`: the folder every job writes into (one sub-folder per job id;
-    created if missing). Raises UsageError for a folder that is not a trained workdir."""
+    created if missing). `render_processes`: processes that render the samples of a job in
+    parallel (default: 2, or 1 on a one-core machine; 0 = in the worker thread). Raises
+    UsageError for a folder that is not a trained workdir."""
 
     def __init__(
         self,
@@ -159,6 +183,7 @@ class Studio:
         checkpoint: str = "best",
         soundfont: str | None = None,
         keep_jobs: int = KEEP_JOBS,
+        render_processes: int | None = None,
     ):
         if not workdirs:
             raise UsageError("--mode=serve needs at least one --workdir")
@@ -178,6 +203,23 @@ class Studio:
             self.models[str(i)] = Model(
                 str(i), name, workdir, restored, model_facts(workdir, restored)
             )
+        if render_processes is None:
+            render_processes = min(2, os.cpu_count() or 1)
+        self.executor = None
+        if render_processes > 0:
+            import concurrent.futures
+            import multiprocessing
+
+            # spawn, not fork: the parent runs jax's threads, which a fork would copy mid-work.
+            self.executor = concurrent.futures.ProcessPoolExecutor(
+                render_processes, mp_context=multiprocessing.get_context("spawn")
+            )
+            warm = os.path.join(self.results_dir, ".warm")
+            for done in [
+                self.executor.submit(_warm_renderer, warm) for _ in range(render_processes)
+            ]:
+                done.result()
+            shutil.rmtree(warm, ignore_errors=True)
         self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -334,6 +376,8 @@ class Studio:
         """Stops the worker after the job it is doing (waiting jobs are dropped)."""
         self._queue.put(None)
         self._worker.join(timeout=60)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
     # --- the worker ----------------------------------------------------------------------------
     def _work(self) -> None:
@@ -393,6 +437,7 @@ class Studio:
         paths = generate.generate(
             job.model.workdir, out_dir=out_dir, seed=s.get("seed", 0), overrides=overrides,
             restored=job.model.restored, qpm=s.get("qpm"), soundfont=self.soundfont,
+            executor=self.executor, skip_stages=SKIP_STAGES,
             progress=lambda stage, done, total: self._progress(job, stage, done, total),
         )  # fmt: skip
         files = {name: os.path.join(out_dir, name) for name in _RUN_FILES}
@@ -414,11 +459,34 @@ class Studio:
             for page in info.get("svg") or []:
                 files[page] = os.path.join(out_dir, page)
                 urls["svg"].append(self._url(job, page))
-            samples.append(dict(shown, files=urls, errors=info.get("errors") or {}))
+            roll = self._roll_notes(job, out_dir, info.get("midi"))
+            samples.append(dict(shown, files=urls, errors=info.get("errors") or {}, roll=roll))
         files = {k: v for k, v in files.items() if os.path.isfile(v)}
         with self._lock:
             job.samples, job.files = samples, files
             job.state, job.stage, job.finished = "done", "done", time.time()
+
+    def _roll_notes(self, job: Job, out_dir: str, midi: str | None) -> dict | None:
+        """The sample's notes for the page's piano roll, read back from its MIDI file:
+        {notes: [[pitch, start beat, end beat, velocity], ...], bar_beats}; None without MIDI."""
+        if not midi:
+            return None
+        from jaxcomposer.data import midi_io
+
+        try:
+            piece, _ = midi_io.read_midi(
+                os.path.join(out_dir, midi), job.model.restored.config.data
+            )
+        except midi_io.MidiReadError:
+            return None
+        n = piece.notes[:MAX_ROLL_NOTES]
+        rows = zip(n.pitch.tolist(), n.start.tolist(), n.end.tolist(), n.velocity.tolist(),
+                   strict=True)  # fmt: skip
+        meters = piece.time_signatures
+        bar_beats = meters[0].bar_beats if meters else 4.0
+        return dict(
+            notes=[[p, round(a, 4), round(b, 4), v] for p, a, b, v in rows], bar_beats=bar_beats
+        )
 
     def _prune(self) -> None:
         """Keeps the files of the last `keep_jobs` finished jobs; older jobs are forgotten and

@@ -82,6 +82,47 @@ function progressValue(job) {
   return job.state === "done" ? 1 : 0.95;
 }
 
+// Pitch against beats: one bar per note (right hand >= C4 blue, left hand orange, more opaque
+// when louder), grey bar lines, C of each octave labelled, black-key rows shaded.
+function pianoRoll(roll) {
+  const notes = roll.notes;
+  const canvas = el("canvas", { class: "roll", role: "img", "aria-label": "piano roll" });
+  const width = 960, height = 300, left = 36, bottom = 18;
+  canvas.width = width; canvas.height = height;
+  const g = canvas.getContext("2d");
+  let low = 60, high = 72, end = roll.bar_beats;
+  if (notes.length) {
+    low = Math.min(...notes.map((n) => n[0])) - 2;
+    high = Math.max(...notes.map((n) => n[0])) + 2;
+    end = Math.max(end, ...notes.map((n) => n[2]));
+  }
+  if (high - low < 14) { const mid = Math.round((low + high) / 2); low = mid - 7; high = mid + 7; }
+  const x = (beat) => left + (beat / end) * (width - left - 4);
+  const row = (height - bottom) / (high - low + 1);
+  const y = (pitch) => (high - pitch) * row;
+  g.fillStyle = "white"; g.fillRect(0, 0, width, height);
+  g.font = "10px sans-serif"; g.textBaseline = "middle";
+  for (let p = low; p <= high; p++) {
+    if ([1, 3, 6, 8, 10].includes(((p % 12) + 12) % 12)) {
+      g.fillStyle = "#f0f0f0"; g.fillRect(left, y(p), width - left, row);
+    }
+    if (p % 12 === 0) { g.fillStyle = "#444"; g.fillText(`C${p / 12 - 1}`, 2, y(p) + row / 2); }
+  }
+  g.strokeStyle = "#b0b0b0"; g.lineWidth = 1;
+  g.textBaseline = "alphabetic";
+  for (let beat = 0, bar = 1; beat <= end + 1e-9; beat += roll.bar_beats, bar++) {
+    g.beginPath(); g.moveTo(x(beat), 0); g.lineTo(x(beat), height - bottom); g.stroke();
+    g.fillStyle = "#666"; g.fillText(String(bar), x(beat) + 2, height - 4);
+  }
+  for (const [pitch, start, stop, velocity] of notes) {
+    g.globalAlpha = 0.45 + 0.55 * Math.min(Math.max(velocity, 1), 127) / 127;
+    g.fillStyle = pitch >= 60 ? "#1f5fa8" : "#d9822b";
+    g.fillRect(x(start), y(pitch) + 0.1 * row, Math.max(1, x(stop) - x(start)), 0.8 * row);
+  }
+  g.globalAlpha = 1;
+  return canvas;
+}
+
 function sampleSection(sample, index) {
   const section = el("section", { class: "sample", "data-sample": String(index) });
   section.append(el("h2", {}, sample.title || sample.name));
@@ -94,7 +135,8 @@ function sampleSection(sample, index) {
     section.append(el("img", { class: "score", src: src,
       alt: `score page ${page + 1} of ${f.svg.length}` }));
   });
-  if (f.roll) section.append(el("img", { class: "roll", src: f.roll, alt: "piano roll" }));
+  if (sample.roll) section.append(pianoRoll(sample.roll));
+  else if (f.roll) section.append(el("img", { class: "roll", src: f.roll, alt: "piano roll" }));
   const links = el("p", { class: "links" });
   for (const [key, label] of [["midi", "MIDI"], ["musicxml", "MusicXML"], ["wav", "WAV"]]) {
     if (f[key]) links.append(el("a", { href: f[key] + "?download=1", "data-kind": key }, label));
@@ -105,7 +147,7 @@ function sampleSection(sample, index) {
   }
   const facts = {};
   for (const [k, v] of Object.entries(sample)) {
-    if (!["files", "errors", "title", "name"].includes(k)) facts[k] = v;
+    if (!["files", "errors", "title", "name", "roll"].includes(k)) facts[k] = v;
   }
   const table = el("table", { class: "facts" });
   factsTable(table, facts);
