@@ -84,7 +84,7 @@ def main() -> None:
     for rep in range(args.reps):
         answers: list = [None, None]
 
-        def run(i: int, rep: int = rep) -> None:
+        def run(i: int, rep: int = rep, answers: list = answers) -> None:
             answers[i] = request_until_ready(base, dict(body, seed=100 + 2 * rep + i))
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
