@@ -128,8 +128,9 @@ function sampleSection(sample, index) {
   section.append(el("h2", {}, sample.title || sample.name));
   const f = sample.files;
   if (f.wav) {
-    const audio = el("audio", { controls: "", preload: "metadata", src: f.wav });
-    section.append(el("p")).append(audio);
+    const player = el("p");
+    player.append(el("audio", { controls: "", preload: "metadata", src: f.wav }));
+    section.append(player);
   }
   f.svg.forEach((src, page) => {
     section.append(el("img", { class: "score", src: src,
