@@ -41,6 +41,7 @@ _SAMPLE_FLAGS = (
     "style",
     "scale",
     "scale_penalty",
+    "parallels_penalty",
     "meter",
 )
 

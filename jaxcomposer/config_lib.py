@@ -122,6 +122,9 @@ class SampleConfig:
     scale: str = "off"  # "strict" | "soft" | "off": out-of-scale pitch tokens masked/penalized
     scale_penalty: float = 1.5  # soft: nats subtracted from out-of-scale logits
     meter: str = "hold"  # "hold" (the primer's, else the first sampled) | "free" | "3/4"...
+    # nats off the logits of onsets that move a voice in parallel fifths or octaves with a voice
+    # above it (tokens written voice by voice: voices); 0 = off
+    parallels_penalty: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +303,7 @@ _AT_LEAST = {  # field: smallest allowed value
     "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
     "sample.scale_penalty": 0,
+    "sample.parallels_penalty": 0,
     "finetune.num_steps": 0, "finetune.batch_size": 1, "finetune.num_tokens": 1,
     "finetune.grad_clip_norm": 0, "finetune.kl_beta": 0, "finetune.alpha": 0,
     "finetune.alpha_batch_size": 1, "finetune.user_reward_weight": 0, "finetune.max_run": 1,
@@ -387,6 +391,8 @@ def validate(config: Config) -> None:
          or config.model.condition != "none", "needs model.condition key or key+style"),
         ("sample.scale_penalty", math.isfinite(config.sample.scale_penalty),
          "must be a finite number of nats (use --scale=strict to forbid)"),
+        ("sample.parallels_penalty", math.isfinite(config.sample.parallels_penalty),
+         "must be a finite number of nats"),
         ("train.transpose_semitones", config.train.transpose_semitones <= 127,
          "must be <= 127"),
         ("sample.meter", config.sample.meter in METER_RULES

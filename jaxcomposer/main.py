@@ -78,6 +78,11 @@ flags.DEFINE_string(
 flags.DEFINE_string("style", None, "Style (a training sub-folder) for key+style models.")
 flags.DEFINE_enum("scale", None, ["strict", "soft", "off"], "Out-of-scale pitches: mask/penalize.")
 flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-scale logits.")
+flags.DEFINE_float(
+    "parallels_penalty", None,
+    "Voice tokens: nats off onsets that move a voice in parallel fifths or octaves with a voice "
+    "above it (0 = off).",
+)  # fmt: skip
 flags.DEFINE_string(
     "meter", None,
     "hold (the primer's meter, else the first one sampled, for the whole piece), free, or a "

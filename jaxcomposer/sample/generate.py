@@ -146,6 +146,7 @@ def generate(
     rows_meter = bar_lib.held_meters(tokenizer, sample.meter, primers, primer_piece)
     kwargs["meter"] = (None if rows_meter is None
                        else sampler.meter_hold(tokenizer, rows_meter, primers))
+    kwargs["voices"] = sampler.parallels_rule(tokenizer, primers, sample.parallels_penalty)
     if keyed:
         inputs, kwargs["ks"] = keyplan.keyed_run(restored, sample, primers, plan)
         tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))

@@ -291,6 +291,10 @@ class EventTokenizer(Tokenizer):
         lo = self.vocab.offset("TIMESIG")
         return {tuple(m): lo + i for i, m in enumerate(self.meter_table)}
 
+    def voice_tables(self) -> None:
+        """Event tokens write the notes of an onset in pitch order, with no voices: None."""
+        return None
+
     def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
         """The TIMESIG tokens' meters where they change; 4/4 at beat 0 when the tokens hold
         bars but no TIMESIG (the decoder's default)."""

@@ -202,6 +202,10 @@ class FrameTokenizer(Tokenizer):
         """Frames state no meter: none."""
         return {}
 
+    def voice_tables(self) -> None:
+        """Frames carry no voices: None."""
+        return None
+
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in self.pitch_ranges:
             moved = shift_pitch_index(index, shift, self.num_pitches)

@@ -318,6 +318,10 @@ class PerformanceTokenizer(Tokenizer):
         """Performance tokens state no meter: none."""
         return {}
 
+    def voice_tables(self) -> None:
+        """Performance tokens carry no voices: None."""
+        return None
+
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in ("NOTE_ON", "NOTE_OFF"):
             moved = shift_pitch_index(index, shift, self.num_pitches)
