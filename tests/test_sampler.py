@@ -375,3 +375,21 @@ def test_parallels_tokenizers_without_voices_have_no_rule():
         tokenizer = get_tokenizer(dataclasses.replace(config.tokenizer, name=name))
         assert tokenizer.voice_tables() is None
         assert sampler.parallels_rule(tokenizer, np.full((2, 1), BOS), 3.0) is None
+
+
+def test_an_unprimed_sample_holds_the_training_musics_meter():
+    """held_meters' default: the meter stated most often (TIMESIG tokens by count), used where a
+    row's primer states none; a primer's own meter still wins."""
+    from jaxcomposer.sample import bars as bar_lib
+
+    config = config_lib.freeze(tiny.get_config())
+    voices = get_tokenizer(dataclasses.replace(config.tokenizer, name="voices"))
+    table = voices.meter_tokens()
+    corpus = np.asarray([table[(3, 4)]] * 5 + [table[(4, 4)]] * 3 + [table[(1, 16)]] * 4)
+    assert bar_lib.corpus_meter(voices, corpus) == (3, 4)
+    assert bar_lib.corpus_meter(voices, np.asarray([BOS, voices.vocab.token("BAR")])) is None
+    primers = np.asarray([[BOS, voices.vocab.token("BAR"), table[(4, 4)]], [BOS, 0, 0]])
+    held = bar_lib.held_meters(voices, "hold", primers, default=(3, 4))
+    assert held == [(4, 4), (3, 4)]
+    frame = get_tokenizer(dataclasses.replace(config.tokenizer, name="frame"))
+    assert bar_lib.corpus_meter(frame, corpus) is None

@@ -22,6 +22,7 @@ from absl import logging
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import SampleConfig
 from jaxcomposer.core import atomic
+from jaxcomposer.data import dataset
 from jaxcomposer.model import StepFunction
 from jaxcomposer.music.notes import Notes
 from jaxcomposer.render import gallery, outputs
@@ -69,6 +70,19 @@ def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None)
         "score_notes": beat_grid.to_score(notes, seconds_per_beat, grid),
         "score_qpm": grid.qpm,
     }
+
+
+def _training_meter(workdir: str, tokenizer) -> tuple[int, int] | None:
+    """The meter the validation music states most often (bar_lib.corpus_meter), or None when
+    the workdir holds no data split (a model copied without its data) or its tokens state none."""
+    if not tokenizer.meter_tokens():
+        return None
+    try:
+        split = dataset.load_split(workdir, "valid")
+    except (OSError, ValueError) as e:
+        logging.info("no validation split to take a meter from (%s)", e)
+        return None
+    return bar_lib.corpus_meter(tokenizer, split.tokens)
 
 
 def generate(
@@ -143,7 +157,9 @@ def generate(
     args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
     removed = pitch_steps = None
     kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
-    rows_meter = bar_lib.held_meters(tokenizer, sample.meter, primers, primer_piece)
+    rows_meter = bar_lib.held_meters(
+        tokenizer, sample.meter, primers, primer_piece, default=_training_meter(workdir, tokenizer)
+    )
     kwargs["meter"] = (None if rows_meter is None
                        else sampler.meter_hold(tokenizer, rows_meter, primers))
     kwargs["voices"] = sampler.parallels_rule(tokenizer, primers, sample.parallels_penalty)
