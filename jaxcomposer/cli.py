@@ -128,7 +128,8 @@ def check_flags(mode: str) -> list[str]:
     if FLAGS.num_bars and FLAGS.num_steps:
         warnings.append("--num_steps is only a minimum when --num_bars is given (bars decide)")
     for name, modes in _FLAG_MODES.items():
-        given = getattr(FLAGS, name) not in (None, False)
+        # On the command line (--host and --port have defaults: their values alone say nothing).
+        given = FLAGS[name].present and getattr(FLAGS, name) not in (None, False)
         if given and mode != "all" and mode not in modes:
             warnings.append(f"--{name} is ignored by --mode={mode} (it is for {'/'.join(modes)})")
     return warnings

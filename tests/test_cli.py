@@ -49,6 +49,19 @@ def test_usage_errors_exit_2_in_one_line(tmp_path):
     assert code == 2 and len(errors) == 1 and str(missing) in errors[0]
 
 
+def test_flags_a_mode_ignores_warn_only_when_given(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxcomposer.main", "--mode=prepare", "--config=nosuch",
+         f"--workdir={tmp_path}", "--port=9000", "--temperature=0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: --temperature is ignored by --mode=prepare (it is for generate)",
+        "warning: --port is ignored by --mode=prepare (it is for serve)",
+    ]  # not --host, which has a default and was not given
+
+
 def test_workdir_and_folder_problems_name_the_file(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
