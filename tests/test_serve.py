@@ -297,10 +297,12 @@ def test_bad_requests_and_routes(studio):
     assert status == 200 and models["models"][0]["name"] == "tiny <b onclick=x>run"
     facts = models["models"][0]["facts"]
     assert facts["steps trained"] == 4 and "validation NLL (nats/token)" in facts
+    assert models["models"][0]["styles"] == [] and models["models"][0]["defaults"]["style"] == ""
     for body, expected in (
         ({"bars": 0}, "bars"), ({"temperature": "hot"}, "temperature"),
         ({"top_p": 2}, "top_p"), ({"num_samples": 99}, "num_samples"),
         ({"scale": "loud"}, "scale"), ({"key": "H major"}, "key"), ({"seed": 1.5}, "seed"),
+        ({"style": "chorale"}, "not conditioned on style"), ({"style": ["x"]}, "style"),
     ):  # fmt: skip
         status, reply = call(url + "api/generate", {"model": "0", **body})
         assert status == 400 and expected in reply["error"].lower(), (body, reply)
