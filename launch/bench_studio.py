@@ -4,8 +4,8 @@ Starts the studio (app.Studio + server on a free loopback port, in this process)
 workdir, sends one warm-up request (it compiles the sampler for these settings), then times
 `--reps` single requests and `--reps` rounds of two requests sent at once, each from POST
 /api/generate until the job is done AND its first score page (SVG) and first WAV have been
-fetched over HTTP. Same settings throughout (default: 4 samples of 8 bars, D minor, soft
-scale), a different seed each time. Prints one JSON line per figure and a summary; each
+fetched over HTTP. Same settings throughout (default: 4 samples of 8 bars of 4/4, D minor,
+soft scale), a different seed each time. Prints one JSON line per figure and a summary; each
 request's line has its stage breakdown from the job's samples.json: sampling (the jitted scan),
 and per render stage (midi, musicxml, svg, wav) the seconds summed over the samples and the
 slowest sample's (samples render in parallel in --render_processes processes).
@@ -80,7 +80,9 @@ def main() -> None:
     httpd = server.make_server(studio, "127.0.0.1", 0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = httpd.url
-    body = dict(model="0", key="D minor", scale="soft", bars=args.bars,
+    # 4/4 held: 8 bars are 32 beats in every sample (a young model's first sampled meter may be
+    # 1/16 or 14/8, which would make the samples, and their render times, differ tenfold).
+    body = dict(model="0", key="D minor", scale="soft", meter="4/4", bars=args.bars,
                 num_samples=args.samples, temperature=1.0, top_p=0.9)  # fmt: skip
     out: dict = {"start_seconds": round(start_seconds, 2), "cpus": os.cpu_count()}
     out["warm_up"] = request_until_ready(base, dict(body, seed=0))

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from jaxcomposer import workdir_lib
+from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.core.errors import Failure, UsageError
 
 MAX_PRIMER_BYTES = 256 * 1024  # an uploaded primer MIDI (a 10-minute piano MIDI is ~60 KiB)
@@ -53,7 +53,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "scale_penalty": (0.0, 20.0),
 }
 _INTEGER = {"bars", "num_samples", "seed"}
-FIELDS = {"model", "key", "scale", "style", "primer", *LIMITS}
+FIELDS = {"model", "key", "scale", "style", "meter", "primer", *LIMITS}
 # Files of a job the server serves: render_sample's, plus the run's index and JSON.
 _RUN_FILES = ("index.html", "samples.json")
 _SAMPLE_FILE_KEYS = ("midi", "musicxml", "wav", "roll", "png")
@@ -248,6 +248,7 @@ class Studio:
                     defaults=dict(
                         key=sample.key.split(";")[0].strip(),
                         style=sample.style if sample.style in _styles(model) else "",
+                        meter=sample.meter,
                         scale=sample.scale,
                         temperature=sample.temperature,
                         top_p=sample.top_p,
@@ -298,6 +299,13 @@ class Studio:
             raise RequestError(f"style: {str(style)[:MAX_NAME]!r} is not a style of the model "
                                f"({known})")  # fmt: skip
         settings["style"] = style
+        meter = request.get("meter") or model.restored.config.sample.meter
+        if not isinstance(meter, str) or not (
+            meter.strip() in config_lib.METER_RULES or config_lib.parse_meter(meter)
+        ):
+            raise RequestError(f"meter: {str(meter)[:40]!r}: expected hold, free or a time "
+                               "signature such as 3/4")  # fmt: skip
+        settings["meter"] = meter.strip()
         primer, primer_name, tracks = self._primer(request.get("primer"), model)
         job = Job(secrets.token_hex(8), model, settings, primer, primer_name, tracks)
         with self._lock:
@@ -439,6 +447,8 @@ class Studio:
         s = job.settings
         overrides: dict = {"decoder": "temperature", "key": s["key"], "scale": s["scale"],
                            "style": s.get("style", "")}  # fmt: skip
+        if "meter" in s:
+            overrides["meter"] = s["meter"]
         for field, name in (("num_bars", "bars"), ("num_samples", "num_samples"),
                             ("temperature", "temperature"), ("top_p", "top_p"),
                             ("scale_penalty", "scale_penalty")):  # fmt: skip

@@ -32,7 +32,7 @@ function showModel() {
   style.replaceChildren(el("option", { value: "" }, "(drawn for each sample)"));
   for (const name of model.styles) style.append(el("option", { value: name }, name));
   $("style-field").hidden = model.styles.length === 0;
-  for (const name of ["key", "scale", "style", "temperature", "top_p", "bars", "seed",
+  for (const name of ["key", "scale", "style", "meter", "temperature", "top_p", "bars", "seed",
                       "num_samples"]) {
     $(name).value = d[name];
   }
@@ -195,7 +195,7 @@ async function generate(event) {
   event.preventDefault();
   $("error").textContent = "";
   const body = { model: $("model").value, key: $("key").value, scale: $("scale").value,
-                 style: $("style").value };
+                 style: $("style").value, meter: $("meter").value };
   for (const name of ["temperature", "top_p", "bars", "seed", "num_samples", "qpm"]) {
     if ($(name).value !== "") body[name] = Number($(name).value);
   }
