@@ -87,3 +87,32 @@ def test_without_tensorboardx_one_warning_and_metrics_only(monkeypatch, capsys):
     assert reporting.TensorBoardLog.open("unused") is None
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: train.tensorboard: tensorboardX")
+
+
+def test_fine_tuning_writes_its_own_event_files(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from conftest import melody_corpus, small_run_config
+
+    from jaxcomposer import config_lib
+    from jaxcomposer.finetune import loop as finetune
+
+    config = small_run_config(melody_corpus(tmp_path / "midi"), tmp_path / "cache")
+    workdir = str(tmp_path / "run")
+    loop.train(config, workdir, progress=False)  # without train.tensorboard: no event file
+    assert not glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+    tuned = config_lib.replace(
+        config, train={"tensorboard": True},
+        finetune=dict(batch_size=2, num_tokens=16, num_steps=2, eval_every=1, log_every=1,
+                      alpha_batch_size=2),
+    )  # fmt: skip
+    finetune.finetune(tuned, workdir, progress=False)
+    folder = workdir_lib.finetune_dir(workdir)
+    scalars = read_events(folder)
+    records = reporting.read_metrics(os.path.join(folder, workdir_lib.METRICS_FILE))
+    for kind in ("train", "valid"):
+        expected = {r["step"]: r["loss"] for r in records if r["kind"] == kind and "loss" in r}
+        assert expected and scalars[f"{kind}/loss"].keys() == expected.keys()
+        np.testing.assert_allclose(
+            [scalars[f"{kind}/loss"][s] for s in expected], list(expected.values()), rtol=1e-6
+        )
+    assert any(tag.startswith("train/reward_") for tag in scalars)
