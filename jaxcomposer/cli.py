@@ -55,13 +55,14 @@ def sample_overrides() -> dict:
 
 # Which modes read each optional flag (a flag given to a mode that ignores it is a warning).
 _FLAG_MODES = {
-    **{name: ("generate",) for name in _SAMPLE_FLAGS + ("out_dir", "primer_midi", "seed")},
+    **{name: ("generate",) for name in _SAMPLE_FLAGS + ("primer_midi", "seed")},
+    "out_dir": ("generate", "serve"),  # serve: its results folder (kept)
     "score_qpm": ("generate",),
     "qpm": ("generate",),
     "soundfont": ("generate", "serve"),
     "host": ("serve",),
     "port": ("serve",),
-    "checkpoint": ("generate", "evaluate"),
+    "checkpoint": ("generate", "evaluate", "serve"),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
     "ensemble": ("evaluate",),

@@ -46,7 +46,10 @@ except (AttributeError, KeyError) as _error:  # ml_collections reads `--config.a
     print(f"error: bad --config override: {cli._cause(_error)}", file=sys.stderr)
     sys.exit(2)
 # Generation (override the workdir config's `sample` section when given).
-flags.DEFINE_string("out_dir", None, "Where samples go (default: WORKDIR/samples).")
+flags.DEFINE_string(
+    "out_dir", None, "Where samples go (default: WORKDIR/samples); serve: the results folder, "
+    "kept (default: a temporary one, removed at the end).",
+)  # fmt: skip
 flags.DEFINE_string("primer_midi", None, "Continue this MIDI file instead of starting from BOS.")
 flags.DEFINE_enum("primer", None, ["none", "valid"], "Primer when no --primer_midi is given.")
 flags.DEFINE_integer("num_steps", None, "Tokens to generate per sample.")

@@ -60,6 +60,8 @@ def test_flags_a_mode_ignores_warn_only_when_given(tmp_path):
         "warning: --temperature is ignored by --mode=prepare (it is for generate)",
         "warning: --port is ignored by --mode=prepare (it is for serve)",
     ]  # not --host, which has a default and was not given
+    # The studio reads --checkpoint (which model to restore) and --out_dir (its results).
+    assert "serve" in cli._FLAG_MODES["checkpoint"] and "serve" in cli._FLAG_MODES["out_dir"]
 
 
 def test_workdir_and_folder_problems_name_the_file(tmp_path):
