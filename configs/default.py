@@ -82,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.log_every = 50  # steps
     c.train.max_wall_seconds = 0.0  # seconds; 0 = no limit
     c.train.budget_minutes = 0.0  # > 0: num_steps chosen to fit this many minutes (measured)
+    c.train.tensorboard = False  # True: TensorBoard event files too (pip install .[tensorboard])
 
     c.sample = ml_collections.ConfigDict()
     c.sample.decoder = "temperature"  # argmax | temperature

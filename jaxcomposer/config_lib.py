@@ -101,6 +101,9 @@ class TrainConfig:
     # > 0: num_steps is chosen from the step time measured after compilation so that warmup and
     # decay fit this many minutes (train/budget.py); the chosen steps go into config.json.
     budget_minutes: float = 0.0
+    # True: TensorBoard event files beside metrics.jsonl (needs the tensorboard extra,
+    # tensorboardX; without it a one-line warning and metrics.jsonl alone).
+    tensorboard: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-r"""The one entry point: `python -m jaxcomposer.main --mode=M --config=configs/x.py --workdir=DIR`.
+r"""The one entry point: `python -m jaxcomposer.main --mode=M --config=NAME --workdir=DIR`.
 
 Modes:
   prepare   MIDI folder (or the embedded Bach chorales) -> token arrays, vocabulary, manifest
@@ -35,12 +35,21 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "all", MODES, "What to do.")
 flags.DEFINE_string("workdir", "runs/default", "Run folder: data, checkpoints, samples, reports.")
 try:
-    config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (get_config()).")
+    # The default is the built-in config's file (the checkout's or the installed package's):
+    # ml_collections loads it here when `--config.a.b=v` overrides are given without --config.
+    config_flags.DEFINE_config_file(
+        "config", cli.builtin_config(cli.DEFAULT_CONFIG) or cli.DEFAULT_CONFIG,
+        "Config: a built-in config's name (default, quick, tiny, jsb, piano, seed_replica) or a "
+        "file with get_config().",
+    )  # fmt: skip
 except (AttributeError, KeyError) as _error:  # ml_collections reads `--config.a.b=v` here
     print(f"error: bad --config override: {cli._cause(_error)}", file=sys.stderr)
     sys.exit(2)
 # Generation (override the workdir config's `sample` section when given).
-flags.DEFINE_string("out_dir", None, "Where samples go (default: WORKDIR/samples).")
+flags.DEFINE_string(
+    "out_dir", None, "Where samples go (default: WORKDIR/samples); serve: the results folder, "
+    "kept (default: a temporary one, removed at the end).",
+)  # fmt: skip
 flags.DEFINE_string("primer_midi", None, "Continue this MIDI file instead of starting from BOS.")
 flags.DEFINE_enum("primer", None, ["none", "valid"], "Primer when no --primer_midi is given.")
 flags.DEFINE_integer("num_steps", None, "Tokens to generate per sample.")
