@@ -25,6 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxcomposer import cli
+from jaxcomposer.config_lib import CHOICES, PRIMER_SOURCES
 
 MODES = ("prepare", "train", "generate", "evaluate", "all", "finetune")
 
@@ -40,12 +41,12 @@ except (AttributeError, KeyError) as _error:  # ml_collections reads `--config.a
 # Generation (override the workdir config's `sample` section when given).
 flags.DEFINE_string("out_dir", None, "Where samples go (default: WORKDIR/samples).")
 flags.DEFINE_string("primer_midi", None, "Continue this MIDI file instead of starting from BOS.")
-flags.DEFINE_enum("primer", None, ["none", "valid"], "Primer when no --primer_midi is given.")
+flags.DEFINE_enum("primer", None, list(PRIMER_SOURCES), "Primer when no --primer_midi is given.")
 flags.DEFINE_integer("num_steps", None, "Tokens to generate per sample.")
 flags.DEFINE_integer("num_bars", None, "Bars to generate per sample (overrides --num_steps).")
 flags.DEFINE_integer("num_samples", None, "Samples to generate.")
 flags.DEFINE_integer("seed", None, "Sampling seed: the same seed gives the same music.")
-flags.DEFINE_enum("decoder", None, ["argmax", "temperature"], "Decoding rule.")
+flags.DEFINE_enum("decoder", None, list(CHOICES["sample.decoder"]), "Decoding rule.")
 flags.DEFINE_float("temperature", None, "Softmax temperature.")
 flags.DEFINE_float("score_qpm", None, "Performances: engrave at this tempo, not the estimate.")
 flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = off).")
@@ -60,7 +61,9 @@ flags.DEFINE_string(
     "';' between keys gives each sample the next one.",
 )  # fmt: skip
 flags.DEFINE_string("style", None, "Style (a training sub-folder) for key+style models.")
-flags.DEFINE_enum("scale", None, ["strict", "soft", "off"], "Out-of-scale pitches: mask/penalize.")
+flags.DEFINE_enum(
+    "scale", None, list(CHOICES["sample.scale"]), "Out-of-scale pitches: mask/penalize."
+)
 flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-scale logits.")
 # Evaluation.
 flags.DEFINE_string("eval_dir", None, "Evaluate on this MIDI folder instead of the valid split.")

@@ -55,7 +55,7 @@ def sampler_mask(next_state_SxV: jax.Array, states_BxT: jax.Array) -> jax.Array:
 
 
 def masked_log_probs(logits_BxTxV: jax.Array, allowed_BxTxV: jax.Array | None) -> jax.Array:
-    """float32 (B, T, V): log-softmax over the allowed tokens (forbidden ones ~ -1e9)."""
+    """float32 (B, T, V): log-softmax over the allowed tokens (forbidden ones ~ MASKED_LOGIT)."""
     logits = logits_BxTxV.astype(jnp.float32)
     if allowed_BxTxV is not None:
         logits = jnp.where(allowed_BxTxV, logits, MASKED_LOGIT)
@@ -64,7 +64,7 @@ def masked_log_probs(logits_BxTxV: jax.Array, allowed_BxTxV: jax.Array | None) -
 
 def step_kl(logp_BxTxV: jax.Array, ref_logp_BxTxV: jax.Array) -> jax.Array:
     """float32 (B, T): KL(pi || pi_0) in nats at each step, exactly over the vocabulary.
-    Forbidden tokens have probability exp(-1e9) = 0 under both, so they add nothing."""
+    Forbidden tokens have probability exp(MASKED_LOGIT) = 0 under both, so they add nothing."""
     return jnp.sum(jnp.exp(logp_BxTxV) * (logp_BxTxV - ref_logp_BxTxV), axis=-1)
 
 

@@ -20,9 +20,10 @@ import dataclasses
 
 import numpy as np
 
+from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.music import keys
 
-CONDITIONS = ("none", "key", "key+style")
+CONDITIONS = CHOICES["model.condition"]
 KEY_DIM = 14  # 12 tonic pitch classes + 2 modes
 
 

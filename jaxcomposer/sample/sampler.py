@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.model import conditioning
+from jaxcomposer.model.loss import MASKED_LOGIT as NEG_INF  # the one masked-logit value
 from jaxcomposer.tokenizers.vocab import BOS, EOS
-
-NEG_INF = -1e9  # finite, so an all-masked row still gives a defined (uniform) softmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +36,9 @@ class DecoderSettings:
     allow_eos: bool = False  # length is the user's choice, so EOS is masked by default
 
     def __post_init__(self):
-        if self.decoder not in ("argmax", "temperature"):
-            raise ValueError(f"decoder must be 'argmax' or 'temperature', got {self.decoder!r}")
+        if self.decoder not in CHOICES["sample.decoder"]:
+            choices = CHOICES["sample.decoder"]
+            raise ValueError(f"decoder must be one of {choices}, got {self.decoder!r}")
         if self.decoder == "temperature" and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
@@ -220,7 +221,7 @@ def grammar_states_after(grammar, primers: np.ndarray) -> np.ndarray:
 
 
 # --- key conditioning and scale constraints ---------------------------------------------------
-SCALE_MODES = ("off", "soft", "strict")
+SCALE_MODES = CHOICES["sample.scale"]
 
 
 @dataclasses.dataclass(frozen=True)

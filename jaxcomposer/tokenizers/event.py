@@ -229,6 +229,11 @@ class EventTokenizer(Tokenizer):
 
     # --- geometry --------------------------------------------------------------------------
     time_unit = "beat"
+    keeps_note_count = True  # one PITCH token per note
+
+    @property
+    def meter_choices(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.meter_table)
 
     def bar_counter(self) -> BarCounter:
         """Bars follow the meter: each BAR token opens the next bar (inclusive)."""
