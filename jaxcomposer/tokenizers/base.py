@@ -112,10 +112,10 @@ class Tokenizer(abc.ABC):
         tokens: token times are seconds of playing, decoded as beats of `decoded_qpm`)."""
 
     @property
-    @abc.abstractmethod
     def meter_choices(self) -> tuple[tuple[int, int], ...]:
-        """The (numerator, denominator) time signatures the vocabulary can hold (its TIMESIG
-        tokens); () when the tokens hold no meter."""
+        """The (numerator, denominator) time signatures the vocabulary can hold: the keys of
+        `meter_tokens` (its TIMESIG tokens), in table order; () when the tokens hold no meter."""
+        return tuple(self.meter_tokens())
 
     @property
     @abc.abstractmethod

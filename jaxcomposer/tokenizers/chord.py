@@ -235,7 +235,6 @@ class ChordTokenizer(Tokenizer):
 
     # --- geometry: onset groups chord_step_beats apart, no bars (nominal 4/4 bars) ----------
     time_unit = "beat"
-    meter_choices = ()
     # A CHORD token decodes to its pitch classes in one octave (a one-class set to two notes),
     # whatever the octaves and doublings it was made from.
     keeps_note_count = False

@@ -231,10 +231,6 @@ class EventTokenizer(Tokenizer):
     time_unit = "beat"
     keeps_note_count = True  # one PITCH token per note
 
-    @property
-    def meter_choices(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self.meter_table)
-
     def bar_counter(self) -> BarCounter:
         """Bars follow the meter: each BAR token opens the next bar (inclusive)."""
         advance = np.zeros(self.vocab.size, np.float32)

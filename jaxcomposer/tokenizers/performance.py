@@ -271,7 +271,6 @@ class PerformanceTokenizer(Tokenizer):
 
     # --- geometry: time in seconds; nominal bars of 4 beats at decoded_qpm (2 s) -------------
     time_unit = "second"
-    meter_choices = ()
     keeps_note_count = True  # one NOTE_ON ... NOTE_OFF pair per note
 
     def bar_counter(self) -> BarCounter:

@@ -407,10 +407,6 @@ class VoicesTokenizer(Tokenizer):
         return "beat"
 
     @property
-    def meter_choices(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self.meter_table)
-
-    @property
     def keeps_note_count(self) -> bool:
         return True  # one NOTE token per note kept in a voice (the rest counted lost)
 
