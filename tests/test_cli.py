@@ -1,5 +1,5 @@
 """Every mode's bad input ends in one line on stderr naming the file or field and the reason,
-exit code 2 for usage errors and 1 for failures, never a traceback (issue 13, fault 5).
+exit code 2 for usage errors and 1 for failures, never a traceback.
 
 A few cases run `python -m jaxcomposer.main` as a subprocess (each costs seconds of imports);
 the rest check the same functions in-process: the error mapping, the config checks and the

@@ -132,7 +132,7 @@ def test_labels_transpose_with_the_notes():
     assert shifted  # the tables really move pitches
 
 
-def test_old_splits_without_labels_are_unconditional():
+def test_a_split_without_key_labels_cannot_feed_a_key_conditioned_model():
     split = TokenSplit.from_pieces(["a"], [np.arange(3, 40, dtype=np.int32)])
     assert split.labels == {}
     with pytest.raises(ValueError, match="prepare again"):
