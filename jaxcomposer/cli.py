@@ -55,13 +55,14 @@ def sample_overrides() -> dict:
 
 # Which modes read each optional flag (a flag given to a mode that ignores it is a warning).
 _FLAG_MODES = {
-    **{name: ("generate",) for name in _SAMPLE_FLAGS + ("out_dir", "primer_midi", "seed")},
+    **{name: ("generate",) for name in _SAMPLE_FLAGS + ("primer_midi", "seed")},
+    "out_dir": ("generate", "serve"),  # serve: the results folder
     "score_qpm": ("generate",),
     "qpm": ("generate",),
     "soundfont": ("generate", "serve"),
     "host": ("serve",),
     "port": ("serve",),
-    "checkpoint": ("generate", "evaluate"),
+    "checkpoint": ("generate", "evaluate", "serve"),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
     "ensemble": ("evaluate",),
@@ -128,7 +129,8 @@ def check_flags(mode: str) -> list[str]:
     if FLAGS.num_bars and FLAGS.num_steps:
         warnings.append("--num_steps is only a minimum when --num_bars is given (bars decide)")
     for name, modes in _FLAG_MODES.items():
-        given = getattr(FLAGS, name) not in (None, False)
+        flag = FLAGS[name]  # given: on the command line, or set away from its default
+        given = bool(flag.present) or flag.value != flag.default
         if given and mode != "all" and mode not in modes:
             warnings.append(f"--{name} is ignored by --mode={mode} (it is for {'/'.join(modes)})")
     return warnings

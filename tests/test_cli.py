@@ -154,3 +154,21 @@ def test_ctrl_c_tells_how_to_resume_training_and_fine_tuning(capsys, tmp_path):
             assert capsys.readouterr().err.strip() == "error: interrupted" + hint
     finally:
         main.FLAGS.unparse_flags()
+
+
+def test_a_flag_is_ignored_only_by_the_modes_that_do_not_read_it(tmp_path):
+    """--mode=serve reads --out_dir (its results folder) and --checkpoint (main.py passes both
+    to the studio); --mode=prepare reads neither, and --host/--port, which have defaults, are
+    not reported when they were not given."""
+    try:
+        for mode, expected in (("serve", []), ("prepare", ["checkpoint", "out_dir"])):
+            main.FLAGS.unparse_flags()
+            main.FLAGS(["jaxcomposer", f"--mode={mode}", f"--workdir={tmp_path}",
+                        f"--out_dir={tmp_path / 'out'}", "--checkpoint=latest"])  # fmt: skip
+            cli.WORKDIRS[:] = []
+            ignored = sorted(
+                w.split()[0].removeprefix("--") for w in cli.check_flags(mode) if "ignored" in w
+            )
+            assert ignored == expected, mode
+    finally:
+        main.FLAGS.unparse_flags()
