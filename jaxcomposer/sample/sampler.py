@@ -161,15 +161,17 @@ def _advance(
     grammar has a held-key rule) the held keys `held = (press_V, release_V, held_BxK)` and (when
     the meter is held) `meter = (is_meter_V, in_force_B, stated_B)` (`meter_hold`), whose first
     meter token sampled in a row with none in force becomes that row's.
-    `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint.
-    Returns (token_B, state_B, counts_BxV, held, meter)."""
+    `scale(logits_BxV, allowed_BxV) -> (logits_BxV, diagnostics)` applies a key's scale
+    constraint. Returns (token_B, state_B, counts_BxV, held, meter, diagnostics): `scale`'s
+    diagnostics, returned as they are (None without a scale rule)."""
     logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
     if held is not None and settings.grammar_mask:
         logits = jnp.where(held_key_mask(held[2], held[0], held[1]), logits, NEG_INF)
     if meter is not None:
         logits = jnp.where(meter_hold_mask(logits, *meter), logits, NEG_INF)
+    diagnostics = None
     if scale is not None:
-        logits = scale(logits, logits > NEG_INF / 2)
+        logits, diagnostics = scale(logits, logits > NEG_INF / 2)
     token_B = choose_tokens(logits, rng, settings)
     nxt = next_state_SxV[state_B, token_B]
     state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
@@ -180,7 +182,7 @@ def _advance(
         is_meter_V, in_force_B, stated_B = meter
         in_force_B = jnp.where((in_force_B < 0) & is_meter_V[token_B], token_B, in_force_B)
         meter = (is_meter_V, in_force_B, stated_B | (token_B == in_force_B))
-    return token_B, state_B, counts_BxV, held, meter
+    return token_B, state_B, counts_BxV, held, meter, diagnostics
 
 
 def _token_counts(tokens_BxP, vocab_size: int):
@@ -212,7 +214,7 @@ def sample(
 
     def body(loop, step_rng):
         carry, logits_BxV, state_B, counts, held, meter = loop
-        token_B, state_B, counts, held, meter = _advance(
+        token_B, state_B, counts, held, meter, _ = _advance(
             logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, held=held,
             meter=meter,
         )  # fmt: skip
@@ -248,7 +250,7 @@ def sample_sliding(
     def body(loop, step_rng):
         buffer_BxW, state_B, counts, held, meter = loop
         logits_BxWxV, _ = step_fn(variables, buffer_BxW, None)
-        token_B, state_B, counts, held, meter = _advance(
+        token_B, state_B, counts, held, meter, _ = _advance(
             logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings, held=held,
             meter=meter,
         )  # fmt: skip
@@ -401,20 +403,20 @@ def sample_keyed(
     key_B = _key_of(inputs.units_B - inputs.advance_V[last_B], incl_V[last_B], inputs, ks)
     temp = settings.temperature if settings.decoder == "temperature" else 1.0
 
-    def scale_fn(key_B, out):
+    def scale_for(key_B):
+        """The scale rule in `key_B`; its diagnostics are (removed_B, pitch_step_B)."""
+
         def apply(logits, allowed):
             new, removed, pitch = scale_constraint(logits, allowed, key_B, inputs, ks, temp)
-            out.extend([removed, pitch])
-            return new
+            return new, (removed, pitch)
 
         return apply
 
     def body(loop, step_rng):
         carry, logits_BxV, state_B, counts, units_B, key_B, held, meter = loop
-        out: list = []
-        token_B, state_B, counts, held, meter = _advance(
+        token_B, state_B, counts, held, meter, (removed_B, pitch_B) = _advance(
             logits_BxV, state_B, counts, step_rng, next_state_SxV, settings,
-            scale_fn(key_B, out), held, meter,
+            scale_for(key_B), held, meter,
         )  # fmt: skip
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
         units_B = units_B + inputs.advance_V[token_B]
@@ -423,7 +425,7 @@ def sample_keyed(
             cond = conditioning.vector(ks.spec, key_B, inputs.styles_B, xp=jnp)[:, None, :]
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry, cond)
         new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held, meter)
-        return new_loop, (token_B, out[0], out[1])
+        return new_loop, (token_B, removed_B, pitch_B)
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
     init = (
