@@ -20,6 +20,7 @@ import numpy as np
 from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.model import conditioning
 from jaxcomposer.model.loss import MASKED_LOGIT as NEG_INF  # the one masked-logit value
+from jaxcomposer.tokenizers.grammar import held_after_tokens, held_allows  # the held-key rule
 from jaxcomposer.tokenizers.vocab import BOS, EOS
 
 
@@ -92,27 +93,6 @@ def masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings: Dec
     return logits
 
 
-def held_key_mask(held_BxK, press_V, release_V):
-    """bool (B, V): tokens the grammar's held-key rule allows (grammar.py): a press of a key not
-    held, a release of a key held, anything else."""
-    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))  # column K: "no key", never held
-    last = held_BxK.shape[1]
-    released_ok = padded[:, jnp.where(release_V >= 0, release_V, last)] | (release_V < 0)
-    pressed_ok = ~padded[:, jnp.where(press_V >= 0, press_V, last)] | (press_V < 0)
-    return released_ok & pressed_ok
-
-
-def _update_held(held_BxK, token_B, press_V, release_V):
-    rows = jnp.arange(token_B.shape[0])
-    last = held_BxK.shape[1]
-    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))
-    padded = padded.at[rows, jnp.where(press_V[token_B] >= 0, press_V[token_B], last)].set(True)
-    padded = padded.at[rows, jnp.where(release_V[token_B] >= 0, release_V[token_B], last)].set(
-        False
-    )
-    return padded[:, :last]
-
-
 def meter_hold_mask(logits_BxV, is_meter_V, in_force_B, stated_B):
     """bool (B, V): tokens the meter-hold rule allows. Any token that states no meter; a meter
     token only while no meter is in force (in_force_B == -1) or when it is the one in force;
@@ -166,7 +146,7 @@ def _advance(
     diagnostics, returned as they are (None without a scale rule)."""
     logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
     if held is not None and settings.grammar_mask:
-        logits = jnp.where(held_key_mask(held[2], held[0], held[1]), logits, NEG_INF)
+        logits = jnp.where(held_allows(held[2], held[0], held[1], xp=jnp), logits, NEG_INF)
     if meter is not None:
         logits = jnp.where(meter_hold_mask(logits, *meter), logits, NEG_INF)
     diagnostics = None
@@ -177,7 +157,7 @@ def _advance(
     state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
     counts_BxV = counts_BxV.at[jnp.arange(token_B.shape[0]), token_B].add(1)
     if held is not None:
-        held = (held[0], held[1], _update_held(held[2], token_B, held[0], held[1]))
+        held = (held[0], held[1], held_after_tokens(held[2], token_B, held[0], held[1], xp=jnp))
     if meter is not None:
         is_meter_V, in_force_B, stated_B = meter
         in_force_B = jnp.where((in_force_B < 0) & is_meter_V[token_B], token_B, in_force_B)
