@@ -280,6 +280,8 @@ def freeze(config_dict: Any) -> Config:
 
 
 # --- value checks -----------------------------------------------------------------------------
+# The one list of each choice: tokenizers.NAMES, conditioning.CONDITIONS, the sampler's
+# SCALE_MODES and decoders, and main.py's flag enums all reference these tuples.
 CHOICES = {
     "tokenizer.name": ("chord", "frame", "event", "performance", "voices"),
     "model.kind": ("lstm", "seed_replica"),
@@ -290,6 +292,7 @@ CHOICES = {
     "model.condition": ("none", "key", "key+style"),
     "sample.scale": ("off", "soft", "strict"),
 }
+PRIMER_SOURCES = ("none", "valid")  # sample.primer: these, or else the path of a MIDI file
 _AT_LEAST = {  # field: smallest allowed value
     "data.num_workers": 0, "data.max_tracks": 1, "data.max_notes": 1, "data.max_pieces": 0,
     "tokenizer.steps_per_beat": 1, "tokenizer.pitch_min": 0, "tokenizer.max_duration_steps": 1,

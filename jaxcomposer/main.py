@@ -27,6 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxcomposer import cli
+from jaxcomposer.config_lib import CHOICES, PRIMER_SOURCES
 
 MODES = ("prepare", "train", "generate", "evaluate", "all", "finetune", "serve")
 
@@ -51,12 +52,12 @@ flags.DEFINE_string(
     "kept (default: a temporary one, removed at the end).",
 )  # fmt: skip
 flags.DEFINE_string("primer_midi", None, "Continue this MIDI file instead of starting from BOS.")
-flags.DEFINE_enum("primer", None, ["none", "valid"], "Primer when no --primer_midi is given.")
+flags.DEFINE_enum("primer", None, list(PRIMER_SOURCES), "Primer when no --primer_midi is given.")
 flags.DEFINE_integer("num_steps", None, "Tokens to generate per sample.")
 flags.DEFINE_integer("num_bars", None, "Bars to generate per sample (overrides --num_steps).")
 flags.DEFINE_integer("num_samples", None, "Samples to generate.")
 flags.DEFINE_integer("seed", None, "Sampling seed: the same seed gives the same music.")
-flags.DEFINE_enum("decoder", None, ["argmax", "temperature"], "Decoding rule.")
+flags.DEFINE_enum("decoder", None, list(CHOICES["sample.decoder"]), "Decoding rule.")
 flags.DEFINE_float("temperature", None, "Softmax temperature.")
 flags.DEFINE_float("score_qpm", None, "Performances: engrave at this tempo, not the estimate.")
 flags.DEFINE_float(
@@ -85,7 +86,9 @@ flags.DEFINE_string(
     "';' between keys gives each sample the next one.",
 )  # fmt: skip
 flags.DEFINE_string("style", None, "Style (a training sub-folder) for key+style models.")
-flags.DEFINE_enum("scale", None, ["strict", "soft", "off"], "Out-of-scale pitches: mask/penalize.")
+flags.DEFINE_enum(
+    "scale", None, list(CHOICES["sample.scale"]), "Out-of-scale pitches: mask/penalize."
+)
 flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-scale logits.")
 flags.DEFINE_float(
     "parallels_penalty", None,

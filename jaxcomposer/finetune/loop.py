@@ -48,6 +48,7 @@ from jaxcomposer.model.loss import token_loss_sums
 from jaxcomposer.music import keys
 from jaxcomposer.sample import keyplan, sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer
+from jaxcomposer.tokenizers.grammar import walk_batch
 from jaxcomposer.train import batching, reporting
 from jaxcomposer.train.train_step import make_eval_step, make_mesh, shard_batch, validation_metrics
 
@@ -85,6 +86,8 @@ def make_update(model, optimizer, grammar, fcfg: FinetuneConfig, real_loss_table
     each input (BOS, tokens[:-1]); `real_loss_table` the grammar table when the model was
     trained with train.grammar_mask_loss."""
     next_state = jnp.asarray(grammar.next_state)
+    press_V = None if grammar.press is None else jnp.asarray(grammar.press)
+    release_V = None if grammar.release is None else jnp.asarray(grammar.release)
     beta, alpha = float(fcfg.kl_beta), float(fcfg.alpha)
 
     def update(state, tokens_BxT, rewards_B, real_batch, cond_BxTxC=None):
@@ -93,9 +96,11 @@ def make_update(model, optimizer, grammar, fcfg: FinetuneConfig, real_loss_table
             [jnp.full((batch, 1), BOS, jnp.int32), tokens_BxT[:, :-1]], axis=1
         )
         start_B = jnp.full((batch,), grammar.bos_state, jnp.int32)
-        allowed = policy_gradient.sampler_mask(
-            next_state, policy_gradient.walk_states(tokens_BxT, start_B, next_state)
-        )
+        held = None  # the held-key rule, from BOS (nothing held), as the sampler applied it
+        if grammar.press is not None:
+            held = (press_V, release_V, jnp.zeros((batch, grammar.num_keys), bool))
+        states_BxT, held_ok_BxTxV = walk_batch(next_state, tokens_BxT, start_B, held)
+        allowed = policy_gradient.sampler_mask(next_state, states_BxT, held_ok_BxTxV)
         ref_logits, _ = model.apply(
             {"params": state["reference"]}, inputs_BxT, train=False, cond_BxLxC=cond_BxTxC
         )

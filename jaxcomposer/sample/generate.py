@@ -120,7 +120,7 @@ def generate(
     sample = config.sample
     seed = config.seed if seed is None else seed
     primer_piece = None
-    if sample.primer not in ("none", "valid"):  # read first: a bad file fails before jax work
+    if sample.primer not in config_lib.PRIMER_SOURCES:  # a MIDI file: a bad one fails before jax
         primers, primer_piece = primer_lib.primer_from_midi(
             config, get_tokenizer(config.tokenizer), sample.primer
         )

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.model import conditioning
+from jaxcomposer.model.loss import MASKED_LOGIT as NEG_INF  # the one masked-logit value
+from jaxcomposer.tokenizers.grammar import held_after_tokens, held_allows  # the held-key rule
 from jaxcomposer.tokenizers.vocab import BOS, EOS
-
-NEG_INF = -1e9  # finite, so an all-masked row still gives a defined (uniform) softmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,9 @@ class DecoderSettings:
     allow_eos: bool = False  # length is the user's choice, so EOS is masked by default
 
     def __post_init__(self):
-        if self.decoder not in ("argmax", "temperature"):
-            raise ValueError(f"decoder must be 'argmax' or 'temperature', got {self.decoder!r}")
+        if self.decoder not in CHOICES["sample.decoder"]:
+            choices = CHOICES["sample.decoder"]
+            raise ValueError(f"decoder must be one of {choices}, got {self.decoder!r}")
         if self.decoder == "temperature" and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
@@ -89,27 +91,6 @@ def masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings: Dec
     if not settings.allow_eos:
         logits = logits.at[:, EOS].set(NEG_INF)
     return logits
-
-
-def held_key_mask(held_BxK, press_V, release_V):
-    """bool (B, V): tokens the grammar's held-key rule allows (grammar.py): a press of a key not
-    held, a release of a key held, anything else."""
-    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))  # column K: "no key", never held
-    last = held_BxK.shape[1]
-    released_ok = padded[:, jnp.where(release_V >= 0, release_V, last)] | (release_V < 0)
-    pressed_ok = ~padded[:, jnp.where(press_V >= 0, press_V, last)] | (press_V < 0)
-    return released_ok & pressed_ok
-
-
-def _update_held(held_BxK, token_B, press_V, release_V):
-    rows = jnp.arange(token_B.shape[0])
-    last = held_BxK.shape[1]
-    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))
-    padded = padded.at[rows, jnp.where(press_V[token_B] >= 0, press_V[token_B], last)].set(True)
-    padded = padded.at[rows, jnp.where(release_V[token_B] >= 0, release_V[token_B], last)].set(
-        False
-    )
-    return padded[:, :last]
 
 
 def meter_hold_mask(logits_BxV, is_meter_V, in_force_B, stated_B):
@@ -237,17 +218,19 @@ def _advance(
     the meter is held) `meter = (is_meter_V, in_force_B, stated_B)` (`meter_hold`), whose first
     meter token sampled in a row with none in force becomes that row's, and (for the soft
     parallels rule) the voices' pitches `voices` (`parallels_rule`).
-    `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint.
-    Returns (token_B, state_B, counts_BxV, held, meter, voices)."""
+    `scale(logits_BxV, allowed_BxV) -> (logits_BxV, diagnostics)` applies a key's scale
+    constraint. Returns (token_B, state_B, counts_BxV, held, meter, voices, diagnostics):
+    `scale`'s diagnostics, returned as they are (None without a scale rule)."""
     logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
     if held is not None and settings.grammar_mask:
-        logits = jnp.where(held_key_mask(held[2], held[0], held[1]), logits, NEG_INF)
+        logits = jnp.where(held_allows(held[2], held[0], held[1], xp=jnp), logits, NEG_INF)
     if meter is not None:
         logits = jnp.where(meter_hold_mask(logits, *meter), logits, NEG_INF)
     if voices is not None:
         logits = jnp.where(parallel_motion(state_B, voices), logits - voices[5], logits)
+    diagnostics = None
     if scale is not None:
-        logits = scale(logits, logits > NEG_INF / 2)
+        logits, diagnostics = scale(logits, logits > NEG_INF / 2)
     token_B = choose_tokens(logits, rng, settings)
     if voices is not None:
         voices = _update_voices(voices, state_B, token_B)
@@ -255,12 +238,12 @@ def _advance(
     state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
     counts_BxV = counts_BxV.at[jnp.arange(token_B.shape[0]), token_B].add(1)
     if held is not None:
-        held = (held[0], held[1], _update_held(held[2], token_B, held[0], held[1]))
+        held = (held[0], held[1], held_after_tokens(held[2], token_B, held[0], held[1], xp=jnp))
     if meter is not None:
         is_meter_V, in_force_B, stated_B = meter
         in_force_B = jnp.where((in_force_B < 0) & is_meter_V[token_B], token_B, in_force_B)
         meter = (is_meter_V, in_force_B, stated_B | (token_B == in_force_B))
-    return token_B, state_B, counts_BxV, held, meter, voices
+    return token_B, state_B, counts_BxV, held, meter, voices, diagnostics
 
 
 def _token_counts(tokens_BxP, vocab_size: int):
@@ -294,7 +277,7 @@ def sample(
 
     def body(loop, step_rng):
         carry, logits_BxV, state_B, counts, held, meter, voices = loop
-        token_B, state_B, counts, held, meter, voices = _advance(
+        token_B, state_B, counts, held, meter, voices, _ = _advance(
             logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, held=held,
             meter=meter, voices=voices,
         )  # fmt: skip
@@ -332,7 +315,7 @@ def sample_sliding(
     def body(loop, step_rng):
         buffer_BxW, state_B, counts, held, meter, voices = loop
         logits_BxWxV, _ = step_fn(variables, buffer_BxW, None)
-        token_B, state_B, counts, held, meter, voices = _advance(
+        token_B, state_B, counts, held, meter, voices, _ = _advance(
             logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings, held=held,
             meter=meter, voices=voices,
         )  # fmt: skip
@@ -361,7 +344,7 @@ def grammar_states_after(grammar, primers: np.ndarray) -> np.ndarray:
 
 
 # --- key conditioning and scale constraints ---------------------------------------------------
-SCALE_MODES = ("off", "soft", "strict")
+SCALE_MODES = CHOICES["sample.scale"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,20 +469,20 @@ def sample_keyed(
     key_B = _key_of(inputs.units_B - inputs.advance_V[last_B], incl_V[last_B], inputs, ks)
     temp = settings.temperature if settings.decoder == "temperature" else 1.0
 
-    def scale_fn(key_B, out):
+    def scale_for(key_B):
+        """The scale rule in `key_B`; its diagnostics are (removed_B, pitch_step_B)."""
+
         def apply(logits, allowed):
             new, removed, pitch = scale_constraint(logits, allowed, key_B, inputs, ks, temp)
-            out.extend([removed, pitch])
-            return new
+            return new, (removed, pitch)
 
         return apply
 
     def body(loop, step_rng):
         carry, logits_BxV, state_B, counts, units_B, key_B, held, meter, voices = loop
-        out: list = []
-        token_B, state_B, counts, held, meter, voices = _advance(
+        token_B, state_B, counts, held, meter, voices, (removed_B, pitch_B) = _advance(
             logits_BxV, state_B, counts, step_rng, next_state_SxV, settings,
-            scale_fn(key_B, out), held, meter, voices,
+            scale_for(key_B), held, meter, voices,
         )  # fmt: skip
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
         units_B = units_B + inputs.advance_V[token_B]
@@ -509,7 +492,7 @@ def sample_keyed(
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry, cond)
         new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held, meter,
                     voices)  # fmt: skip
-        return new_loop, (token_B, out[0], out[1])
+        return new_loop, (token_B, removed_B, pitch_B)
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
     init = (

@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from jaxcomposer import config_lib, workdir_lib
+from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.core.errors import Failure, UsageError
 
 MAX_PRIMER_BYTES = 256 * 1024  # an uploaded primer MIDI (a 10-minute piano MIDI is ~60 KiB)
@@ -41,7 +42,7 @@ MAX_QUEUE = 16  # jobs waiting at most; a request beyond that is refused with a 
 MAX_TEXT = 200  # characters of a key text (a schedule of a dozen keys fits)
 MAX_SHOWN_NAMES = 16  # track names of a primer shown (each cut to MAX_NAME characters)
 MAX_NAME = 80
-SCALES = ("off", "soft", "strict")
+SCALES = CHOICES["sample.scale"]  # the config's list, referenced
 # (low, high) accepted for each numeric field; the page shows the same bounds.
 LIMITS: dict[str, tuple[float, float]] = {
     "bars": (1, 64),

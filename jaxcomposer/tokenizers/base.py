@@ -132,6 +132,19 @@ class Tokenizer(abc.ABC):
         """ "beat" (score tokens: token times are quarter-note beats) or "second" (performance
         tokens: token times are seconds of playing, decoded as beats of `decoded_qpm`)."""
 
+    @property
+    def meter_choices(self) -> tuple[tuple[int, int], ...]:
+        """The (numerator, denominator) time signatures the vocabulary can hold: the keys of
+        `meter_tokens` (its TIMESIG tokens), in table order; () when the tokens hold no meter."""
+        return tuple(self.meter_tokens())
+
+    @property
+    @abc.abstractmethod
+    def keeps_note_count(self) -> bool:
+        """True when decode(encode_counted(piece)) gives one note for every note of the piece
+        that the counts do not report lost (LOST_NOTE_COUNTS); False when decoding can make
+        more or fewer notes than the tokens were made from."""
+
     @abc.abstractmethod
     def bar_counter(self) -> BarCounter:
         """The bar number of every token from the tokens alone (key schedules while sampling)."""

@@ -229,6 +229,7 @@ class EventTokenizer(Tokenizer):
 
     # --- geometry --------------------------------------------------------------------------
     time_unit = "beat"
+    keeps_note_count = True  # one PITCH token per note
 
     def bar_counter(self) -> BarCounter:
         """Bars follow the meter: each BAR token opens the next bar (inclusive)."""

@@ -271,6 +271,7 @@ class PerformanceTokenizer(Tokenizer):
 
     # --- geometry: time in seconds; nominal bars of 4 beats at decoded_qpm (2 s) -------------
     time_unit = "second"
+    keeps_note_count = True  # one NOTE_ON ... NOTE_OFF pair per note
 
     def bar_counter(self) -> BarCounter:
         """TIME_SHIFT(k) advances k steps (1/perf_steps_per_second s each) and leads out of its

@@ -408,6 +408,10 @@ class VoicesTokenizer(Tokenizer):
     def time_unit(self) -> str:
         return "beat"
 
+    @property
+    def keeps_note_count(self) -> bool:
+        return True  # one NOTE token per note kept in a voice (the rest counted lost)
+
     def bar_counter(self) -> BarCounter:
         """Bars are counted by BAR tokens (inclusive: a BAR opens its bar), bar 1 = the first."""
         advance_V = np.zeros(self.vocab.size, np.float32)
