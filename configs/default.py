@@ -100,6 +100,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.style = ""  # key+style models: a training style; "" = drawn
     c.sample.scale = "off"  # strict | soft | off
     c.sample.scale_penalty = 1.5  # soft: nats off out-of-scale pitch logits (README: why 1.5)
+    c.sample.melody = ""  # a melody MIDI file to harmonize (docs/constraints.md); "" = none
+    c.sample.melody_track = -1  # its voice part (0 = highest); -1 = the top voice of all notes
+    c.sample.infill = ""  # bars of the primer file to rewrite, e.g. "5-8" or "3-4,9-12"
+    c.sample.particles = 64  # SMC particles per sample under constraints
 
     # --mode=finetune: reward fine-tuning with a KL penalty (paper section 8.2; Jaques et al. 2017)
     c.finetune = ml_collections.ConfigDict()

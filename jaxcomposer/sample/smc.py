@@ -29,6 +29,13 @@ reaches the end of an infill range) run under jit with static shapes:
     past the op and past `skip` ops (skip = 1 when the closing marker is itself the first
     forced token, as an event BAR that opens the bar after the gap). A particle whose units
     pass `target` before that has written too many bars and gets weight -inf.
+  FREE_UNTIL with target < 0 closes on a token instead: the stretch ends when the particle
+    writes the token of the FORCE op that follows (skip = 1: that token is the marker), as a
+    melody note's POSITION closes the free notes before it.
+Token sets. Every FREE and FREE_UNTIL op names a row of the program's `allow_MxV` table (row 0:
+every token); its tokens are drawn from the grammar's allowed set intersected with that row, and
+its weight is the mass of that intersection (the target is then the model restricted to rows
+whose free tokens lie in their op's set, e.g. notes below a fixed melody).
 A particle that can no longer finish its program in the steps left (`need_K[pc] > T - t`) gets
 weight -inf. The token history is recovered at the end by following the ancestor indices back.
 """
@@ -60,14 +67,19 @@ class ProgramArrays(NamedTuple):
     skip_K: Any  # int32: FREE_UNTIL's ops passed after it closes (its marker is their token)
     need_K: Any  # int32: fewest steps from op k to the END op
     state_K: Any  # int32: FREE_UNTIL's grammar state at the close (-1: any)
+    mask_K: Any  # int32: row of allow_MxV that FREE / FREE_UNTIL ops draw from (0: any token)
+    allow_MxV: Any  # bool (M, V): the token sets; row 0 is all True
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Program:
     """A constraint program: what each particle must do at each of its steps.
 
-    Built with `Program.build(ops)` from a list of (op, token, target, skip, state) tuples;
-    `free(n)`, `forced(tokens)` and `free_until(target, skip, state)` make the pieces.
+    Built with `Program.build(ops, allow_MxV)` from a list of (op, token, target, skip, state[,
+    mask]) tuples; `free(n)`, `forced(tokens)` and `free_until(target, skip, state)` make the
+    pieces; `mask` (default 0) is a row of `allow_MxV` (bool (M, V), row 0 all True; default
+    None: only row 0, over a vocabulary of `vocab_size` tokens; without it a (1, 0) table that
+    means "no token sets").
     `need_K[k]` counts the fewest steps from op k to END (a FREE_UNTIL needs at least one and
     covers its skip)."""
 
@@ -77,10 +89,22 @@ class Program:
     skip_K: np.ndarray
     need_K: np.ndarray
     state_K: np.ndarray
+    mask_K: np.ndarray
+    allow_MxV: np.ndarray
 
     @staticmethod
-    def build(ops: list[tuple[int, int, float, int, int]]) -> Program:
-        ops = [*ops, (END, PAD, 0.0, 0, -1)]
+    def build(
+        ops: list[tuple], allow_MxV: np.ndarray | None = None, vocab_size: int | None = None
+    ) -> Program:
+        ops = [(*o, 0) if len(o) == 5 else tuple(o) for o in [*ops, (END, PAD, 0.0, 0, -1)]]
+        mask = np.asarray([o[5] for o in ops], np.int32)
+        if allow_MxV is None:  # no token sets: a (1, 0) table, which run_smc skips
+            allow_MxV = np.ones((1, vocab_size or 0), bool)
+        allow_MxV = np.asarray(allow_MxV, bool)
+        if not allow_MxV[0].all():
+            raise ValueError("allow_MxV's row 0 must allow every token")
+        if mask.min() < 0 or mask.max() >= allow_MxV.shape[0]:
+            raise ValueError(f"mask rows must lie in [0, {allow_MxV.shape[0]})")
         op = np.asarray([o[0] for o in ops], np.int32)
         token = np.asarray([o[1] for o in ops], np.int32)
         target = np.asarray([o[2] for o in ops], np.float32)
@@ -96,33 +120,38 @@ class Program:
         for k in np.flatnonzero(op == FREE_UNTIL):
             cost[k + 1 : k + 1 + skip[k]] = 0
         need = np.cumsum(cost[::-1])[::-1].astype(np.int32)
-        return Program(op, token, target, skip, need, state)
+        return Program(op, token, target, skip, need, state, mask, allow_MxV)
 
     @staticmethod
-    def from_forced(forced_T: np.ndarray) -> Program:
+    def from_forced(forced_T: np.ndarray, vocab_size: int | None = None) -> Program:
         """One op per position: FORCE(v) where forced_T >= 0, FREE where it is -1."""
         values = np.asarray(forced_T).reshape(-1).tolist()
-        return Program.build([forced([v])[0] if v >= 0 else free(1)[0] for v in values])
+        ops = [forced([v])[0] if v >= 0 else free(1)[0] for v in values]
+        return Program.build(ops, vocab_size=vocab_size)
 
     @property
     def min_steps(self) -> int:
         """Fewest tokens a particle writes to complete the program."""
         return int(self.need_K[0])
 
-    def arrays(self, pad_to: int | None = None) -> ProgramArrays:
-        """The op arrays, padded with END ops to `pad_to` ops (fewer compiles across programs)."""
+    def arrays(self, pad_to: int | None = None, pad_masks_to: int | None = None) -> ProgramArrays:
+        """The op arrays, padded with END ops to `pad_to` ops and the token-set table with
+        all-True rows to `pad_masks_to` rows (fewer compiles across programs)."""
         k = self.op_K.size
         extra = 0 if pad_to is None else max(pad_to - k, 0)
         pad = lambda a, v: np.concatenate([a, np.full(extra, v, a.dtype)])
         return ProgramArrays(
             pad(self.op_K, END), pad(self.token_K, PAD), pad(self.target_K, 0.0),
-            pad(self.skip_K, 0), pad(self.need_K, 0), pad(self.state_K, -1),
+            pad(self.skip_K, 0), pad(self.need_K, 0), pad(self.state_K, -1), pad(self.mask_K, 0),
+            np.concatenate([self.allow_MxV, np.ones(
+                (max((pad_masks_to or 0) - self.allow_MxV.shape[0], 0), self.allow_MxV.shape[1]),
+                bool)]),
         )  # fmt: skip
 
 
-def free(n: int) -> list[tuple[int, int, float, int, int]]:
-    """n FREE ops."""
-    return [(FREE, PAD, 0.0, 0, -1)] * int(n)
+def free(n: int, mask: int = 0) -> list[tuple[int, int, float, int, int, int]]:
+    """n FREE ops drawing from row `mask` of the program's token sets."""
+    return [(FREE, PAD, 0.0, 0, -1, int(mask))] * int(n)
 
 
 def forced(tokens) -> list[tuple[int, int, float, int, int]]:
@@ -131,10 +160,13 @@ def forced(tokens) -> list[tuple[int, int, float, int, int]]:
 
 
 def free_until(
-    target_units: float, skip: int = 0, state: int = -1
-) -> list[tuple[int, int, float, int, int]]:
-    """A FREE_UNTIL op: free until the units equal `target_units` in grammar state `state`."""
-    return [(FREE_UNTIL, PAD, float(target_units), int(skip), int(state))]
+    target_units: float, skip: int = 0, state: int = -1, mask: int = 0
+) -> list[tuple[int, int, float, int, int, int]]:
+    """A FREE_UNTIL op: free until the units equal `target_units` in grammar state `state`
+    (target_units < 0: until the particle writes the next FORCE op's token; skip must be 1)."""
+    if target_units < 0 and skip != 1:
+        raise ValueError("a FREE_UNTIL that closes on a token must skip that token's FORCE op")
+    return [(FREE_UNTIL, PAD, float(target_units), int(skip), int(state), int(mask))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +271,7 @@ def run_smc(
     logits_BxPxV, carry = call(primer_BxP, None, None if cond_GxPxC is None else rep(cond_GxPxC))
     vocab = next_state_SxV.shape[1]
     eos_ok = jnp.arange(vocab) != EOS if not settings.allow_eos else jnp.ones(vocab, bool)
-    op_K, token_K, target_K, skip_K, need_K, state_K = program
+    op_K, token_K, target_K, skip_K, need_K, state_K, mask_K, allow_MxV = program
     rows = jnp.arange(b)
     group_base = (jnp.arange(g) * n)[:, None]
 
@@ -248,16 +280,18 @@ def run_smc(
         t, step_rng = xs
         draw_rng, resample_rng = jax.random.split(step_rng)
         lp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32) / settings.temperature, -1)
-        allowed_BxV = (next_state_SxV[state_B] >= 0) & eos_ok[None]
-        masked_BxV = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)
         op_B = op_K[pc_B]
+        allowed_BxV = (next_state_SxV[state_B] >= 0) & eos_ok[None]
+        forced_lp_B = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)[rows, token_K[pc_B]]
+        if allow_MxV.shape[-1]:  # FORCE and END ops use row 0 (every token)
+            allowed_BxV = allowed_BxV & allow_MxV[mask_K[pc_B]]
+        masked_BxV = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)
         if settings.proposal == "argmax":
             proposal_B = jnp.argmax(masked_BxV, axis=-1).astype(jnp.int32)
         else:
             proposal_B = jax.random.categorical(draw_rng, masked_BxV, axis=-1).astype(jnp.int32)
         mass_B = jax.nn.logsumexp(masked_BxV, axis=-1)
         forced_B = token_K[pc_B]
-        forced_lp_B = masked_BxV[rows, forced_B]
         is_free = (op_B == FREE) | (op_B == FREE_UNTIL)
         is_end = op_B == END
         token_B = jnp.where(is_end, PAD, jnp.where(is_free, proposal_B, forced_B))
@@ -269,12 +303,14 @@ def run_smc(
         units_B = units_B + unit_V[token_B]
         in_gap = op_B == FREE_UNTIL
         want_state_B = state_K[pc_B]
-        at_target = units_B == target_K[pc_B]
-        closes = in_gap & at_target & ((want_state_B < 0) | (state_B == want_state_B))
-        overshoot = in_gap & (units_B > target_K[pc_B])  # wrote more bars than the gap holds
         skip_B = skip_K[pc_B]
         # the closing marker stands for the first skipped FORCE op: it must be that token
         next_token_B = token_K[jnp.minimum(pc_B + 1, op_K.size - 1)]
+        by_token = target_K[pc_B] < 0  # closes when it writes the marker token
+        at_target = jnp.where(by_token, token_B == next_token_B, units_B == target_K[pc_B])
+        closes = in_gap & at_target & ((want_state_B < 0) | (state_B == want_state_B))
+        # wrote more bars than the gap holds
+        overshoot = in_gap & ~by_token & (units_B > target_K[pc_B])
         bad_close = closes & (skip_B > 0) & (token_B != next_token_B)
         inc_B = jnp.where(bad_close | overshoot, -jnp.inf, inc_B)
         pc_B = jnp.where(
