@@ -104,6 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.melody_track = -1  # its voice part (0 = highest); -1 = the top voice of all notes
     c.sample.infill = ""  # bars of the primer file to rewrite, e.g. "5-8" or "3-4,9-12"
     c.sample.particles = 64  # SMC particles per sample under constraints
+    c.sample.meter = "hold"  # hold | free | 3/4...: hold the primer's (else the first) meter
 
     # --mode=finetune: reward fine-tuning with a KL penalty (paper section 8.2; Jaques et al. 2017)
     c.finetune = ml_collections.ConfigDict()

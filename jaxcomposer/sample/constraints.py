@@ -195,8 +195,8 @@ RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 
 
 def parse_ranges(text: str) -> list[tuple[int, int]]:
-    """Bar ranges: "5-8" or "3-4,9-12" (bars from 1, inclusive; "7" = one bar) -> sorted [(first, last)].
-    UsageError for bad syntax, a bar 0, a reversed or an overlapping range."""
+    """Bar ranges: "5-8" or "3-4,9-12" (bars from 1, inclusive; "7" = one bar) -> sorted
+    [(first, last)]. UsageError for bad syntax, a bar 0, a reversed or an overlapping range."""
     ranges = []
     for part in text.split(","):
         m = RANGE.match(part)
