@@ -137,7 +137,8 @@ def check_flags(mode: str) -> list[str]:
     if FLAGS.num_bars and FLAGS.num_steps:
         warnings.append("--num_steps is only a minimum when --num_bars is given (bars decide)")
     for name, modes in _FLAG_MODES.items():
-        given = getattr(FLAGS, name) not in (None, False)
+        value = getattr(FLAGS, name)  # a flag with a default (--host, --port): only if changed
+        given = value not in (None, False) and value != FLAGS[name].default
         if given and mode != "all" and mode not in modes:
             warnings.append(f"--{name} is ignored by --mode={mode} (it is for {'/'.join(modes)})")
     return warnings

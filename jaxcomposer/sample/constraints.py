@@ -259,12 +259,15 @@ def infill_request(
         rows.append(allowed)
         first = int(np.argmax(bars > b))
         skip = 1 if counter.inclusive else 0
-        state = int(after[first]) if skip else int(states[first])
-        ops += smc.free_until((b + 1 - counter.base) * counter.per_bar, skip, state, len(rows) - 1)
         stop = ranges[k + 1][0] if k + 1 < len(ranges) else last + 1
+        kept = np.flatnonzero((bars > b) & (bars < stop))
+        state = joining_states(tokenizer.grammar, tokens[kept[skip:]], after[kept[skip:]])
+        if not state:
+            raise Failure(f"{where}: no grammar state leads into bar {b + 1} of {path}")
+        ops += smc.free_until((b + 1 - counter.base) * counter.per_bar, skip, state, len(rows) - 1)
         ops += smc.forced(tokens[(bars > b) & (bars < stop)])
         slack += math.ceil(GAP_SLACK * gap.size) + 32
-    program = smc.Program.build(ops, np.stack(rows))
+    program = smc.Program.build(ops, np.stack(rows), num_states=tokenizer.grammar.num_states)
     primer = np.r_[BOS, tokens[bars < ranges[0][0]]].astype(np.int32)
     beats = tokenizer.token_beats(tokens)
     bar_start = {int(k): float(beats[np.argmax(bars == k)]) for k in np.unique(bars)}
@@ -288,6 +291,26 @@ def infill_request(
     )
 
 
+def joining_states(grammar, kept: np.ndarray, kept_after: np.ndarray) -> tuple[int, ...]:
+    """The grammar states a rewritten gap may end in: those from which the kept tokens that
+    follow (`kept` int64 (n,), the original's state after each `kept_after`) are all
+    grammatical and whose walk meets the original's, after which the two walks are the same.
+    Found by walking every state at once (numpy); e.g. for voices tokens, a gap may end with
+    any voices sounding, except that a voice the kept bar HOLDs must be sounding."""
+    table = grammar.next_state
+    current = np.arange(table.shape[0])
+    ok = np.ones(current.size, bool)
+    met = np.zeros(current.size, bool)
+    for token, want in zip(kept.tolist(), kept_after.tolist(), strict=True):
+        nxt = table[current, token]
+        ok &= nxt >= 0
+        current = np.where(nxt >= 0, nxt, current)
+        met |= ok & (current == want)
+        if (met | ~ok).all():
+            break
+    return tuple(np.flatnonzero(ok & met).tolist())
+
+
 # --- sampling ----------------------------------------------------------------------------------
 def smc_settings(sample: SampleConfig) -> smc.SMCSettings:
     """Forced greedy (BachBot) for decoder="argmax", else SMC with `sample.particles`."""
@@ -308,8 +331,8 @@ def run(
     chosen particle int64 (G,), -1 where no particle met the constraints).
 
     keys_G: key number per sample (conditioned models; -1 or ignored otherwise); styles_G:
-    style index or -1. Shapes are padded (ops to 256, token sets to 16, steps to 64) so that
-    requests of similar size share one compile."""
+    style index or -1. Shapes are padded (ops to 256, token and state sets to 16, steps to
+    64) so that requests of similar size share one compile."""
     tokenizer, spec = restored.tokenizer, restored.spec
     g = len(keys_G)
     primers = request.primers(g)
@@ -325,6 +348,7 @@ def run(
     arrays = program.arrays(
         pad_to=_round_up(program.op_K.size, 256),
         pad_masks_to=_round_up(program.allow_MxV.shape[0], 16),
+        pad_closes_to=_round_up(program.close_RxS.shape[0], 16),
     )
     num_steps = _round_up(request.num_steps, 64)
     result = smc.run_smc(
@@ -359,6 +383,15 @@ def given_kept(request: Request, notes: Notes, steps_per_beat: int) -> float:
     return len(want & have) / len(want)
 
 
+def final_ess(log_weights_N: np.ndarray) -> float:
+    """Effective sample size (sum w)^2 / sum w^2 of final log weights (nats); 0 if none finite."""
+    lw = np.asarray(log_weights_N, np.float64)
+    if not np.isfinite(lw).any():
+        return 0.0
+    w = np.exp(lw - lw[np.isfinite(lw)].max())
+    return float(w.sum() ** 2 / (w**2).sum())
+
+
 def sample_info(request: Request, result, picks, i: int) -> dict:
     """The per-sample constraint facts for samples.json."""
     lw = np.asarray(result.log_weights_GxN)[i]
@@ -375,6 +408,7 @@ def sample_info(request: Request, result, picks, i: int) -> dict:
         log_evidence=round(float(np.asarray(result.log_evidence_G)[i]), 3),
         resamples=int(np.asarray(result.resampled_GxT)[i].sum()),
         min_ess=round(float(np.asarray(result.ess_GxT)[i].min()), 2),
+        final_ess=round(final_ess(lw), 2),
         finite_weights=int(np.isfinite(lw).sum()),
     )
 

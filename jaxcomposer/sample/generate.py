@@ -206,6 +206,7 @@ def generate(
             ),
             soundfont=soundfont,
             skip=skip_stages,
+            given=request.given if request is not None else None,
             **grid,
         )
         jobs.append((row, decoded, notes, end, bars, (out_dir, stem, notes), render_kwargs))

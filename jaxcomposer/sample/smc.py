@@ -24,8 +24,9 @@ The program is a small state machine per particle (a program counter `pc` into o
 constraints whose position depends on what the particle wrote (a gap closed when the bar counter
 reaches the end of an infill range) run under jit with static shapes:
   FREE_UNTIL(target, skip, state): free tokens until the particle's bar-counter units equal
-    `target` with the grammar in `state` (the state the forced tokens that follow start from:
-    a clean cut, e.g. after a chord group's DURATION, not between its tokens); then `pc` moves
+    `target` with the grammar in one of the states `state` (a row of the close_RxS table: the
+    states the forced tokens that follow can start from, e.g. after a chord group's DURATION,
+    not between its tokens, or with the voices a kept tied note needs sounding); then `pc` moves
     past the op and past `skip` ops (skip = 1 when the closing marker is itself the first
     forced token, as an event BAR that opens the bar after the gap). A particle whose units
     pass `target` before that has written too many bars and gets weight -inf.
@@ -66,9 +67,11 @@ class ProgramArrays(NamedTuple):
     target_K: Any  # float32: FREE_UNTIL's bar-counter units that close the free stretch
     skip_K: Any  # int32: FREE_UNTIL's ops passed after it closes (its marker is their token)
     need_K: Any  # int32: fewest steps from op k to the END op
-    state_K: Any  # int32: FREE_UNTIL's grammar state at the close (-1: any)
+    state_K: Any  # int32: FREE_UNTIL's row of close_RxS: the grammar states it may close in
     mask_K: Any  # int32: row of allow_MxV that FREE / FREE_UNTIL ops draw from (0: any token)
     allow_MxV: Any  # bool (M, V): the token sets; row 0 is all True
+    close_RxS: Any  # bool (R, S): per row, the grammar states a FREE_UNTIL may close in; row 0
+    #                 (any state) is all True; states >= S are never in a row but row 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,12 +94,31 @@ class Program:
     state_K: np.ndarray
     mask_K: np.ndarray
     allow_MxV: np.ndarray
+    close_RxS: np.ndarray
 
     @staticmethod
     def build(
-        ops: list[tuple], allow_MxV: np.ndarray | None = None, vocab_size: int | None = None
+        ops: list[tuple],
+        allow_MxV: np.ndarray | None = None,
+        vocab_size: int | None = None,
+        num_states: int | None = None,
     ) -> Program:
+        """`ops`' state field: -1 (close in any state), a state id, or a tuple of state ids
+        (close in any of them); each distinct set becomes a row of close_RxS over
+        `num_states` states (default: the largest id named + 1)."""
         ops = [(*o, 0) if len(o) == 5 else tuple(o) for o in [*ops, (END, PAD, 0.0, 0, -1)]]
+        sets = [() if isinstance(o[4], int | np.integer) and o[4] < 0
+                else tuple(sorted({int(x) for x in np.atleast_1d(o[4])})) for o in ops]  # fmt: skip
+        named = [x for st in sets for x in st]
+        width = max(num_states if num_states is not None else max(named, default=-1) + 1, 1)
+        if named and (min(named) < 0 or max(named) >= width):
+            raise ValueError(f"FREE_UNTIL states must lie in [0, {width})")
+        distinct = list(dict.fromkeys(st for st in sets if st))
+        close_RxS = np.zeros((1 + len(distinct), width), bool)
+        close_RxS[0] = True
+        for r, st in enumerate(distinct, start=1):
+            close_RxS[r, list(st)] = True
+        row_of = {st: r for r, st in enumerate(distinct, start=1)}
         mask = np.asarray([o[5] for o in ops], np.int32)
         if allow_MxV is None:  # no token sets: a (1, 0) table, which run_smc skips
             allow_MxV = np.ones((1, vocab_size or 0), bool)
@@ -109,7 +131,7 @@ class Program:
         token = np.asarray([o[1] for o in ops], np.int32)
         target = np.asarray([o[2] for o in ops], np.float32)
         skip = np.asarray([o[3] for o in ops], np.int32)
-        state = np.asarray([o[4] for o in ops], np.int32)
+        state = np.asarray([row_of.get(st, 0) for st in sets], np.int32)
         for k in np.flatnonzero(op == FREE_UNTIL):
             if skip[k] and (
                 k + skip[k] >= op.size - 1 or (op[k + 1 : k + 1 + skip[k]] != FORCE).any()
@@ -120,7 +142,7 @@ class Program:
         for k in np.flatnonzero(op == FREE_UNTIL):
             cost[k + 1 : k + 1 + skip[k]] = 0
         need = np.cumsum(cost[::-1])[::-1].astype(np.int32)
-        return Program(op, token, target, skip, need, state, mask, allow_MxV)
+        return Program(op, token, target, skip, need, state, mask, allow_MxV, close_RxS)
 
     @staticmethod
     def from_forced(forced_T: np.ndarray, vocab_size: int | None = None) -> Program:
@@ -134,9 +156,19 @@ class Program:
         """Fewest tokens a particle writes to complete the program."""
         return int(self.need_K[0])
 
-    def arrays(self, pad_to: int | None = None, pad_masks_to: int | None = None) -> ProgramArrays:
-        """The op arrays, padded with END ops to `pad_to` ops and the token-set table with
-        all-True rows to `pad_masks_to` rows (fewer compiles across programs)."""
+    def arrays(
+        self,
+        pad_to: int | None = None,
+        pad_masks_to: int | None = None,
+        pad_closes_to: int | None = None,
+    ) -> ProgramArrays:
+        """The op arrays, padded with END ops to `pad_to` ops, the token-set table with
+        all-True rows to `pad_masks_to` rows and the close-state table with all-False rows to
+        `pad_closes_to` rows (fewer compiles across programs)."""
+        close = self.close_RxS
+        close = np.concatenate(
+            [close, np.zeros((max((pad_closes_to or 0) - close.shape[0], 0), close.shape[1]), bool)]
+        )
         k = self.op_K.size
         extra = 0 if pad_to is None else max(pad_to - k, 0)
         pad = lambda a, v: np.concatenate([a, np.full(extra, v, a.dtype)])
@@ -146,6 +178,7 @@ class Program:
             np.concatenate([self.allow_MxV, np.ones(
                 (max((pad_masks_to or 0) - self.allow_MxV.shape[0], 0), self.allow_MxV.shape[1]),
                 bool)]),
+            close,
         )  # fmt: skip
 
 
@@ -160,13 +193,15 @@ def forced(tokens) -> list[tuple[int, int, float, int, int]]:
 
 
 def free_until(
-    target_units: float, skip: int = 0, state: int = -1, mask: int = 0
-) -> list[tuple[int, int, float, int, int, int]]:
+    target_units: float, skip: int = 0, state=-1, mask: int = 0
+) -> list[tuple]:
     """A FREE_UNTIL op: free until the units equal `target_units` in grammar state `state`
-    (target_units < 0: until the particle writes the next FORCE op's token; skip must be 1)."""
+    (-1: any; an int: that state; a tuple of ints: any of them) (target_units < 0: until the
+    particle writes the next FORCE op's token; skip must be 1)."""
     if target_units < 0 and skip != 1:
         raise ValueError("a FREE_UNTIL that closes on a token must skip that token's FORCE op")
-    return [(FREE_UNTIL, PAD, float(target_units), int(skip), int(state), int(mask))]
+    state = int(state) if np.ndim(state) == 0 else tuple(int(x) for x in state)
+    return [(FREE_UNTIL, PAD, float(target_units), int(skip), state, int(mask))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +306,8 @@ def run_smc(
     logits_BxPxV, carry = call(primer_BxP, None, None if cond_GxPxC is None else rep(cond_GxPxC))
     vocab = next_state_SxV.shape[1]
     eos_ok = jnp.arange(vocab) != EOS if not settings.allow_eos else jnp.ones(vocab, bool)
-    op_K, token_K, target_K, skip_K, need_K, state_K, mask_K, allow_MxV = program
+    op_K, token_K, target_K, skip_K, need_K, state_K, mask_K, allow_MxV, close_RxS = program
+    close_width = close_RxS.shape[1]
     rows = jnp.arange(b)
     group_base = (jnp.arange(g) * n)[:, None]
 
@@ -302,13 +338,16 @@ def run_smc(
         state_B = jnp.where(nxt >= 0, nxt, state_B)
         units_B = units_B + unit_V[token_B]
         in_gap = op_B == FREE_UNTIL
-        want_state_B = state_K[pc_B]
+        close_row_B = state_K[pc_B]
+        state_ok_B = (close_row_B == 0) | (
+            (state_B < close_width) & close_RxS[close_row_B, jnp.minimum(state_B, close_width - 1)]
+        )
         skip_B = skip_K[pc_B]
         # the closing marker stands for the first skipped FORCE op: it must be that token
         next_token_B = token_K[jnp.minimum(pc_B + 1, op_K.size - 1)]
         by_token = target_K[pc_B] < 0  # closes when it writes the marker token
         at_target = jnp.where(by_token, token_B == next_token_B, units_B == target_K[pc_B])
-        closes = in_gap & at_target & ((want_state_B < 0) | (state_B == want_state_B))
+        closes = in_gap & at_target & state_ok_B
         # wrote more bars than the gap holds
         overshoot = in_gap & ~by_token & (units_B > target_K[pc_B])
         bad_close = closes & (skip_B > 0) & (token_B != next_token_B)
