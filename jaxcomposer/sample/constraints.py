@@ -257,7 +257,6 @@ def infill_request(
         allowed = ~meter_V  # the gap keeps the original's meters
         allowed[gap[meter_V[gap]]] = True
         rows.append(allowed)
-        first = int(np.argmax(bars > b))
         skip = 1 if counter.inclusive else 0
         stop = ranges[k + 1][0] if k + 1 < len(ranges) else last + 1
         kept = np.flatnonzero((bars > b) & (bars < stop))
