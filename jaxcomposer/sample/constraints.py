@@ -166,6 +166,18 @@ def melody_request(config: Config, tokenizer: Tokenizer, path: str, track: int =
     """Harmonization of the melody in MIDI file `path` (see `melody_notes`)."""
     where = f"--melody {path}"
     piece = read_piece(config, path, "melody")
+    part = f"part {track}" if track >= 0 else "top voice"
+    return melody_request_for_piece(
+        config, tokenizer, piece, track, where, f"melody {os.path.basename(path)} ({part}"
+    )
+
+
+def melody_request_for_piece(
+    config: Config, tokenizer: Tokenizer, piece: Piece, track: int, where: str, describe: str
+) -> Request:
+    """Harmonization of `piece`'s melody (`melody_notes(config, piece, track, where)`), in the
+    piece's meters; `describe` opens the Request's description ("..., N notes)" is added).
+    UsageError (naming `where`) when the tokenizer cannot write the melody."""
     top = melody_notes(config, piece, track, where)
     melody_piece = dataclasses.replace(piece, notes=top)
     try:
@@ -175,10 +187,9 @@ def melody_request(config: Config, tokenizer: Tokenizer, path: str, track: int =
     program = program_from_template(template)
     opens = int((template.kind_K == OPEN).sum())
     slack = OPEN_SLACK_PER_NOTE * len(template.melody) + 64 if opens else 0
-    part = f"part {track}" if track >= 0 else "top voice"
     return Request(
         kind="melody",
-        describe=f"melody {os.path.basename(path)} ({part}, {len(template.melody)} notes)",
+        describe=f"{describe}, {len(template.melody)} notes)",
         primer=np.asarray([BOS], np.int32),
         program=program,
         num_steps=program.min_steps + slack,
@@ -323,15 +334,17 @@ def _round_up(x: int, to: int) -> int:
 
 
 def run(
-    restored, request: Request, settings: smc.SMCSettings, keys_G, styles_G, seed: int
-) -> tuple[np.ndarray, smc.SMCResult, np.ndarray]:
+    restored, request: Request, settings: smc.SMCSettings, keys_G, styles_G, seed: int,
+    *, pad_ops: int = 256, pad_steps: int = 64,
+) -> tuple[np.ndarray, smc.SMCResult, np.ndarray]:  # fmt: skip
     """Runs one filter per sample (G = len(keys_G)); returns (tokens int32 (G, T) after the
     primer, PAD after the program's end and in place of its scaffolding tokens, the SMCResult,
     chosen particle int64 (G,), -1 where no particle met the constraints).
 
     keys_G: key number per sample (conditioned models; -1 or ignored otherwise); styles_G:
-    style index or -1. Shapes are padded (ops to 256, token and state sets to 16, steps to
-    64) so that requests of similar size share one compile."""
+    style index or -1. Shapes are padded (ops to a multiple of `pad_ops`, token and state
+    sets to 16, steps to a multiple of `pad_steps`) so that requests of similar size share
+    one compile (a benchmark passes its largest request's sizes: one compile for all)."""
     tokenizer, spec = restored.tokenizer, restored.spec
     g = len(keys_G)
     primers = request.primers(g)
@@ -345,11 +358,11 @@ def run(
         cond_GxPxC = np.repeat(cond_GxC[:, None], primers.shape[1], axis=1)
     program = request.program
     arrays = program.arrays(
-        pad_to=_round_up(program.op_K.size, 256),
+        pad_to=_round_up(program.op_K.size, pad_ops),
         pad_masks_to=_round_up(program.allow_MxV.shape[0], 16),
         pad_closes_to=_round_up(program.close_RxS.shape[0], 16),
     )
-    num_steps = _round_up(request.num_steps, 64)
+    num_steps = _round_up(request.num_steps, pad_steps)
     result = smc.run_smc(
         restored.variables, primers, states, tokenizer.grammar.next_state, request.unit_V,
         units, arrays, jax.random.key(seed), cond_GxPxC, cond_GxC,
