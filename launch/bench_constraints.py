@@ -29,7 +29,10 @@ evaluation/two_sample.py):
                     (forced greedy's one-particle weight is the same quantity for its one path)
   ess               final effective sample size (of N), the lowest during the run, resamples
   seconds           wall time per chorale after compilation (every run has the shape of the
-                    longest request, `--bars` bars: the time is that of a `--bars`-bar chorale)
+                    longest request, `--bars` bars: the time is that of a `--bars`-bar chorale),
+                    median and max; cpu_seconds: the process's CPU time for the same calls
+                    (with one XLA thread, the figure that other jobs on the machine disturb
+                    least; wall time on a loaded machine is longer)
 
 Pin one core and one XLA thread, as the other launch/ benchmarks do:
 
@@ -98,11 +101,12 @@ def harmonize(restored, requests, keys, settings, seed: int, pad_ops: int, pad_s
     started = time.perf_counter()
     run(0)  # compiles (every request has the same padded shapes)
     compile_seconds = time.perf_counter() - started
-    out, seconds = [], []
+    out, seconds, cpu_seconds = [], [], []
     for i, request in enumerate(requests):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         tokens, result, picks = run(i)
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
         row = np.r_[request.primer, tokens[0]]
         decoded = tokenizer.decode(row[row != PAD])
         lw = np.asarray(result.log_weights_GxN)[0]
@@ -116,7 +120,100 @@ def harmonize(restored, requests, keys, settings, seed: int, pad_ops: int, pad_s
             min_ess=float(np.asarray(result.ess_GxT)[0].min()),
             resamples=int(np.asarray(result.resampled_GxT)[0].sum()),
         )))  # fmt: skip
-    return out, seconds, compile_seconds
+    return out, seconds, cpu_seconds, compile_seconds
+
+
+def join_intervals(notes, gap: tuple[float, float], voices: int = 4) -> tuple[list, list]:
+    """Per voice, the melodic interval (semitones, signed) into the gap (its first note after
+    the last note before it) and out of it (the first note after it after the gap's last)."""
+    lo, hi = gap[0] - 1e-9, gap[1] - 1e-9
+    into, out = [], []
+    for v in range(voices):
+        n = notes[notes.voice == v].sorted()
+        before, after = n[n.start < lo], n[n.start >= hi]
+        inside = n[(n.start >= lo) & (n.start < hi)]
+        if len(before) and len(inside):
+            into.append(int(inside.pitch[0]) - int(before.pitch[-1]))
+        if len(inside) and len(after):
+            out.append(int(after.pitch[0]) - int(inside.pitch[-1]))
+    return into, out
+
+
+def interval_figures(intervals: list[int], real: list[int]) -> dict:
+    """Mean |interval|, share of leaps (> 5 semitones) and the overlap sum(min(p, q)) of the
+    |interval| histograms (0..12 semitones, larger pooled) against the real chorales'."""
+    hist = lambda x: np.bincount(np.minimum(np.abs(x), 13), minlength=14) / max(len(x), 1)
+    a, b = np.asarray(intervals, np.int64), np.asarray(real, np.int64)
+    return dict(
+        mean_abs=float(np.abs(a).mean()) if a.size else None,
+        mean_abs_real=float(np.abs(b).mean()) if b.size else None,
+        leap_share=float((np.abs(a) > 5).mean()) if a.size else None,
+        leap_share_real=float((np.abs(b) > 5).mean()) if b.size else None,
+        overlap=float(np.minimum(hist(a), hist(b)).sum()),
+        count=int(a.size),
+    )
+
+
+def bench_infill(restored, real: list[dict], *, first: int, last: int, particles: int,
+                 seed: int, decoders: list[str], spb: int) -> dict:  # fmt: skip
+    """Bars first-last of each chorale (with a bar after them) rewritten: the joins."""
+    tokenizer, config = restored.tokenizer, restored.config
+    pieces, requests = [], []
+    for c in real:
+        piece = Piece(c["name"], c["notes"], time_signatures=c["meters"])
+        try:
+            requests.append(constraints.infill_request_for_piece(
+                config, tokenizer, piece, [(first, last)], c["name"]))  # fmt: skip
+        except constraints.UsageError:  # too short: no bar after the range
+            continue
+        pieces.append(c)
+    keys = [-1 if c["key"] is None else c["key"] for c in pieces]
+    pad_ops = max(r.program.op_K.size for r in requests)
+    pad_steps = max(r.num_steps for r in requests)
+    real_in, real_out = [], []
+    for c, r in zip(pieces, requests, strict=True):
+        into, out = join_intervals(c["notes"], r.gaps[0])
+        real_in += into
+        real_out += out
+    report = dict(chorales=len(pieces), bars=f"{first}-{last}", decoders={},
+                  parallel_rate_real=float(np.mean([musicstats.parallel_perfect_rate(
+                      c["notes"], spb) for c in pieces])))  # fmt: skip
+    for name in decoders:
+        settings = decoder_settings(name, particles)
+        out, seconds, cpu_seconds, compile_seconds = harmonize(
+            restored, requests, keys, settings, seed, pad_ops, pad_steps
+        )
+        gen_in, gen_out = [], []
+        for (notes, _), r in zip(out, requests, strict=True):
+            into, after = join_intervals(notes, r.gaps[0])
+            gen_in += into
+            gen_out += after
+        facts = [f for _, f in out]
+        report["decoders"][name] = dict(
+            kept=float(np.mean([f["soprano_kept"] == 1.0 for f in facts])),
+            skipped_tokens=int(sum(f["skipped"] for f in facts)),
+            into_gap=interval_figures(gen_in, real_in),
+            out_of_gap=interval_figures(gen_out, real_out),
+            parallel_rate=float(np.mean([musicstats.parallel_perfect_rate(n, spb)
+                                         for n, _ in out])),  # fmt: skip
+            final_ess_mean=float(np.mean([f["final_ess"] for f in facts])),
+            resamples_mean=float(np.mean([f["resamples"] for f in facts])),
+            seconds_median=float(np.median(seconds)),
+            cpu_seconds_median=float(np.median(cpu_seconds)),
+            compile_seconds=round(compile_seconds, 1),
+        )
+        r = report["decoders"][name]
+        print(f"infill {name:8s} kept {r['kept']:.0%}  into: {_joins(r['into_gap'])}  out: "
+              f"{_joins(r['out_of_gap'])}  parallels {_f(r['parallel_rate'])} (real "
+              f"{_f(report['parallel_rate_real'])})  ESS {_f(r['final_ess_mean'], 1)}  "
+              f"CPU {_f(r['cpu_seconds_median'], 2)} s", flush=True)  # fmt: skip
+    return report
+
+
+def _joins(j: dict) -> str:
+    return (f"|int| {_f(j['mean_abs'], 2)} (real {_f(j['mean_abs_real'], 2)}) leaps "
+            f"{_f(j['leap_share'])} (real {_f(j['leap_share_real'])}) overlap "
+            f"{_f(j['overlap'])}")  # fmt: skip
 
 
 def score(samples, real, others, spb: int, seed: int, permutations: int) -> dict:
@@ -140,7 +237,9 @@ def score(samples, real, others, spb: int, seed: int, permutations: int) -> dict
 
 
 def bench(workdir: str, *, num_chorales: int, bars: int, particles: int, seed: int,
-          decoders: list[str], out_dir: str, permutations: int) -> dict:  # fmt: skip
+          decoders: list[str], out_dir: str, permutations: int,
+          tasks: tuple[str, ...] = ("harmonize",),
+          infill: tuple[int, int] = (5, 8)) -> dict:  # fmt: skip
     restored = workdir_lib.restore_for_inference(workdir, "best")
     tokenizer, config = restored.tokenizer, restored.config
     spb = config.tokenizer.steps_per_beat
@@ -164,9 +263,13 @@ def bench(workdir: str, *, num_chorales: int, bars: int, particles: int, seed: i
         decoders={},
     )  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
-    for name in decoders:
+    if "infill" in tasks:
+        report["infill"] = bench_infill(restored, real, first=infill[0], last=infill[1],
+                                        particles=particles, seed=seed, decoders=decoders,
+                                        spb=spb)  # fmt: skip
+    for name in decoders if "harmonize" in tasks else ():
         settings = decoder_settings(name, particles)
-        out, seconds, compile_seconds = harmonize(
+        out, seconds, cpu_seconds, compile_seconds = harmonize(
             restored, requests, keys, settings, seed, pad_ops, pad_steps
         )
         samples = [two_sample.first_bars(n, c["meters"], bars)
@@ -184,6 +287,8 @@ def bench(workdir: str, *, num_chorales: int, bars: int, particles: int, seed: i
             resamples_mean=float(np.mean([f["resamples"] for f in facts])),
             seconds_median=float(np.median(seconds)),
             seconds_max=float(np.max(seconds)),
+            cpu_seconds_median=float(np.median(cpu_seconds)),
+            cpu_seconds_max=float(np.max(cpu_seconds)),
             compile_seconds=round(compile_seconds, 1),
             per_chorale=facts,
         )
@@ -211,7 +316,8 @@ def table_row(name: str, r: dict) -> str:
         f"(control {_f(r['control']['accuracy'])})  log Z {_f(r['log_evidence_mean'], 1)}  "
         f"ESS {_f(r['final_ess_mean'], 1)} (min {_f(r['min_ess_mean'], 1)}, "
         f"{_f(r['resamples_mean'], 1)} resamples)  {_f(r['seconds_median'], 2)} s/chorale "
-        f"(max {_f(r['seconds_max'], 2)}; compile {r['compile_seconds']} s)"
+        f"(max {_f(r['seconds_max'], 2)}; CPU {_f(r['cpu_seconds_median'], 2)} s, max "
+        f"{_f(r['cpu_seconds_max'], 2)}; compile {r['compile_seconds']} s)"
     )
 
 
@@ -225,11 +331,15 @@ def main() -> None:
     parser.add_argument("--decoders", default="forced,smc")
     parser.add_argument("--permutations", type=int, default=100)
     parser.add_argument("--out_dir", default="/tmp/bench_constraints")
+    parser.add_argument("--tasks", default="harmonize", help="harmonize, infill or both (a,b)")
+    parser.add_argument("--infill", default="5-8", help="the bars rewritten by the infill task")
     args = parser.parse_args()
+    first, _, last = args.infill.partition("-")
     report = bench(
         args.workdir, num_chorales=args.num_chorales, bars=args.bars, particles=args.particles,
         seed=args.seed, decoders=args.decoders.split(","), out_dir=args.out_dir,
-        permutations=args.permutations,
+        permutations=args.permutations, tasks=tuple(args.tasks.split(",")),
+        infill=(int(first), int(last or first)),
     )  # fmt: skip
     summary = {k: v for k, v in report.items() if k != "decoders"}
     summary["decoders"] = {

@@ -238,7 +238,16 @@ def infill_request(
             f"{where}: the {tokenizer.name} tokenizer's tokens cannot be cut at bar lines "
             "(tokens in seconds or held keys); use a score tokenizer such as voices or event"
         )
-    piece = read_piece(config, path, "primer_midi")
+    return infill_request_for_piece(config, tokenizer, read_piece(config, path, "primer_midi"),
+                                    ranges, path)  # fmt: skip
+
+
+def infill_request_for_piece(
+    config: Config, tokenizer: Tokenizer, piece: Piece, ranges: list[tuple[int, int]], path: str
+) -> Request:
+    """`infill_request` for a piece already read (`path` names it in messages)."""
+    text = ",".join(f"{a}-{b}" for a, b in ranges)
+    where = f"--infill={text}"
     kept_piece = dataset.fit_pitch_range(piece, config)
     if not len(kept_piece.notes):
         raise UsageError(f"--primer_midi {path}: every note lies outside the pitch range")
