@@ -55,6 +55,11 @@ def files(tmp_path_factory):
     midi_io.write_midi(out["melody"], notes[notes.voice == 0], qpm=90, time_signatures=meter)
     out["empty"] = str(folder / "empty.mid")
     midi_io.write_midi(out["empty"], notes[:0], qpm=90)
+    out["drums"] = str(folder / "drums.mid")
+    drums = make_notes([36, 38], [0, 1], [0.5, 1.5], is_drum=[True, True])
+    midi_io.write_midi(out["drums"], drums, qpm=90)
+    out["high"] = str(folder / "high.mid")
+    midi_io.write_midi(out["high"], make_notes([72, 115], [0, 1], [1, 2]), qpm=90)
     out["notes"] = notes
     return out
 
@@ -137,13 +142,16 @@ def test_infill_keeps_the_other_bars(trained, files, tmp_path):
         (dict(infill="5-6"), "bars 5-6 lie outside the piece or reach its end"),
         (dict(infill="9-12"), "lie outside the piece"),
         (dict(melody="EMPTY"), "EMPTY"),
+        (dict(melody="DRUMS"), "drum"),
+        (dict(melody="HIGH"), "outside the model's pitch range [21, 108], e.g. pitch 115"),
         (dict(melody="CHORALE", melody_track=7), "--melody_track=7, but the file has 4 parts"),
     ],
 )
 def test_bad_requests_fail_in_one_line_naming_the_file(trained, files, overrides, message):
     config = workdir_lib.load_config(trained)
     tokenizer = workdir_lib.restore_for_inference(trained, "best").tokenizer
-    names = {"EMPTY": files["empty"], "CHORALE": files["chorale"]}
+    names = {"EMPTY": files["empty"], "CHORALE": files["chorale"], "DRUMS": files["drums"],
+             "HIGH": files["high"]}
     fields = {k: names.get(v, v) for k, v in overrides.items()}
     if "infill" in fields:
         fields["primer"] = files["chorale"]
