@@ -29,7 +29,8 @@ reaches the end of an infill range) run under jit with static shapes:
     not between its tokens, or with the voices a kept tied note needs sounding); then `pc` moves
     past the op and past `skip` ops (skip = 1 when the closing marker is itself the first
     forced token, as an event BAR that opens the bar after the gap). A particle whose units
-    pass `target` before that has written too many bars and gets weight -inf.
+    pass `target` before that has written too many bars and gets weight -inf; so does one whose
+    marker (skip > 0) reaches `target` in a state outside `state`.
   FREE_UNTIL with target < 0 closes on a token instead: the stretch ends when the particle
     writes the token of the FORCE op that follows (skip = 1: that token is the marker), as a
     melody note's POSITION closes the free notes before it.
@@ -348,8 +349,12 @@ def run_smc(
         by_token = target_K[pc_B] < 0  # closes when it writes the marker token
         at_target = jnp.where(by_token, token_B == next_token_B, units_B == target_K[pc_B])
         closes = in_gap & at_target & state_ok_B
-        # wrote more bars than the gap holds
+        # wrote more bars than the gap holds; or, where the marker closes the gap (skip > 0),
+        # wrote the marker that reaches the target without closing (a grammar state the kept
+        # tokens cannot follow): doomed now, not a bar later, so that its weight (free steps
+        # weigh ~1, forced ones less) never draws the resampling away from particles that closed
         overshoot = in_gap & ~by_token & (units_B > target_K[pc_B])
+        overshoot |= in_gap & ~by_token & (skip_B > 0) & (units_B >= target_K[pc_B]) & ~closes
         bad_close = closes & (skip_B > 0) & (token_B != next_token_B)
         inc_B = jnp.where(bad_close | overshoot, -jnp.inf, inc_B)
         pc_B = jnp.where(
