@@ -70,6 +70,7 @@ from jaxcomposer.sample import constraints, smc  # noqa: E402
 from jaxcomposer.tokenizers import PAD  # noqa: E402
 
 DEFAULT_WORKDIR = "/work/runs/levers/hour_voices_spb2_pv/seed0"
+VOICE_NAMES = ("Soprano", "Alto", "Tenor", "Bass")
 
 
 def chorales(workdir: str, tokenizer, split: str, count: int, bars: int) -> list[dict]:
@@ -295,7 +296,8 @@ def bench(workdir: str, *, num_chorales: int, bars: int, particles: int, seed: i
         report["decoders"][name] = figures
         for i in range(min(3, len(out))):
             midi_io.write_midi(os.path.join(out_dir, f"{name}_{i:02d}.mid"), out[i][0],
-                               qpm=90.0, time_signatures=real[i]["meters"])  # fmt: skip
+                               qpm=90.0, time_signatures=real[i]["meters"],
+                               voice_names=VOICE_NAMES)  # fmt: skip
         print(table_row(name, figures), flush=True)
     with open(os.path.join(out_dir, "bench_constraints.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1, default=float)
