@@ -39,6 +39,7 @@ from jaxcomposer.tokenizers.common import grid_steps
 from jaxcomposer.tokenizers.geometry import FREE_TOKEN, GIVEN, OPEN, skyline
 
 OPEN_SLACK_PER_NOTE = 12  # tokens an OPEN stretch may take per melody note (event: lower notes)
+OPEN_BUDGET = 48  # most tokens one OPEN stretch may take (a particle past it dies: smc budget)
 GAP_SLACK = 2.0  # an infill gap may take this many times the original gap's tokens (+ 32)
 
 
@@ -146,7 +147,8 @@ def melody_notes(config: Config, piece: Piece, track: int, where: str) -> Notes:
 
 
 def program_from_template(template) -> smc.Program:
-    """GIVEN -> FORCE, FREE_TOKEN -> FREE from its set, OPEN -> FREE_UNTIL the next token."""
+    """GIVEN -> FORCE, FREE_TOKEN -> FREE from its set, OPEN -> FREE_UNTIL the next token (at
+    most OPEN_BUDGET tokens)."""
     ops = []
     for kind, token, row in zip(
         template.kind_K.tolist(), template.token_K.tolist(), template.set_K.tolist(), strict=True
@@ -156,7 +158,7 @@ def program_from_template(template) -> smc.Program:
         elif kind == FREE_TOKEN:
             ops += smc.free(1, row)
         elif kind == OPEN:
-            ops += smc.free_until(-1.0, skip=1, mask=row)
+            ops += smc.free_until(-1.0, skip=1, mask=row, budget=OPEN_BUDGET)
         else:
             raise ValueError(f"unknown template item kind {kind}")
     return smc.Program.build(ops, template.allow_MxV)

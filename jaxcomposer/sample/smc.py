@@ -31,6 +31,9 @@ reaches the end of an infill range) run under jit with static shapes:
     forced token, as an event BAR that opens the bar after the gap). A particle whose units
     pass `target` before that has written too many bars and gets weight -inf; so does one whose
     marker (skip > 0) reaches `target` in a state outside `state`.
+  A FREE_UNTIL with a `budget` > 0 that has written that many tokens without closing gets
+    weight -inf too (its free steps, weighing about 1, would otherwise outweigh the particles
+    that closed and paid for the forced tokens after it).
   FREE_UNTIL with target < 0 closes on a token instead: the stretch ends when the particle
     writes the token of the FORCE op that follows (skip = 1: that token is the marker), as a
     melody note's POSITION closes the free notes before it.
@@ -73,6 +76,7 @@ class ProgramArrays(NamedTuple):
     allow_MxV: Any  # bool (M, V): the token sets; row 0 is all True
     close_RxS: Any  # bool (R, S): per row, the grammar states a FREE_UNTIL may close in; row 0
     #                 (any state) is all True; states >= S are never in a row but row 0
+    budget_K: Any  # int32: most tokens a FREE_UNTIL stretch may take (0: no limit)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,7 +84,8 @@ class Program:
     """A constraint program: what each particle must do at each of its steps.
 
     Built with `Program.build(ops, allow_MxV)` from a list of (op, token, target, skip, state[,
-    mask]) tuples; `free(n)`, `forced(tokens)` and `free_until(target, skip, state)` make the
+    mask[, budget]]) tuples; `free(n)`, `forced(tokens)` and `free_until(target, skip, state,
+    mask, budget)` make the
     pieces; `mask` (default 0) is a row of `allow_MxV` (bool (M, V), row 0 all True; default
     None: only row 0, over a vocabulary of `vocab_size` tokens; without it a (1, 0) table that
     means "no token sets").
@@ -96,6 +101,7 @@ class Program:
     mask_K: np.ndarray
     allow_MxV: np.ndarray
     close_RxS: np.ndarray
+    budget_K: np.ndarray
 
     @staticmethod
     def build(
@@ -107,7 +113,8 @@ class Program:
         """`ops`' state field: -1 (close in any state), a state id, or a tuple of state ids
         (close in any of them); each distinct set becomes a row of close_RxS over
         `num_states` states (default: the largest id named + 1)."""
-        ops = [(*o, 0) if len(o) == 5 else tuple(o) for o in [*ops, (END, PAD, 0.0, 0, -1)]]
+        ops = [(*o, 0, 0)[:7] if len(o) < 7 else tuple(o) for o in [*ops, (END, PAD, 0.0, 0, -1)]]
+        budget = np.asarray([o[6] for o in ops], np.int32)
         sets = [() if isinstance(o[4], int | np.integer) and o[4] < 0
                 else tuple(sorted({int(x) for x in np.atleast_1d(o[4])})) for o in ops]  # fmt: skip
         named = [x for st in sets for x in st]
@@ -143,7 +150,7 @@ class Program:
         for k in np.flatnonzero(op == FREE_UNTIL):
             cost[k + 1 : k + 1 + skip[k]] = 0
         need = np.cumsum(cost[::-1])[::-1].astype(np.int32)
-        return Program(op, token, target, skip, need, state, mask, allow_MxV, close_RxS)
+        return Program(op, token, target, skip, need, state, mask, allow_MxV, close_RxS, budget)
 
     @staticmethod
     def from_forced(forced_T: np.ndarray, vocab_size: int | None = None) -> Program:
@@ -175,11 +182,11 @@ class Program:
         pad = lambda a, v: np.concatenate([a, np.full(extra, v, a.dtype)])
         return ProgramArrays(
             pad(self.op_K, END), pad(self.token_K, PAD), pad(self.target_K, 0.0),
-            pad(self.skip_K, 0), pad(self.need_K, 0), pad(self.state_K, -1), pad(self.mask_K, 0),
+            pad(self.skip_K, 0), pad(self.need_K, 0), pad(self.state_K, 0), pad(self.mask_K, 0),
             np.concatenate([self.allow_MxV, np.ones(
                 (max((pad_masks_to or 0) - self.allow_MxV.shape[0], 0), self.allow_MxV.shape[1]),
                 bool)]),
-            close,
+            close, pad(self.budget_K, 0),
         )  # fmt: skip
 
 
@@ -194,7 +201,7 @@ def forced(tokens) -> list[tuple[int, int, float, int, int]]:
 
 
 def free_until(
-    target_units: float, skip: int = 0, state=-1, mask: int = 0
+    target_units: float, skip: int = 0, state=-1, mask: int = 0, budget: int = 0
 ) -> list[tuple]:
     """A FREE_UNTIL op: free until the units equal `target_units` in grammar state `state`
     (-1: any; an int: that state; a tuple of ints: any of them) (target_units < 0: until the
@@ -202,7 +209,7 @@ def free_until(
     if target_units < 0 and skip != 1:
         raise ValueError("a FREE_UNTIL that closes on a token must skip that token's FORCE op")
     state = int(state) if np.ndim(state) == 0 else tuple(int(x) for x in state)
-    return [(FREE_UNTIL, PAD, float(target_units), int(skip), state, int(mask))]
+    return [(FREE_UNTIL, PAD, float(target_units), int(skip), state, int(mask), int(budget))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,13 +314,15 @@ def run_smc(
     logits_BxPxV, carry = call(primer_BxP, None, None if cond_GxPxC is None else rep(cond_GxPxC))
     vocab = next_state_SxV.shape[1]
     eos_ok = jnp.arange(vocab) != EOS if not settings.allow_eos else jnp.ones(vocab, bool)
-    op_K, token_K, target_K, skip_K, need_K, state_K, mask_K, allow_MxV, close_RxS = program
+    op_K, token_K, target_K, skip_K, need_K, state_K, mask_K, allow_MxV, close_RxS, budget_K = (
+        program
+    )
     close_width = close_RxS.shape[1]
     rows = jnp.arange(b)
     group_base = (jnp.arange(g) * n)[:, None]
 
     def body(loop, xs):
-        carry, logits_BxV, state_B, pc_B, units_B, lw_B, logz_G = loop
+        carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G = loop
         t, step_rng = xs
         draw_rng, resample_rng = jax.random.split(step_rng)
         lp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32) / settings.temperature, -1)
@@ -355,11 +364,17 @@ def run_smc(
         # weigh ~1, forced ones less) never draws the resampling away from particles that closed
         overshoot = in_gap & ~by_token & (units_B > target_K[pc_B])
         overshoot |= in_gap & ~by_token & (skip_B > 0) & (units_B >= target_K[pc_B]) & ~closes
+        # took the stretch's whole budget of tokens without closing (e.g. an OPEN stretch of
+        # lower notes that never reaches the melody's next note): doomed now, as above
+        budget_B = budget_K[pc_B]
+        overshoot |= in_gap & (budget_B > 0) & (since_B + 1 >= budget_B) & ~closes
         bad_close = closes & (skip_B > 0) & (token_B != next_token_B)
         inc_B = jnp.where(bad_close | overshoot, -jnp.inf, inc_B)
+        old_pc_B = pc_B
         pc_B = jnp.where(
             is_end, pc_B, jnp.where(in_gap, jnp.where(closes, pc_B + 1 + skip_B, pc_B), pc_B + 1)
         )
+        since_B = jnp.where(pc_B == old_pc_B, since_B + 1, 0)
         lw_B = lw_B + inc_B
         logits_Bx1xV, carry = call(
             token_B[:, None], carry, None if cond_BxC is None else cond_BxC[:, None]
@@ -380,10 +395,10 @@ def run_smc(
         logz_G = logz_G + jnp.where(need_G, lse_G - jnp.log(n), 0.0)
         lw_B = jnp.where(jnp.repeat(need_G, n), 0.0, lw_B[anc_B])
         carry = jax.tree.map(lambda x: x[anc_B], carry)
-        logits_BxV, state_B, pc_B, units_B = (
-            x[anc_B] for x in (logits_BxV, state_B, pc_B, units_B)
+        logits_BxV, state_B, pc_B, units_B, since_B = (
+            x[anc_B] for x in (logits_BxV, state_B, pc_B, units_B, since_B)
         )
-        new_loop = (carry, logits_BxV, state_B, pc_B, units_B, lw_B, logz_G)
+        new_loop = (carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G)
         return new_loop, (token_B, anc_B, ess_G, need_G)
 
     init = (
@@ -392,11 +407,12 @@ def run_smc(
         rep(grammar_state_G.astype(jnp.int32)),
         jnp.zeros(b, jnp.int32),
         rep(units_G.astype(jnp.float32)),
+        jnp.zeros(b, jnp.int32),
         jnp.zeros(b, jnp.float32),
         jnp.zeros(g, jnp.float32),
     )
     xs = (jnp.arange(num_steps), jax.random.split(rng, num_steps))
-    (_, _, _, pc_B, _, lw_B, logz_G), (tok_TxB, anc_TxB, ess_TxG, res_TxG) = jax.lax.scan(
+    (_, _, _, pc_B, _, _, lw_B, logz_G), (tok_TxB, anc_TxB, ess_TxG, res_TxG) = jax.lax.scan(
         body, init, xs
     )
 
