@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxcomposer.config_lib import Config, SampleConfig
+from jaxcomposer.config_lib import PRIMER_SOURCES, Config, SampleConfig
 from jaxcomposer.core.errors import Failure, UsageError
 from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.model import StepFunction, conditioning
@@ -76,7 +76,7 @@ def wanted(sample: SampleConfig) -> bool:
 def check_request(sample: SampleConfig) -> None:
     """UsageError for flag combinations that ask for no constraint or two at once."""
     infill = sample.infill.strip()
-    midi_primer = sample.primer not in ("none", "valid")
+    midi_primer = sample.primer not in PRIMER_SOURCES
     if infill and not midi_primer:
         raise UsageError(f"--infill={infill}: needs --primer_midi (the piece whose bars are kept)")
     if sample.melody and infill:
@@ -446,9 +446,10 @@ def sample_for_generate(restored, request: Request, sample: SampleConfig, plan, 
         if any(len(s) > 1 for s in plan.schedules):
             logging.warning("%s: key changes are not followed; each sample keeps its first key",
                             request.describe)  # fmt: skip
-    if sample.scale != "off" or sample.top_p < 1 or sample.top_k or sample.repetition_penalty != 1:
-        logging.info("constrained sampling: the scale rule, top_k/top_p and the repetition "
-                     "penalty do not apply (the target is the model itself)")  # fmt: skip
+    if (sample.scale != "off" or sample.top_p < 1 or sample.top_k
+            or sample.repetition_penalty != 1 or sample.parallels_penalty):  # fmt: skip
+        logging.info("constrained sampling: the scale and parallels rules, top_k/top_p and the "
+                     "repetition penalty do not apply (the target is the model itself)")
     settings = smc_settings(sample)
     tokens, result, picks = run(restored, request, settings, keys_G, styles_G, seed)
     if (picks < 0).all():

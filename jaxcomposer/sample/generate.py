@@ -22,6 +22,7 @@ from absl import logging
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import SampleConfig
 from jaxcomposer.core import atomic
+from jaxcomposer.data import dataset
 from jaxcomposer.model import StepFunction
 from jaxcomposer.music.notes import Notes
 from jaxcomposer.render import gallery, outputs
@@ -71,6 +72,19 @@ def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None)
     }
 
 
+def _training_meter(workdir: str, tokenizer) -> tuple[int, int] | None:
+    """The meter the validation music states most often (bar_lib.corpus_meter), or None when
+    the workdir holds no data split (a model copied without its data) or its tokens state none."""
+    if not tokenizer.meter_tokens():
+        return None
+    try:
+        split = dataset.load_split(workdir, "valid")
+    except (OSError, ValueError) as e:
+        logging.info("no validation split to take a meter from (%s)", e)
+        return None
+    return bar_lib.corpus_meter(tokenizer, split.tokens)
+
+
 def generate(
     workdir: str,
     *,
@@ -109,7 +123,7 @@ def generate(
     if constraints.wanted(sample):  # --melody / --infill (sample/constraints.py)
         request = constraints.prepare(config, get_tokenizer(config.tokenizer), sample)
         primer_piece = request.piece
-    elif sample.primer not in ("none", "valid"):  # read first: a bad file fails before jax work
+    elif sample.primer not in config_lib.PRIMER_SOURCES:  # a MIDI file: a bad one fails before jax
         primers, primer_piece = primer_lib.primer_from_midi(
             config, get_tokenizer(config.tokenizer), sample.primer
         )
@@ -151,9 +165,13 @@ def generate(
     removed = pitch_steps = None
     kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
     if request is None:  # the SMC under constraints holds the given notes' own meter
-        rows_meter = bar_lib.held_meters(tokenizer, sample.meter, primers, primer_piece)
+        rows_meter = bar_lib.held_meters(
+            tokenizer, sample.meter, primers, primer_piece,
+            default=_training_meter(workdir, tokenizer),
+        )  # fmt: skip
         kwargs["meter"] = (None if rows_meter is None
                            else sampler.meter_hold(tokenizer, rows_meter, primers))
+        kwargs["voices"] = sampler.parallels_rule(tokenizer, primers, sample.parallels_penalty)
     if request is not None:
         primers, tokens, constrained, constraint_settings = constraints.sample_for_generate(
             restored, request, sample, plan, seed
