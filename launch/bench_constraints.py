@@ -13,6 +13,8 @@ under it twice:
             1, grammar mask, the token sets under the soprano), one particle, no resampling
   smc       sequential Monte Carlo (sample/smc.py) with `--particles` particles, resampling at
             ESS < N/2; one particle drawn by its final weight
+  smc_parallels  the same, the target being the model under the sampler's soft parallels
+            rule (3 nats off onsets moving two voices in parallel fifths/octaves)
 
 and each set of harmonizations is scored against the real chorales (the same validation
 pieces, same bars), with the measures of launch/harmony_bench.py (evaluation/musicstats.py,
@@ -87,18 +89,27 @@ def chorales(workdir: str, tokenizer, split: str, count: int, bars: int) -> list
     return out
 
 
-def decoder_settings(name: str, particles: int) -> smc.SMCSettings:
-    if name == "forced":  # force the given tokens, sample the others: one particle
-        return smc.SMCSettings(num_particles=1, resample=False)
-    return smc.SMCSettings(num_particles=particles)
+PARALLELS_PENALTY = 3.0  # nats, the sampler's default (docs/harmony.md)
 
 
-def harmonize(restored, requests, keys, settings, seed: int, pad_ops: int, pad_steps: int):
-    """Runs each request alone (one filter); returns per chorale (notes, facts) and seconds."""
+def decoder_settings(name: str, particles: int) -> tuple[smc.SMCSettings, float]:
+    """(SMC settings, parallels penalty) of a decoder: forced, smc, or either + "_parallels"
+    (the target is the model under the soft parallels rule)."""
+    penalty = PARALLELS_PENALTY if name.endswith("_parallels") else 0.0
+    if name.startswith("forced"):  # force the given tokens, sample the others: one particle
+        return smc.SMCSettings(num_particles=1, resample=False), penalty
+    return smc.SMCSettings(num_particles=particles), penalty
+
+
+def harmonize(restored, requests, keys, decoder, seed: int, pad_ops: int, pad_steps: int):
+    """Runs each request alone (one filter) with `decoder` = (settings, parallels penalty);
+    returns per chorale (notes, facts), wall and CPU seconds, compile seconds."""
     tokenizer = restored.tokenizer
     spb = tokenizer.config.steps_per_beat
+    settings, penalty = decoder
     run = lambda i: constraints.run(restored, requests[i], settings, [keys[i]], [-1], seed + i,
-                                    pad_ops=pad_ops, pad_steps=pad_steps)  # fmt: skip
+                                    pad_ops=pad_ops, pad_steps=pad_steps,
+                                    parallels_penalty=penalty)  # fmt: skip
     started = time.perf_counter()
     run(0)  # compiles (every request has the same padded shapes)
     compile_seconds = time.perf_counter() - started
@@ -180,9 +191,8 @@ def bench_infill(restored, real: list[dict], *, first: int, last: int, particles
                   parallel_rate_real=float(np.mean([musicstats.parallel_perfect_rate(
                       c["notes"], spb) for c in pieces])))  # fmt: skip
     for name in decoders:
-        settings = decoder_settings(name, particles)
         out, seconds, cpu_seconds, compile_seconds = harmonize(
-            restored, requests, keys, settings, seed, pad_ops, pad_steps
+            restored, requests, keys, decoder_settings(name, particles), seed, pad_ops, pad_steps
         )
         gen_in, gen_out = [], []
         for (notes, _), r in zip(out, requests, strict=True):
@@ -269,9 +279,8 @@ def bench(workdir: str, *, num_chorales: int, bars: int, particles: int, seed: i
                                         particles=particles, seed=seed, decoders=decoders,
                                         spb=spb)  # fmt: skip
     for name in decoders if "harmonize" in tasks else ():
-        settings = decoder_settings(name, particles)
         out, seconds, cpu_seconds, compile_seconds = harmonize(
-            restored, requests, keys, settings, seed, pad_ops, pad_steps
+            restored, requests, keys, decoder_settings(name, particles), seed, pad_ops, pad_steps
         )
         samples = [two_sample.first_bars(n, c["meters"], bars)
                    for (n, _), c in zip(out, real, strict=True)]  # fmt: skip
@@ -330,7 +339,7 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=16)
     parser.add_argument("--particles", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--decoders", default="forced,smc")
+    parser.add_argument("--decoders", default="forced,smc,smc_parallels")
     parser.add_argument("--permutations", type=int, default=100)
     parser.add_argument("--out_dir", default="/tmp/bench_constraints")
     parser.add_argument("--tasks", default="harmonize", help="harmonize, infill or both (a,b)")

@@ -177,29 +177,45 @@ def test_the_command_line_reports_a_bad_range_in_one_line(trained, files):
     assert "Traceback" not in proc.stderr
 
 
-def test_forced_row_weight_is_the_models_likelihood(trained, files):
+@pytest.mark.parametrize("penalty", [0.0, 3.0])
+def test_forced_row_weight_is_the_models_likelihood(trained, files, penalty):
     """A program that forces a whole token row: SMC's log-evidence is sum_t log p(x_t | x_<t)
-    from the step-by-step scan; the model's teacher-forced apply over the whole row gives the
-    same sum (float32 round-off)."""
+    from the step-by-step scan; the model's teacher-forced apply over the whole row, penalised
+    step by step in a Python loop where the soft parallels rule says so (penalty > 0: the target
+    is the model under that rule), gives the same sum (float32 round-off)."""
     restored = workdir_lib.restore_for_inference(trained, "best")
     tokenizer = restored.tokenizer
     config = restored.config
     row = tokenizer.encode(midi_io.read_midi(files["chorale"], config.data)[0]).astype(np.int32)
     row = row[:80]
     program = smc.Program.from_forced(row, tokenizer.vocab.size)
+    primer = np.array([[BOS]], np.int32)
+    state = sampler.grammar_states_after(tokenizer.grammar, primer)
+    voices = sampler.parallels_rule(tokenizer, primer, penalty)
     result = smc.run_smc(
-        restored.variables, jnp.asarray([[BOS]], jnp.int32),
-        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, np.array([[BOS]]))),
+        restored.variables, jnp.asarray(primer), jnp.asarray(state),
         jnp.asarray(tokenizer.grammar.next_state), jnp.zeros(tokenizer.vocab.size, jnp.float32),
-        jnp.zeros(1, jnp.float32), program.arrays(), jax.random.key(0),
+        jnp.zeros(1, jnp.float32), program.arrays(), jax.random.key(0), None, None, voices,
         step_fn=StepFunction(restored.model), num_steps=row.size,
         settings=smc.SMCSettings(num_particles=4),
     )  # fmt: skip
     logits, _ = StepFunction(restored.model)(restored.variables, jnp.asarray([np.r_[BOS, row]]),
                                             None)  # fmt: skip
-    lp = jax.nn.log_softmax(np.asarray(logits[0, :-1], np.float64), axis=-1)
-    expected = float(np.asarray(lp)[np.arange(row.size), row].sum())
+    logits = np.asarray(logits[0, :-1], np.float64)
+    expected = unpenalised = 0.0
+    state_B = jnp.asarray(state)
+    for t, token in enumerate(row.tolist()):
+        unpenalised += float(jax.nn.log_softmax(logits[t])[token])
+        step = logits[t]
+        if voices is not None:
+            step = np.where(np.asarray(sampler.parallel_motion(state_B, voices))[0],
+                            step - penalty, step)  # fmt: skip
+            voices = sampler.update_voices(voices, state_B, jnp.asarray([token]))
+        expected += float(jax.nn.log_softmax(step)[token])
+        state_B = jnp.asarray([tokenizer.grammar.next_state[int(state_B[0]), token]])
     got = np.asarray(result.log_evidence_G)[0]
     assert np.asarray(result.finished_GxN).all()
     assert (np.asarray(result.tokens_GxNxT)[0] == row).all()
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-2)
+    if penalty:  # the rule changed the target somewhere on this row
+        assert abs(expected - unpenalised) > 1e-2

@@ -346,7 +346,7 @@ def _round_up(x: int, to: int) -> int:
 
 def run(
     restored, request: Request, settings: smc.SMCSettings, keys_G, styles_G, seed: int,
-    *, pad_ops: int = 256, pad_steps: int = 64,
+    *, pad_ops: int = 256, pad_steps: int = 64, parallels_penalty: float = 0.0,
 ) -> tuple[np.ndarray, smc.SMCResult, np.ndarray]:  # fmt: skip
     """Runs one filter per sample (G = len(keys_G)); returns (tokens int32 (G, T) after the
     primer, PAD after the program's end and in place of its scaffolding tokens, the SMCResult,
@@ -355,7 +355,9 @@ def run(
     keys_G: key number per sample (conditioned models; -1 or ignored otherwise); styles_G:
     style index or -1. Shapes are padded (ops to a multiple of `pad_ops`, token and state
     sets to 16, steps to a multiple of `pad_steps`) so that requests of similar size share
-    one compile (a benchmark passes its largest request's sizes: one compile for all)."""
+    one compile (a benchmark passes its largest request's sizes: one compile for all).
+    `parallels_penalty` > 0 (voice tokens): the target is the model under the soft parallels
+    rule (`sampler.parallels_rule`; smc.run_smc's `voices`)."""
     tokenizer, spec = restored.tokenizer, restored.spec
     g = len(keys_G)
     primers = request.primers(g)
@@ -377,6 +379,7 @@ def run(
     result = smc.run_smc(
         restored.variables, primers, states, tokenizer.grammar.next_state, request.unit_V,
         units, arrays, jax.random.key(seed), cond_GxPxC, cond_GxC,
+        sampler.parallels_rule(tokenizer, primers, parallels_penalty),
         step_fn=StepFunction(restored.model), num_steps=num_steps, settings=settings,
     )  # fmt: skip
     result = jax.device_get(result)
@@ -446,12 +449,13 @@ def sample_for_generate(restored, request: Request, sample: SampleConfig, plan, 
         if any(len(s) > 1 for s in plan.schedules):
             logging.warning("%s: key changes are not followed; each sample keeps its first key",
                             request.describe)  # fmt: skip
-    if (sample.scale != "off" or sample.top_p < 1 or sample.top_k
-            or sample.repetition_penalty != 1 or sample.parallels_penalty):  # fmt: skip
-        logging.info("constrained sampling: the scale and parallels rules, top_k/top_p and the "
-                     "repetition penalty do not apply (the target is the model itself)")
+    if sample.scale != "off" or sample.top_p < 1 or sample.top_k or sample.repetition_penalty != 1:
+        logging.info("constrained sampling: the scale rule, top_k/top_p and the repetition "
+                     "penalty do not apply (the target is the model, under the parallels rule "
+                     "if --parallels_penalty)")  # fmt: skip
     settings = smc_settings(sample)
-    tokens, result, picks = run(restored, request, settings, keys_G, styles_G, seed)
+    tokens, result, picks = run(restored, request, settings, keys_G, styles_G, seed,
+                                parallels_penalty=sample.parallels_penalty)  # fmt: skip
     if (picks < 0).all():
         raise Failure(
             f"{request.describe}: no particle met the constraints in {tokens.shape[1]} tokens "

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcomposer.sample import sampler as sampler_lib
 from jaxcomposer.tokenizers.vocab import EOS, PAD
 
 FREE, FORCE, FREE_UNTIL, END = 0, 1, 2, 3
@@ -283,6 +284,7 @@ def run_smc(
     rng: jax.Array,
     cond_GxPxC: jax.Array | None = None,
     cond_GxC: jax.Array | None = None,
+    voices: tuple | None = None,
     *,
     step_fn: Callable,
     num_steps: int,
@@ -299,7 +301,11 @@ def run_smc(
     [X; M] vectors of the primer and of every later token for conditioned models (else None).
     `step_fn(variables, tokens_BxL, carry[, cond_BxLxC]) -> (logits_BxLxV, carry)`; the carry is
     a pytree whose leaves have the batch (G*N) first. The model at `settings.temperature` is the
-    target (module docstring). Returns an SMCResult; units: log weights in nats."""
+    target (module docstring); with `voices` (`sampler.parallels_rule` for the G primers) the
+    target is that model with the soft parallels rule's penalty subtracted from the logits of
+    onsets that move a voice in parallel fifths/octaves (`sampler.parallel_motion`), then
+    renormalised: still a token-by-token model, so the weights stay proper. Returns an
+    SMCResult; units: log weights in nats."""
     n = settings.num_particles
     g = primer_GxP.shape[0]
     b = g * n
@@ -320,12 +326,18 @@ def run_smc(
     close_width = close_RxS.shape[1]
     rows = jnp.arange(b)
     group_base = (jnp.arange(g) * n)[:, None]
+    if voices is not None:  # per particle: the voices' pitches (prev_BxU, now_BxU) repeated
+        voices = (*voices[:3], rep(voices[3]), rep(voices[4]), voices[5])
 
     def body(loop, xs):
-        carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G = loop
+        carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G, voices = loop
         t, step_rng = xs
         draw_rng, resample_rng = jax.random.split(step_rng)
-        lp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32) / settings.temperature, -1)
+        logits_BxV = logits_BxV.astype(jnp.float32) / settings.temperature
+        if voices is not None:
+            parallel_BxV = sampler_lib.parallel_motion(state_B, voices)
+            logits_BxV = jnp.where(parallel_BxV, logits_BxV - voices[5], logits_BxV)
+        lp_BxV = jax.nn.log_softmax(logits_BxV, -1)
         op_B = op_K[pc_B]
         allowed_BxV = (next_state_SxV[state_B] >= 0) & eos_ok[None]
         forced_lp_B = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)[rows, token_K[pc_B]]
@@ -344,6 +356,8 @@ def run_smc(
         inc_B = jnp.where(is_end, 0.0, jnp.where(is_free, mass_B, forced_lp_B))
         late = need_K[pc_B] > num_steps - t  # cannot finish in the steps left
         inc_B = jnp.where(late & ~is_end, -jnp.inf, inc_B)
+        if voices is not None:
+            voices = sampler_lib.update_voices(voices, state_B, token_B)
         nxt = next_state_SxV[state_B, token_B]
         state_B = jnp.where(nxt >= 0, nxt, state_B)
         units_B = units_B + unit_V[token_B]
@@ -398,7 +412,9 @@ def run_smc(
         logits_BxV, state_B, pc_B, units_B, since_B = (
             x[anc_B] for x in (logits_BxV, state_B, pc_B, units_B, since_B)
         )
-        new_loop = (carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G)
+        if voices is not None:
+            voices = (*voices[:3], voices[3][anc_B], voices[4][anc_B], voices[5])
+        new_loop = (carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G, voices)
         return new_loop, (token_B, anc_B, ess_G, need_G)
 
     init = (
@@ -410,9 +426,10 @@ def run_smc(
         jnp.zeros(b, jnp.int32),
         jnp.zeros(b, jnp.float32),
         jnp.zeros(g, jnp.float32),
+        voices,
     )
     xs = (jnp.arange(num_steps), jax.random.split(rng, num_steps))
-    (_, _, _, pc_B, _, _, lw_B, logz_G), (tok_TxB, anc_TxB, ess_TxG, res_TxG) = jax.lax.scan(
+    (_, _, _, pc_B, _, _, lw_B, logz_G, _), (tok_TxB, anc_TxB, ess_TxG, res_TxG) = jax.lax.scan(
         body, init, xs
     )
 
