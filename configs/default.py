@@ -101,6 +101,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.style = ""  # key+style models: a training style; "" = drawn
     c.sample.scale = "off"  # strict | soft | off
     c.sample.scale_penalty = 1.5  # soft: nats off out-of-scale pitch logits (README: why 1.5)
+    c.sample.melody = ""  # a melody MIDI file to harmonize (docs/constraints.md); "" = none
+    c.sample.melody_track = -1  # its voice part (0 = highest); -1 = the top voice of all notes
+    c.sample.infill = ""  # bars of the primer file to rewrite, e.g. "5-8" or "3-4,9-12"
+    c.sample.particles = 64  # SMC particles per sample under constraints
     # voice tokens: nats off onsets moving two voices in parallel fifths/octaves (harmony.md)
     c.sample.parallels_penalty = 3.0
     c.sample.meter = "hold"  # hold | free | 3/4...: hold the primer's (else the first) meter

@@ -41,6 +41,10 @@ _SAMPLE_FLAGS = (
     "style",
     "scale",
     "scale_penalty",
+    "melody",
+    "melody_track",
+    "infill",
+    "particles",
     "parallels_penalty",
     "meter",
 )
@@ -77,7 +81,7 @@ def check_flags(mode: str) -> list[str]:
     that is not a folder...); returns warnings for flags this mode ignores."""
     from jaxcomposer.core.errors import UsageError
 
-    for name in ("primer_midi",):
+    for name in ("primer_midi", "melody"):
         path = getattr(FLAGS, name)
         if path is not None and not os.path.isfile(path):
             reason = "is a folder, not a MIDI file" if os.path.isdir(path) else "no such file"
@@ -96,10 +100,15 @@ def check_flags(mode: str) -> list[str]:
         )
     if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and not os.path.isdir(FLAGS.out_dir):
         raise UsageError(f"--out_dir {FLAGS.out_dir}: is a file, not a folder")
+    if FLAGS.infill and not FLAGS.primer_midi:
+        raise UsageError(f"--infill={FLAGS.infill}: needs --primer_midi (the piece to rewrite)")
+    if FLAGS.melody and (FLAGS.primer_midi or FLAGS.primer or FLAGS.infill):
+        raise UsageError("--melody is the whole piece: leave out --primer, --primer_midi, --infill")
     if FLAGS.primer_midi and FLAGS.primer:
         raise UsageError(f"--primer={FLAGS.primer} and --primer_midi: give one primer")
     for name, flag_value in (("num_steps", 1), ("num_bars", 0), ("num_samples", 1),
-                             ("top_k", 0), ("seed", 0)):  # fmt: skip
+                             ("top_k", 0), ("seed", 0), ("particles", 1),
+                             ("melody_track", 0)):  # fmt: skip
         value = getattr(FLAGS, name)
         if value is not None and value < flag_value:
             raise UsageError(f"--{name}={value}: must be >= {flag_value}")

@@ -124,6 +124,13 @@ class SampleConfig:
     style: str = ""  # a style name of the training set (key+style models); "" = drawn
     scale: str = "off"  # "strict" | "soft" | "off": out-of-scale pitch tokens masked/penalized
     scale_penalty: float = 1.5  # soft: nats subtracted from out-of-scale logits
+    # Constraints (sample/constraints.py, docs/constraints.md): a melody MIDI file kept note for
+    # note with the other voices written under it; its part (-1 = the top voice of all notes);
+    # bars of the primer file rewritten ("5-8" or "3-4,9-12"; "" = none); SMC particles.
+    melody: str = ""
+    melody_track: int = -1
+    infill: str = ""
+    particles: int = 64
     meter: str = "hold"  # "hold" (the primer's, else the first sampled) | "free" | "3/4"...
     # nats off the logits of onsets that move a voice in parallel fifths or octaves with a voice
     # above it (tokens written voice by voice: voices); 0 = off
@@ -308,7 +315,7 @@ _AT_LEAST = {  # field: smallest allowed value
     "train.budget_minutes": 0,
     "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
-    "sample.scale_penalty": 0,
+    "sample.scale_penalty": 0, "sample.particles": 1, "sample.melody_track": -1,
     "sample.parallels_penalty": 0,
     "finetune.num_steps": 0, "finetune.batch_size": 1, "finetune.num_tokens": 1,
     "finetune.grad_clip_norm": 0, "finetune.kl_beta": 0, "finetune.alpha": 0,

@@ -53,6 +53,10 @@ flags.DEFINE_string(
 )  # fmt: skip
 flags.DEFINE_string("primer_midi", None, "Continue this MIDI file instead of starting from BOS.")
 flags.DEFINE_enum("primer", None, list(PRIMER_SOURCES), "Primer when no --primer_midi is given.")
+flags.DEFINE_string("melody", None, "Harmonize this MIDI melody (top voice), note for note.")
+flags.DEFINE_integer("melody_track", None, "--melody: voice part N (0 = highest).")
+flags.DEFINE_string("infill", None, "Rewrite these bars of --primer_midi, e.g. 5-8 or 3-4,9-12.")
+flags.DEFINE_integer("particles", None, "SMC particles per sample under --melody/--infill.")
 flags.DEFINE_integer("num_steps", None, "Tokens to generate per sample.")
 flags.DEFINE_integer("num_bars", None, "Bars to generate per sample (overrides --num_steps).")
 flags.DEFINE_integer("num_samples", None, "Samples to generate.")

@@ -128,3 +128,46 @@ def test_program_need_counts_steps(skip):
     program = smc.Program.build(ops)
     assert program.min_steps == 2 + 1 + 3 - skip
     assert program.op_K[-1] == smc.END
+
+
+def test_close_on_token_with_a_token_set_and_a_budget_matches_enumeration():
+    """FREE_UNTIL that closes on token 3 (the marker, skip 1), drawing from a token set without
+    token 2, at most 4 tokens, then FORCE(1): the target's Z enumerated exactly (every free
+    prefix of 0-3 tokens from {0, 1, 4} the grammar allows, then 3, then 1) against K runs'
+    unbiased estimates; every finished particle meets the program."""
+    table, grammar = _bigram_table(), _grammar()
+    primer_token, marker, budget, steps = 2, 3, 4, 6
+    allow = np.ones((2, V), bool)
+    allow[1, 2] = False
+    ops = smc.free_until(-1.0, skip=1, mask=1, budget=budget) + smc.forced([marker, 1])
+    program = smc.Program.build(ops, allow)
+    k, n = 400, 16
+    result = smc.run_smc(
+        {"table": jnp.asarray(table)}, jnp.full((k, 1), primer_token, jnp.int32),
+        jnp.zeros(k, jnp.int32), jnp.asarray(grammar), jnp.zeros(V, jnp.float32),
+        jnp.zeros(k, jnp.float32), program.arrays(), jax.random.key(4),
+        step_fn=bigram_step, num_steps=steps,
+        settings=smc.SMCSettings(num_particles=n, allow_eos=True),
+    )  # fmt: skip
+    logp = table - np.log(np.exp(table.astype(np.float64)).sum(-1, keepdims=True))
+    z = 0.0
+    for length in range(budget):  # the marker is the (length+1)-th token, within the budget
+        for prefix in itertools.product([0, 1, 4], repeat=length):
+            state, prev, logw = 0, primer_token, 0.0
+            for x in (*prefix, marker, 1):
+                if grammar[state, x] < 0:
+                    break
+                logw += logp[prev, x]
+                state, prev = grammar[state, x], x
+            else:
+                z += np.exp(logw)
+    ratio = np.exp(np.asarray(result.log_evidence_G, np.float64) - np.log(z))
+    se = ratio.std(ddof=1) / np.sqrt(k)
+    assert abs(ratio.mean() - 1.0) < 4 * se, (ratio.mean(), se)
+    tokens = np.asarray(result.tokens_GxNxT)
+    finished = np.asarray(result.finished_GxN) & np.isfinite(np.asarray(result.log_weights_GxN))
+    assert finished.any()
+    for row in tokens[finished]:
+        at = int(np.argmax(row == marker))
+        assert row[at] == marker and at < budget and row[at + 1] == 1
+        assert not np.isin(row[:at], [2, marker]).any()

@@ -143,6 +143,7 @@ def render_sample(
     guess_voices: bool = False,
     soundfont: str | None = None,
     skip: Sequence[str] = (),
+    given: Notes | None = None,
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
@@ -165,6 +166,8 @@ def render_sample(
     `soundfont`: the .sf2 file the audio is played from (default: pretty_midi's General-MIDI
     bank; `audio.write_audio`). `skip`: stages not run ("png", "roll"; their entries stay None
     and no error is recorded), for a caller that shows the SVG pages and draws its own roll.
+    `given`: notes fixed in advance (--melody, --infill), coloured in the score
+    (`score.mark_given`).
     """
     unknown = set(skip) - {"png", "roll"}
     if unknown:
@@ -225,6 +228,7 @@ def render_sample(
             f"{base}.musicxml", engraved, title=title, qpm=engraved_qpm,
             time_signature=(numerator, denominator), key_number=key_number,
             time_signatures=meters, key_signatures=keys, guess_voices=guess_voices,
+            given=given if score_notes is None else None,
         )  # fmt: skip
         return f"{stem}.musicxml"
 

@@ -456,6 +456,7 @@ def build_score(
     key_signatures: Sequence[KeySignature] = (),
     voices: bool = True,
     guess_voices: bool = False,
+    given: Notes | None = None,
 ):
     """music21 Score: one Piano part on a braced grand staff (treble over bass), with key and
     time signatures, the instrument and a tempo mark (quarter = `qpm`).
@@ -468,7 +469,8 @@ def build_score(
     read than the extra voices music21 makes for every overlap (and twice as fast to build).
     `time_signature` and `key_number` hold from beat 0 until the first of `time_signatures` /
     `key_signatures` (beats); each change is engraved at the first bar line at or after it, on
-    both staves."""
+    both staves. `given`: notes fixed in advance (a melody harmonized, the kept bars of an
+    infill; beats), whose noteheads are engraved in GIVEN_COLOUR (`mark_given`)."""
     voiced = four_voices(notes, guess=guess_voices) if voices else None
     if voiced is not None:
         notes = voice_lines(voiced)
@@ -492,7 +494,34 @@ def build_score(
     for part in list(score.parts):
         score.remove(part)
     _grand_staff(score, staves, title=title, qpm=qpm, meters=meters, keys=keys)
+    if given is not None and len(given):
+        mark_given(score, given)
     return score
+
+
+GIVEN_COLOUR = "#c0392b"  # noteheads of the notes fixed in advance (red)
+
+
+def mark_given(score, given: Notes, colour: str = GIVEN_COLOUR) -> int:
+    """Colours every note of the music21 `score` that starts a note of `given` (same pitch and
+    onset, beats = quarter notes) or continues one by a tie (a given note tied over a bar line
+    is coloured in both bars); MusicXML writes the colour and verovio engraves it. A note of
+    another voice struck with the same pitch at the same onset is coloured too. Returns the
+    number of noteheads coloured."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for p, a, b in zip(given.pitch.tolist(), given.start.tolist(), given.end.tolist(),
+                       strict=True):  # fmt: skip
+        spans.setdefault(int(p), []).append((float(a) - 1e-6, float(b) - 1e-6))
+    coloured = 0
+    for element in score.recurse().notes:
+        onset = float(element.getOffsetInHierarchy(score))
+        for n in getattr(element, "notes", None) or [element]:
+            tied = n.tie is not None and n.tie.type in ("stop", "continue")
+            if any(abs(onset - a - 1e-6) < 1e-4 or (tied and a <= onset < b)
+                   for a, b in spans.get(int(n.pitch.midi), ())):  # fmt: skip
+                n.style.color = colour
+                coloured += 1
+    return coloured
 
 
 def write_musicxml(
@@ -508,16 +537,17 @@ def write_musicxml(
     key_signatures: Sequence[KeySignature] = (),
     voices: bool = True,
     guess_voices: bool = False,
+    given: Notes | None = None,
 ) -> int:
     """Writes a grand-staff MusicXML score (one Piano part, two staves, tempo mark; four voices
     for four-part music); returns the opening key number (estimated if None).
-    Time and key signatures, `voices` and `guess_voices` as `build_score` takes them."""
+    Time and key signatures, `voices`, `guess_voices` and `given` as `build_score` takes them."""
     if key_number is None:
         key_number, _ = estimate_key(notes)
     score = build_score(
         notes, title=title, qpm=qpm, time_signature=time_signature, key_number=key_number,
         one_voice_per_hand=one_voice_per_hand, time_signatures=time_signatures,
-        key_signatures=key_signatures, voices=voices, guess_voices=guess_voices,
+        key_signatures=key_signatures, voices=voices, guess_voices=guess_voices, given=given,
     )  # fmt: skip
     atomic.write_bytes(path, GeneralObjectExporter(score).parse())
     return key_number

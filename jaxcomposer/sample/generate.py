@@ -27,7 +27,7 @@ from jaxcomposer.model import StepFunction
 from jaxcomposer.music.notes import Notes
 from jaxcomposer.render import gallery, outputs
 from jaxcomposer.sample import bars as bar_lib
-from jaxcomposer.sample import keyplan, sampler
+from jaxcomposer.sample import constraints, keyplan, sampler
 from jaxcomposer.sample import primers as primer_lib
 from jaxcomposer.tokenizers import BOS, get_tokenizer
 
@@ -119,8 +119,11 @@ def generate(
     config_lib.validate(config)  # the command line's sampling flags
     sample = config.sample
     seed = config.seed if seed is None else seed
-    primer_piece = None
-    if sample.primer not in config_lib.PRIMER_SOURCES:  # a MIDI file: a bad one fails before jax
+    primer_piece = request = None
+    if constraints.wanted(sample):  # --melody / --infill (sample/constraints.py)
+        request = constraints.prepare(config, get_tokenizer(config.tokenizer), sample)
+        primer_piece = request.piece
+    elif sample.primer not in config_lib.PRIMER_SOURCES:  # a MIDI file: a bad one fails before jax
         primers, primer_piece = primer_lib.primer_from_midi(
             config, get_tokenizer(config.tokenizer), sample.primer
         )
@@ -137,12 +140,16 @@ def generate(
     os.makedirs(out_dir, exist_ok=True)
     remove_earlier_samples(out_dir)
     primer_notes = [None] * sample.num_samples
-    if sample.primer == "none":
+    if request is not None:
+        primers = request.primers(sample.num_samples)
+    elif sample.primer == "none":
         primers = np.full((sample.num_samples, 1), BOS, np.int32)
     elif sample.primer == "valid":
         primers = primer_lib.primers_from_valid(workdir, tokenizer, sample, seed)
     if sample.primer != "none":
         primer_notes = [tokenizer.decode(row).notes for row in primers]
+    if request is not None:  # the key of the given notes
+        primer_notes = [request.key_notes] * sample.num_samples
     keyed = restored.spec.dim > 0 or bool(sample.key.strip()) or sample.scale != "off"
     plan = keyplan.plan_keys(workdir, sample, restored.spec, primer_notes, seed) if keyed else None
 
@@ -157,13 +164,20 @@ def generate(
     args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
     removed = pitch_steps = None
     kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
-    rows_meter = bar_lib.held_meters(
-        tokenizer, sample.meter, primers, primer_piece, default=_training_meter(workdir, tokenizer)
-    )
-    kwargs["meter"] = (None if rows_meter is None
-                       else sampler.meter_hold(tokenizer, rows_meter, primers))
-    kwargs["voices"] = sampler.parallels_rule(tokenizer, primers, sample.parallels_penalty)
-    if keyed:
+    if request is None:  # the SMC under constraints holds the given notes' own meter
+        rows_meter = bar_lib.held_meters(
+            tokenizer, sample.meter, primers, primer_piece,
+            default=_training_meter(workdir, tokenizer),
+        )  # fmt: skip
+        kwargs["meter"] = (None if rows_meter is None
+                           else sampler.meter_hold(tokenizer, rows_meter, primers))
+        kwargs["voices"] = sampler.parallels_rule(tokenizer, primers, sample.parallels_penalty)
+    if request is not None:
+        primers, tokens, constrained, constraint_settings = constraints.sample_for_generate(
+            restored, request, sample, plan, seed
+        )
+        num_steps = tokens.shape[1]
+    elif keyed:
         inputs, kwargs["ks"] = keyplan.keyed_run(restored, sample, primers, plan)
         tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))
         removed, pitch_steps = np.asarray(removed), np.asarray(pitch_steps)
@@ -186,7 +200,7 @@ def generate(
         notes = decoded.notes
         meters = bar_lib.meters_of(tokenizer, row, primer_piece)
         end, bars = None, None
-        if sample.num_bars > 0:
+        if sample.num_bars > 0 and request is None:
             end, bars = bar_lib.end_beat(tokenizer, primers[i], row, meters, sample.num_bars)
             notes = bar_lib.cut_at_beat(notes, end)
             if bars < sample.num_bars:
@@ -210,6 +224,7 @@ def generate(
             ),
             soundfont=soundfont,
             skip=skip_stages,
+            given=request.given if request is not None else None,
             **grid,
         )
         jobs.append((row, decoded, notes, end, bars, (out_dir, stem, notes), render_kwargs))
@@ -234,10 +249,14 @@ def generate(
             end_beat=end,  # the bar line the sample ends on (with --num_bars)
             bars=bars,  # bars generated after the primer (with --num_bars)
         )
+        if request is not None:
+            info.update(constrained[i], given_kept=round(constraints.given_kept(
+                request, notes, tokenizer.config.steps_per_beat), 4))  # fmt: skip
         if plan:
             info.update(requested_key=plan.describe(i), key_source=plan.sources[i])
             if plan.styles[i] >= 0:
                 info["style"] = plan.style_names[plan.styles[i]]
+        if plan and removed is not None:
             steps = max(int(pitch_steps[i].sum()), 1)
             info["scale_mass_removed"] = round(float(removed[i][pitch_steps[i]].sum()) / steps, 5)
             rule = sample.scale
@@ -268,6 +287,7 @@ def generate(
         scale_penalty=sample.scale_penalty,
         bar_counting=tokenizer.bar_counter().note,
         sample_seconds=round(sample_seconds, 3),
+        **(constraint_settings if request is not None else {}),
         qpm=qpm,
     )
     report("rendered", len(results), len(results))

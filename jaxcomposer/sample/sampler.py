@@ -163,7 +163,7 @@ def parallel_motion(state_B, voices):
     return jnp.any(above_BxU[:, None, :] & sounding & same_way & perfect, axis=-1)
 
 
-def _update_voices(voices, state_B, token_B):
+def update_voices(voices, state_B, token_B):
     """`voices` after row b wrote token_B[b] in grammar state state_B[b]: the top voice's token
     opens a grid step (what sounded becomes the previous step); an onset sets its voice's
     pitch, a rest clears it, a hold keeps it."""
@@ -233,7 +233,7 @@ def _advance(
         logits, diagnostics = scale(logits, logits > NEG_INF / 2)
     token_B = choose_tokens(logits, rng, settings)
     if voices is not None:
-        voices = _update_voices(voices, state_B, token_B)
+        voices = update_voices(voices, state_B, token_B)
     nxt = next_state_SxV[state_B, token_B]
     state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
     counts_BxV = counts_BxV.at[jnp.arange(token_B.shape[0]), token_B].add(1)

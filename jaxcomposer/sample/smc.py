@@ -24,11 +24,23 @@ The program is a small state machine per particle (a program counter `pc` into o
 constraints whose position depends on what the particle wrote (a gap closed when the bar counter
 reaches the end of an infill range) run under jit with static shapes:
   FREE_UNTIL(target, skip, state): free tokens until the particle's bar-counter units equal
-    `target` with the grammar in `state` (the state the forced tokens that follow start from:
-    a clean cut, e.g. after a chord group's DURATION, not between its tokens); then `pc` moves
+    `target` with the grammar in one of the states `state` (a row of the close_RxS table: the
+    states the forced tokens that follow can start from, e.g. after a chord group's DURATION,
+    not between its tokens, or with the voices a kept tied note needs sounding); then `pc` moves
     past the op and past `skip` ops (skip = 1 when the closing marker is itself the first
     forced token, as an event BAR that opens the bar after the gap). A particle whose units
-    pass `target` before that has written too many bars and gets weight -inf.
+    pass `target` before that has written too many bars and gets weight -inf; so does one whose
+    marker (skip > 0) reaches `target` in a state outside `state`.
+  A FREE_UNTIL with a `budget` > 0 that has written that many tokens without closing gets
+    weight -inf too (its free steps, weighing about 1, would otherwise outweigh the particles
+    that closed and paid for the forced tokens after it).
+  FREE_UNTIL with target < 0 closes on a token instead: the stretch ends when the particle
+    writes the token of the FORCE op that follows (skip = 1: that token is the marker), as a
+    melody note's POSITION closes the free notes before it.
+Token sets. Every FREE and FREE_UNTIL op names a row of the program's `allow_MxV` table (row 0:
+every token); its tokens are drawn from the grammar's allowed set intersected with that row, and
+its weight is the mass of that intersection (the target is then the model restricted to rows
+whose free tokens lie in their op's set, e.g. notes below a fixed melody).
 A particle that can no longer finish its program in the steps left (`need_K[pc] > T - t`) gets
 weight -inf. The token history is recovered at the end by following the ancestor indices back.
 """
@@ -44,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcomposer.sample import sampler as sampler_lib
 from jaxcomposer.tokenizers.vocab import EOS, PAD
 
 FREE, FORCE, FREE_UNTIL, END = 0, 1, 2, 3
@@ -59,15 +72,24 @@ class ProgramArrays(NamedTuple):
     target_K: Any  # float32: FREE_UNTIL's bar-counter units that close the free stretch
     skip_K: Any  # int32: FREE_UNTIL's ops passed after it closes (its marker is their token)
     need_K: Any  # int32: fewest steps from op k to the END op
-    state_K: Any  # int32: FREE_UNTIL's grammar state at the close (-1: any)
+    state_K: Any  # int32: FREE_UNTIL's row of close_RxS: the grammar states it may close in
+    mask_K: Any  # int32: row of allow_MxV that FREE / FREE_UNTIL ops draw from (0: any token)
+    allow_MxV: Any  # bool (M, V): the token sets; row 0 is all True
+    close_RxS: Any  # bool (R, S): per row, the grammar states a FREE_UNTIL may close in; row 0
+    #                 (any state) is all True; states >= S are never in a row but row 0
+    budget_K: Any  # int32: most tokens a FREE_UNTIL stretch may take (0: no limit)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Program:
     """A constraint program: what each particle must do at each of its steps.
 
-    Built with `Program.build(ops)` from a list of (op, token, target, skip, state) tuples;
-    `free(n)`, `forced(tokens)` and `free_until(target, skip, state)` make the pieces.
+    Built with `Program.build(ops, allow_MxV)` from a list of (op, token, target, skip, state[,
+    mask[, budget]]) tuples; `free(n)`, `forced(tokens)` and `free_until(target, skip, state,
+    mask, budget)` make the
+    pieces; `mask` (default 0) is a row of `allow_MxV` (bool (M, V), row 0 all True; default
+    None: only row 0, over a vocabulary of `vocab_size` tokens; without it a (1, 0) table that
+    means "no token sets").
     `need_K[k]` counts the fewest steps from op k to END (a FREE_UNTIL needs at least one and
     covers its skip)."""
 
@@ -77,15 +99,48 @@ class Program:
     skip_K: np.ndarray
     need_K: np.ndarray
     state_K: np.ndarray
+    mask_K: np.ndarray
+    allow_MxV: np.ndarray
+    close_RxS: np.ndarray
+    budget_K: np.ndarray
 
     @staticmethod
-    def build(ops: list[tuple[int, int, float, int, int]]) -> Program:
-        ops = [*ops, (END, PAD, 0.0, 0, -1)]
+    def build(
+        ops: list[tuple],
+        allow_MxV: np.ndarray | None = None,
+        vocab_size: int | None = None,
+        num_states: int | None = None,
+    ) -> Program:
+        """`ops`' state field: -1 (close in any state), a state id, or a tuple of state ids
+        (close in any of them); each distinct set becomes a row of close_RxS over
+        `num_states` states (default: the largest id named + 1)."""
+        ops = [(*o, 0, 0)[:7] if len(o) < 7 else tuple(o) for o in [*ops, (END, PAD, 0.0, 0, -1)]]
+        budget = np.asarray([o[6] for o in ops], np.int32)
+        sets = [() if isinstance(o[4], int | np.integer) and o[4] < 0
+                else tuple(sorted({int(x) for x in np.atleast_1d(o[4])})) for o in ops]  # fmt: skip
+        named = [x for st in sets for x in st]
+        width = max(num_states if num_states is not None else max(named, default=-1) + 1, 1)
+        if named and (min(named) < 0 or max(named) >= width):
+            raise ValueError(f"FREE_UNTIL states must lie in [0, {width})")
+        distinct = list(dict.fromkeys(st for st in sets if st))
+        close_RxS = np.zeros((1 + len(distinct), width), bool)
+        close_RxS[0] = True
+        for r, st in enumerate(distinct, start=1):
+            close_RxS[r, list(st)] = True
+        row_of = {st: r for r, st in enumerate(distinct, start=1)}
+        mask = np.asarray([o[5] for o in ops], np.int32)
+        if allow_MxV is None:  # no token sets: a (1, 0) table, which run_smc skips
+            allow_MxV = np.ones((1, vocab_size or 0), bool)
+        allow_MxV = np.asarray(allow_MxV, bool)
+        if not allow_MxV[0].all():
+            raise ValueError("allow_MxV's row 0 must allow every token")
+        if mask.min() < 0 or mask.max() >= allow_MxV.shape[0]:
+            raise ValueError(f"mask rows must lie in [0, {allow_MxV.shape[0]})")
         op = np.asarray([o[0] for o in ops], np.int32)
         token = np.asarray([o[1] for o in ops], np.int32)
         target = np.asarray([o[2] for o in ops], np.float32)
         skip = np.asarray([o[3] for o in ops], np.int32)
-        state = np.asarray([o[4] for o in ops], np.int32)
+        state = np.asarray([row_of.get(st, 0) for st in sets], np.int32)
         for k in np.flatnonzero(op == FREE_UNTIL):
             if skip[k] and (
                 k + skip[k] >= op.size - 1 or (op[k + 1 : k + 1 + skip[k]] != FORCE).any()
@@ -96,33 +151,49 @@ class Program:
         for k in np.flatnonzero(op == FREE_UNTIL):
             cost[k + 1 : k + 1 + skip[k]] = 0
         need = np.cumsum(cost[::-1])[::-1].astype(np.int32)
-        return Program(op, token, target, skip, need, state)
+        return Program(op, token, target, skip, need, state, mask, allow_MxV, close_RxS, budget)
 
     @staticmethod
-    def from_forced(forced_T: np.ndarray) -> Program:
+    def from_forced(forced_T: np.ndarray, vocab_size: int | None = None) -> Program:
         """One op per position: FORCE(v) where forced_T >= 0, FREE where it is -1."""
         values = np.asarray(forced_T).reshape(-1).tolist()
-        return Program.build([forced([v])[0] if v >= 0 else free(1)[0] for v in values])
+        ops = [forced([v])[0] if v >= 0 else free(1)[0] for v in values]
+        return Program.build(ops, vocab_size=vocab_size)
 
     @property
     def min_steps(self) -> int:
         """Fewest tokens a particle writes to complete the program."""
         return int(self.need_K[0])
 
-    def arrays(self, pad_to: int | None = None) -> ProgramArrays:
-        """The op arrays, padded with END ops to `pad_to` ops (fewer compiles across programs)."""
+    def arrays(
+        self,
+        pad_to: int | None = None,
+        pad_masks_to: int | None = None,
+        pad_closes_to: int | None = None,
+    ) -> ProgramArrays:
+        """The op arrays, padded with END ops to `pad_to` ops, the token-set table with
+        all-True rows to `pad_masks_to` rows and the close-state table with all-False rows to
+        `pad_closes_to` rows (fewer compiles across programs)."""
+        close = self.close_RxS
+        close = np.concatenate(
+            [close, np.zeros((max((pad_closes_to or 0) - close.shape[0], 0), close.shape[1]), bool)]
+        )
         k = self.op_K.size
         extra = 0 if pad_to is None else max(pad_to - k, 0)
         pad = lambda a, v: np.concatenate([a, np.full(extra, v, a.dtype)])
         return ProgramArrays(
             pad(self.op_K, END), pad(self.token_K, PAD), pad(self.target_K, 0.0),
-            pad(self.skip_K, 0), pad(self.need_K, 0), pad(self.state_K, -1),
+            pad(self.skip_K, 0), pad(self.need_K, 0), pad(self.state_K, 0), pad(self.mask_K, 0),
+            np.concatenate([self.allow_MxV, np.ones(
+                (max((pad_masks_to or 0) - self.allow_MxV.shape[0], 0), self.allow_MxV.shape[1]),
+                bool)]),
+            close, pad(self.budget_K, 0),
         )  # fmt: skip
 
 
-def free(n: int) -> list[tuple[int, int, float, int, int]]:
-    """n FREE ops."""
-    return [(FREE, PAD, 0.0, 0, -1)] * int(n)
+def free(n: int, mask: int = 0) -> list[tuple[int, int, float, int, int, int]]:
+    """n FREE ops drawing from row `mask` of the program's token sets."""
+    return [(FREE, PAD, 0.0, 0, -1, int(mask))] * int(n)
 
 
 def forced(tokens) -> list[tuple[int, int, float, int, int]]:
@@ -131,10 +202,15 @@ def forced(tokens) -> list[tuple[int, int, float, int, int]]:
 
 
 def free_until(
-    target_units: float, skip: int = 0, state: int = -1
-) -> list[tuple[int, int, float, int, int]]:
-    """A FREE_UNTIL op: free until the units equal `target_units` in grammar state `state`."""
-    return [(FREE_UNTIL, PAD, float(target_units), int(skip), int(state))]
+    target_units: float, skip: int = 0, state=-1, mask: int = 0, budget: int = 0
+) -> list[tuple]:
+    """A FREE_UNTIL op: free until the units equal `target_units` in grammar state `state`
+    (-1: any; an int: that state; a tuple of ints: any of them) (target_units < 0: until the
+    particle writes the next FORCE op's token; skip must be 1)."""
+    if target_units < 0 and skip != 1:
+        raise ValueError("a FREE_UNTIL that closes on a token must skip that token's FORCE op")
+    state = int(state) if np.ndim(state) == 0 else tuple(int(x) for x in state)
+    return [(FREE_UNTIL, PAD, float(target_units), int(skip), state, int(mask), int(budget))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +284,7 @@ def run_smc(
     rng: jax.Array,
     cond_GxPxC: jax.Array | None = None,
     cond_GxC: jax.Array | None = None,
+    voices: tuple | None = None,
     *,
     step_fn: Callable,
     num_steps: int,
@@ -224,7 +301,11 @@ def run_smc(
     [X; M] vectors of the primer and of every later token for conditioned models (else None).
     `step_fn(variables, tokens_BxL, carry[, cond_BxLxC]) -> (logits_BxLxV, carry)`; the carry is
     a pytree whose leaves have the batch (G*N) first. The model at `settings.temperature` is the
-    target (module docstring). Returns an SMCResult; units: log weights in nats."""
+    target (module docstring); with `voices` (`sampler.parallels_rule` for the G primers) the
+    target is that model with the soft parallels rule's penalty subtracted from the logits of
+    onsets that move a voice in parallel fifths/octaves (`sampler.parallel_motion`), then
+    renormalised: still a token-by-token model, so the weights stay proper. Returns an
+    SMCResult; units: log weights in nats."""
     n = settings.num_particles
     g = primer_GxP.shape[0]
     b = g * n
@@ -239,47 +320,75 @@ def run_smc(
     logits_BxPxV, carry = call(primer_BxP, None, None if cond_GxPxC is None else rep(cond_GxPxC))
     vocab = next_state_SxV.shape[1]
     eos_ok = jnp.arange(vocab) != EOS if not settings.allow_eos else jnp.ones(vocab, bool)
-    op_K, token_K, target_K, skip_K, need_K, state_K = program
+    op_K, token_K, target_K, skip_K, need_K, state_K, mask_K, allow_MxV, close_RxS, budget_K = (
+        program
+    )
+    close_width = close_RxS.shape[1]
     rows = jnp.arange(b)
     group_base = (jnp.arange(g) * n)[:, None]
+    if voices is not None:  # per particle: the voices' pitches (prev_BxU, now_BxU) repeated
+        voices = (*voices[:3], rep(voices[3]), rep(voices[4]), voices[5])
 
     def body(loop, xs):
-        carry, logits_BxV, state_B, pc_B, units_B, lw_B, logz_G = loop
+        carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G, voices = loop
         t, step_rng = xs
         draw_rng, resample_rng = jax.random.split(step_rng)
-        lp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32) / settings.temperature, -1)
-        allowed_BxV = (next_state_SxV[state_B] >= 0) & eos_ok[None]
-        masked_BxV = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)
+        logits_BxV = logits_BxV.astype(jnp.float32) / settings.temperature
+        if voices is not None:
+            parallel_BxV = sampler_lib.parallel_motion(state_B, voices)
+            logits_BxV = jnp.where(parallel_BxV, logits_BxV - voices[5], logits_BxV)
+        lp_BxV = jax.nn.log_softmax(logits_BxV, -1)
         op_B = op_K[pc_B]
+        allowed_BxV = (next_state_SxV[state_B] >= 0) & eos_ok[None]
+        forced_lp_B = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)[rows, token_K[pc_B]]
+        if allow_MxV.shape[-1]:  # FORCE and END ops use row 0 (every token)
+            allowed_BxV = allowed_BxV & allow_MxV[mask_K[pc_B]]
+        masked_BxV = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)
         if settings.proposal == "argmax":
             proposal_B = jnp.argmax(masked_BxV, axis=-1).astype(jnp.int32)
         else:
             proposal_B = jax.random.categorical(draw_rng, masked_BxV, axis=-1).astype(jnp.int32)
         mass_B = jax.nn.logsumexp(masked_BxV, axis=-1)
         forced_B = token_K[pc_B]
-        forced_lp_B = masked_BxV[rows, forced_B]
         is_free = (op_B == FREE) | (op_B == FREE_UNTIL)
         is_end = op_B == END
         token_B = jnp.where(is_end, PAD, jnp.where(is_free, proposal_B, forced_B))
         inc_B = jnp.where(is_end, 0.0, jnp.where(is_free, mass_B, forced_lp_B))
         late = need_K[pc_B] > num_steps - t  # cannot finish in the steps left
         inc_B = jnp.where(late & ~is_end, -jnp.inf, inc_B)
+        if voices is not None:
+            voices = sampler_lib.update_voices(voices, state_B, token_B)
         nxt = next_state_SxV[state_B, token_B]
         state_B = jnp.where(nxt >= 0, nxt, state_B)
         units_B = units_B + unit_V[token_B]
         in_gap = op_B == FREE_UNTIL
-        want_state_B = state_K[pc_B]
-        at_target = units_B == target_K[pc_B]
-        closes = in_gap & at_target & ((want_state_B < 0) | (state_B == want_state_B))
-        overshoot = in_gap & (units_B > target_K[pc_B])  # wrote more bars than the gap holds
+        close_row_B = state_K[pc_B]
+        state_ok_B = (close_row_B == 0) | (
+            (state_B < close_width) & close_RxS[close_row_B, jnp.minimum(state_B, close_width - 1)]
+        )
         skip_B = skip_K[pc_B]
         # the closing marker stands for the first skipped FORCE op: it must be that token
         next_token_B = token_K[jnp.minimum(pc_B + 1, op_K.size - 1)]
+        by_token = target_K[pc_B] < 0  # closes when it writes the marker token
+        at_target = jnp.where(by_token, token_B == next_token_B, units_B == target_K[pc_B])
+        closes = in_gap & at_target & state_ok_B
+        # wrote more bars than the gap holds; or, where the marker closes the gap (skip > 0),
+        # wrote the marker that reaches the target without closing (a grammar state the kept
+        # tokens cannot follow): doomed now, not a bar later, so that its weight (free steps
+        # weigh ~1, forced ones less) never draws the resampling away from particles that closed
+        overshoot = in_gap & ~by_token & (units_B > target_K[pc_B])
+        overshoot |= in_gap & ~by_token & (skip_B > 0) & (units_B >= target_K[pc_B]) & ~closes
+        # took the stretch's whole budget of tokens without closing (e.g. an OPEN stretch of
+        # lower notes that never reaches the melody's next note): doomed now, as above
+        budget_B = budget_K[pc_B]
+        overshoot |= in_gap & (budget_B > 0) & (since_B + 1 >= budget_B) & ~closes
         bad_close = closes & (skip_B > 0) & (token_B != next_token_B)
         inc_B = jnp.where(bad_close | overshoot, -jnp.inf, inc_B)
+        old_pc_B = pc_B
         pc_B = jnp.where(
             is_end, pc_B, jnp.where(in_gap, jnp.where(closes, pc_B + 1 + skip_B, pc_B), pc_B + 1)
         )
+        since_B = jnp.where(pc_B == old_pc_B, since_B + 1, 0)
         lw_B = lw_B + inc_B
         logits_Bx1xV, carry = call(
             token_B[:, None], carry, None if cond_BxC is None else cond_BxC[:, None]
@@ -300,10 +409,12 @@ def run_smc(
         logz_G = logz_G + jnp.where(need_G, lse_G - jnp.log(n), 0.0)
         lw_B = jnp.where(jnp.repeat(need_G, n), 0.0, lw_B[anc_B])
         carry = jax.tree.map(lambda x: x[anc_B], carry)
-        logits_BxV, state_B, pc_B, units_B = (
-            x[anc_B] for x in (logits_BxV, state_B, pc_B, units_B)
+        logits_BxV, state_B, pc_B, units_B, since_B = (
+            x[anc_B] for x in (logits_BxV, state_B, pc_B, units_B, since_B)
         )
-        new_loop = (carry, logits_BxV, state_B, pc_B, units_B, lw_B, logz_G)
+        if voices is not None:
+            voices = (*voices[:3], voices[3][anc_B], voices[4][anc_B], voices[5])
+        new_loop = (carry, logits_BxV, state_B, pc_B, units_B, since_B, lw_B, logz_G, voices)
         return new_loop, (token_B, anc_B, ess_G, need_G)
 
     init = (
@@ -312,11 +423,13 @@ def run_smc(
         rep(grammar_state_G.astype(jnp.int32)),
         jnp.zeros(b, jnp.int32),
         rep(units_G.astype(jnp.float32)),
+        jnp.zeros(b, jnp.int32),
         jnp.zeros(b, jnp.float32),
         jnp.zeros(g, jnp.float32),
+        voices,
     )
     xs = (jnp.arange(num_steps), jax.random.split(rng, num_steps))
-    (_, _, _, pc_B, _, lw_B, logz_G), (tok_TxB, anc_TxB, ess_TxG, res_TxG) = jax.lax.scan(
+    (_, _, _, pc_B, _, _, lw_B, logz_G, _), (tok_TxB, anc_TxB, ess_TxG, res_TxG) = jax.lax.scan(
         body, init, xs
     )
 

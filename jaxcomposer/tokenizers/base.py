@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 
 from jaxcomposer.config_lib import TokenizerConfig
-from jaxcomposer.core.errors import Failure
+from jaxcomposer.core.errors import Failure, UsageError
 from jaxcomposer.music.notes import Notes, Piece, TimeSignature
-from jaxcomposer.tokenizers.geometry import BarCounter
+from jaxcomposer.tokenizers.geometry import BarCounter, MelodyTemplate
 from jaxcomposer.tokenizers.grammar import Grammar
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
 
@@ -191,6 +191,21 @@ class Tokenizer(abc.ABC):
         if self.time_unit != "beat":
             raise NotImplementedError(f"{type(self).__name__} must map piece beats to its clock")
         return np.asarray(beats, np.float64)
+
+    # --- constraints (sample/constraints.py) ---------------------------------------------------
+    def melody_template(self, piece: Piece) -> MelodyTemplate:
+        """How these tokens write music whose top voice is `piece`'s melody (the top voice of its
+        notes on this tokenizer's grid, `geometry.skyline`), with every other note the model's
+        and beginning below the melody. Raises UsageError when the tokens cannot hold a melody
+        fixed under free voices (this default), EncodingError for notes they cannot hold."""
+        raise UsageError(
+            f"the {self.name} tokenizer cannot hold a melody fixed under free voices "
+            "(--melody needs tokens that write the top voice apart, e.g. voices or event)"
+        )
+
+    def meter_token_mask(self) -> np.ndarray:
+        """bool (V,): tokens that set the meter (e.g. TIMESIG); none by default."""
+        return np.zeros(self.vocab.size, bool)
 
     def _grammar_starts(self, tokens: np.ndarray) -> np.ndarray:
         """bool (n,): the grammar is in its start-of-piece state before token i."""

@@ -17,6 +17,8 @@ number of grid steps.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from jaxcomposer.music.notes import DEFAULT_VELOCITY, Notes, Piece, TimeSignature, grid_round
@@ -27,7 +29,15 @@ from jaxcomposer.tokenizers.common import (
     pitch_range_classes,
     shift_pitch_index,
 )
-from jaxcomposer.tokenizers.geometry import BarCounter, bar_lines_of
+from jaxcomposer.tokenizers.geometry import (
+    GIVEN,
+    OPEN,
+    BarCounter,
+    MelodyTemplate,
+    TokenSets,
+    bar_lines_of,
+    skyline,
+)
 from jaxcomposer.tokenizers.grammar import Grammar, GrammarBuilder, allow_eos
 from jaxcomposer.tokenizers.vocab import Vocab, make_vocab
 
@@ -226,6 +236,74 @@ class EventTokenizer(Tokenizer):
         decoded = notes_from_steps(arr[:, 0], arr[:, 1], arr[:, 2], c.steps_per_beat, arr[:, 3])
         end = 0 if bar_start is None else bar_start + self._bar_length(meter)
         return Decoded(decoded, 0, end / c.steps_per_beat, None, tuple(changes))
+
+    # --- constraints ---------------------------------------------------------------------------
+    def melody_template(self, piece: Piece) -> MelodyTemplate:
+        """The melody's own tokens (BAR, TIMESIG, POSITION, PITCH, DURATION[, VELOCITY]) are
+        given; before each POSITION, PITCH and BAR of it an OPEN stretch lets the model write
+        notes under it: before POSITION(q) notes at the positions between the previous melody
+        onset and q, before the melody's PITCH(m) lower notes at its own position, before a BAR
+        notes in the rest of the bar; every free PITCH lies below the melody notes on either
+        side of its stretch (below m at m's own position). No BAR, TIMESIG or EOS is free, so
+        the bars and meters are the melody's. A BAR after the last bar closes the last stretch
+        (`drop_last` = 1)."""
+        c, v = self.config, self.vocab
+        pitch, start, end = checked_grid(self, piece)
+        kept, end = skyline(pitch, start, end)
+        spb = c.steps_per_beat
+        notes = piece.notes[kept]
+        melody_piece = dataclasses.replace(
+            piece,
+            notes=Notes(notes.pitch, start[kept] / spb, end / spb, notes.velocity, notes.program,
+                        notes.is_drum, np.zeros(kept.size, np.int8)),
+        )  # fmt: skip
+        tokens = self.encode(melody_piece)
+        names = [name for name, _ in v.ranges]
+        range_of, index_of = v.range_of(), v.index_of()
+        is_pitch = np.zeros(v.size, bool)
+        is_pitch[v.range_ids("PITCH")] = True
+        below = np.zeros(v.size, bool)  # DURATION and VELOCITY: the rest of a free note
+        below[v.range_ids("DURATION")] = True
+        if c.num_velocity_bins:
+            below[v.range_ids("VELOCITY")] = True
+        position_ids = v.range_ids("POSITION")
+        pitch_index = np.arange(v.size) - v.offset("PITCH")
+        mel = [int(index_of[t]) for t in tokens.tolist() if names[range_of[t]] == "PITCH"]
+        sets = TokenSets(v.size)
+        kinds, toks, rows = [], [], []
+
+        def open_before(marker: int, ceiling: int, positions=()) -> None:
+            allowed = below | (is_pitch & (pitch_index < ceiling))
+            allowed[position_ids[list(positions)]] = True
+            allowed[marker] = True
+            kinds.append(OPEN), toks.append(-1), rows.append(sets.add(allowed))
+
+        bar_len, last_pos, k = self.positions, -1, 0  # k: melody notes given so far
+        ceiling = lambda: min(mel[max(k - 1, 0)], mel[min(k, len(mel) - 1)])
+        for t in [*tokens.tolist(), v.token("BAR")]:
+            kind, index = names[range_of[t]], int(index_of[t])
+            if kind == "BAR" and (kinds or k):
+                open_before(t, ceiling(), range(last_pos + 1, bar_len))
+                last_pos = -1
+            elif kind == "TIMESIG":
+                n, d = self.meter_table[index]
+                bar_len = n * 4 * spb // d
+            elif kind == "POSITION":
+                open_before(t, ceiling(), range(last_pos + 1, index))
+                last_pos = index
+            elif kind == "PITCH":
+                open_before(t, index)
+                k += 1
+            kinds.append(GIVEN), toks.append(t), rows.append(0)
+        return MelodyTemplate(
+            np.asarray(kinds, np.int8), np.asarray(toks, np.int32), np.asarray(rows, np.int32),
+            sets.table(), self.quantize(melody_piece), drop_last=1,
+        )  # fmt: skip
+
+    def meter_token_mask(self) -> np.ndarray:
+        mask = np.zeros(self.vocab.size, bool)
+        mask[self.vocab.range_ids("TIMESIG")] = True
+        return mask
 
     # --- geometry --------------------------------------------------------------------------
     time_unit = "beat"

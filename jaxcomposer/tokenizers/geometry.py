@@ -77,3 +77,68 @@ def nominal_bar_lines(beats: float) -> np.ndarray:
     """float64: the 4/4 bar lines from 0 through the first at or after `beats` (tokens that
     carry no meter)."""
     return bar_lines_of((), beats)
+
+
+# --- a melody held fixed under free voices (sample/constraints.py) ----------------------------
+GIVEN, FREE_TOKEN, OPEN = 0, 1, 2  # MelodyTemplate item kinds
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MelodyTemplate:
+    """How a tokenizer writes music whose top voice is a given melody: K items, in token order.
+
+    kind_K int8: GIVEN (the token `token_K[k]`, fixed), FREE_TOKEN (one token of the model's
+    choice from row `set_K[k]` of `allow_MxV`), OPEN (any number of tokens from that row, ended
+    by the next item's token, which must be GIVEN and lie in the row); token_K int32 (-1 where
+    not GIVEN); set_K int32 (0 = any token); allow_MxV bool (M, V), row 0 all True.
+    `melody`: the given notes exactly as the tokens hold them (grid, monophonic, the tokenizer's
+    caps). `drop_last`: scaffolding tokens at the end that close the last stretch (e.g. an event
+    BAR after the last bar), to be dropped from every sample."""
+
+    kind_K: np.ndarray
+    token_K: np.ndarray
+    set_K: np.ndarray
+    allow_MxV: np.ndarray
+    melody: object  # notes.Notes
+    drop_last: int = 0
+
+
+class TokenSets:
+    """Rows of a MelodyTemplate's allow_MxV, made once per distinct set (row 0: all tokens)."""
+
+    def __init__(self, vocab_size: int):
+        self.rows: list[np.ndarray] = [np.ones(vocab_size, bool)]
+        self.index: dict[bytes, int] = {self.rows[0].tobytes(): 0}
+
+    def add(self, allowed_V: np.ndarray) -> int:
+        key = np.asarray(allowed_V, bool).tobytes()
+        if key not in self.index:
+            self.index[key] = len(self.rows)
+            self.rows.append(np.asarray(allowed_V, bool).copy())
+        return self.index[key]
+
+    def table(self) -> np.ndarray:
+        return np.stack(self.rows)
+
+
+def skyline(pitch: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The top voice of notes on a grid (int64 (N,) pitch, start and end steps): (kept note
+    indices int64, by start; their end steps, each cut at the next kept onset). Onset by onset,
+    the highest note starting there is kept unless a higher or equal kept note still sounds
+    (then it lies under the melody); a kept note ends where the next kept one begins."""
+    order = np.lexsort((-pitch, start))
+    kept: list[int] = []
+    ends: list[int] = []
+    last_step = None
+    for i in order.tolist():
+        s = int(start[i])
+        if s == last_step:
+            continue  # a lower note of the same onset
+        last_step = s
+        if kept and ends[-1] > s and int(pitch[kept[-1]]) >= int(pitch[i]):
+            continue  # under a melody note that still sounds
+        if kept:
+            ends[-1] = min(ends[-1], s)
+        kept.append(i)
+        ends.append(int(end[i]))
+    return np.asarray(kept, np.int64), np.asarray(ends, np.int64)

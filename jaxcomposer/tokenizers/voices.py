@@ -49,7 +49,14 @@ from jaxcomposer.music.notes import Notes, Piece, TimeSignature
 from jaxcomposer.tokenizers.base import Decoded, Tokenizer, VoiceTables
 from jaxcomposer.tokenizers.common import checked_grid, notes_from_steps, shift_pitch_index
 from jaxcomposer.tokenizers.event import bar_grid, time_signature_table
-from jaxcomposer.tokenizers.geometry import BarCounter
+from jaxcomposer.tokenizers.geometry import (
+    FREE_TOKEN,
+    GIVEN,
+    BarCounter,
+    MelodyTemplate,
+    TokenSets,
+    skyline,
+)
 from jaxcomposer.tokenizers.grammar import END_STATE, START_STATE, Grammar
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab, make_vocab
 
@@ -329,10 +336,16 @@ class VoicesTokenizer(Tokenizer):
         return starts, changes[meter]
 
     def encode_counted(self, piece: Piece) -> tuple[np.ndarray, dict[str, int]]:
-        c, v = self.config, self.vocab
         pitch, start, end, voice, counts = self._voiced(piece)
         if not pitch.size:
             return np.zeros(0, np.int32), counts
+        return self._grid_tokens(piece, pitch, start, end, voice)[0], counts
+
+    def _grid_tokens(self, piece, pitch, start, end, voice) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens int32, voice of each token int64: -1 for BAR/TIMESIG) of voiced grid notes
+        (int64 arrays, sorted by voice then start, each voice monophonic); bars from `piece`'s
+        meters, through the bar holding the last sounding step."""
+        c, v = self.config, self.vocab
         bar_start, bar_meter = self._bars(piece, int(end.max()) - 1)
         total = int(bar_start[-1] + self.bar_steps[bar_meter[-1]])
         grid_TxV = np.repeat(self._rest_U[None, :], total, axis=0)
@@ -343,12 +356,47 @@ class VoicesTokenizer(Tokenizer):
         values = self._hold_U[cols]
         values[first] = self._note_offset_U[voice] + pitch - c.pitch_min
         grid_TxV[rows, cols] = values
-        parts = []
+        parts, voices = [], []
         bar_end = np.r_[bar_start[1:], total]
         for b in range(bar_start.size):
             parts.append([v.token("BAR"), v.offset("TIMESIG") + bar_meter[b]])
             parts.append(grid_TxV[bar_start[b] : bar_end[b]].reshape(-1))
-        return np.concatenate(parts).astype(np.int32), counts
+            voices += [[-1, -1], np.tile(np.arange(c.num_voices), bar_end[b] - bar_start[b])]
+        return np.concatenate(parts).astype(np.int32), np.concatenate(voices).astype(np.int64)
+
+    def melody_template(self, piece: Piece) -> MelodyTemplate:
+        """The melody is the soprano (voice 0): its NOTE/HOLD/REST token at every grid step is
+        given, as are BAR and TIMESIG (the melody's meter); each lower voice's token is free,
+        from a set without NOTE tokens above the soprano pitch sounding at that step (at a
+        soprano rest: the last soprano pitch)."""
+        c = self.config
+        pitch, start, end = checked_grid(self, piece)
+        kept, end = skyline(pitch, start, end)
+        pitch, start = pitch[kept], start[kept]
+        voice = np.zeros(kept.size, np.int64)
+        tokens, voice_T = self._grid_tokens(piece, pitch, start, end, voice)
+        sets = TokenSets(self.vocab.size)
+        is_note = self._kind_V == 1
+        # the soprano pitch in force at each grid step (sounding, else the latest one)
+        steps = int((voice_T == 0).sum())
+        on = np.full(steps, -1, np.int64)
+        for p, s in zip(pitch.tolist(), start.tolist(), strict=True):
+            on[s:] = p
+        on = np.where(on < 0, pitch[0], on)
+        row_of = {p: sets.add(~(is_note & (self._pitch_V > p))) for p in np.unique(on).tolist()}
+        step_T = np.cumsum(voice_T == 0) - 1
+        kind = np.where(voice_T <= 0, GIVEN, FREE_TOKEN).astype(np.int8)
+        set_K = np.where(voice_T > 0, [row_of[int(on[max(s, 0)])] for s in step_T], 0)
+        melody = _with_voice(notes_from_steps(pitch, start, end, c.steps_per_beat), voice)
+        return MelodyTemplate(
+            kind, np.where(kind == GIVEN, tokens, -1).astype(np.int32),
+            set_K.astype(np.int32), sets.table(), melody,
+        )  # fmt: skip
+
+    def meter_token_mask(self) -> np.ndarray:
+        mask = np.zeros(self.vocab.size, bool)
+        mask[self.vocab.range_ids("TIMESIG")] = True
+        return mask
 
     def quantize(self, piece: Piece) -> Notes:
         """Grid onsets and ends, each voice monophonic (notes cut at their voice's next onset),
