@@ -4,6 +4,11 @@ Per step: the model's step function (the same `apply` that training uses, with L
 previous carry) gives logits; a repetition penalty, the grammar mask and the decoder rule are
 applied; the chosen token and the grammar state advance. No window is re-read per step, which is
 what made the original project's generation slow (`model.predict` on 100 notes for every note).
+
+One loop (`_decode`) runs every sampler: `sample` (the LSTM carry), `sample_sliding` (the
+original's fixed window, re-read from a zero state) and `sample_keyed` (a key schedule and scale
+rule) are adapters that say only how the model reads the chosen token. The rules on top of the
+grammar (held keys, the held meter, the parallels rule) are carried state of that loop.
 """
 
 from __future__ import annotations
@@ -250,6 +255,28 @@ def _token_counts(tokens_BxP, vocab_size: int):
     return jax.vmap(lambda row: jnp.bincount(row, length=vocab_size))(tokens_BxP)
 
 
+def _decode(model_step, model_state, logits_BxV, state_B, counts_BxV, rng, next_state_SxV,
+            settings, num_steps, rules, scale_for=None):  # fmt: skip
+    """The one sampling loop under every sampler: `num_steps` times, `_advance` chooses a token
+    from `logits_BxV` under the grammar and the rules, then `model_step(model_state, token_B)
+    -> (logits_BxV, model_state)` reads it. `rules = (held, meter, voices)`;
+    `scale_for(model_state)` gives the step's scale rule (None: no rule). Returns (tokens int32
+    (N, B), the scale rule's diagnostics stacked over steps (None without one))."""
+
+    def body(loop, step_rng):
+        model_state, logits_BxV, state_B, counts_BxV, rules = loop
+        scale = None if scale_for is None else scale_for(model_state)
+        token_B, state_B, counts_BxV, *rules, diagnostics = _advance(
+            logits_BxV, state_B, counts_BxV, step_rng, next_state_SxV, settings, scale, *rules
+        )
+        logits_BxV, model_state = model_step(model_state, token_B)
+        return (model_state, logits_BxV, state_B, counts_BxV, tuple(rules)), (token_B, diagnostics)
+
+    init = (model_state, logits_BxV, state_B.astype(jnp.int32), counts_BxV, tuple(rules))
+    _, (tokens_NxB, diagnostics) = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
+    return tokens_NxB, diagnostics
+
+
 @functools.partial(jax.jit, static_argnames=("step_fn", "num_steps", "settings"))
 def sample(
     variables: Any,
@@ -275,19 +302,15 @@ def sample(
     """
     logits_BxPxV, carry = step_fn(variables, primer_BxP, None)  # the whole primer in one scan
 
-    def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts, held, meter, voices = loop
-        token_B, state_B, counts, held, meter, voices, _ = _advance(
-            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, held=held,
-            meter=meter, voices=voices,
-        )  # fmt: skip
+    def model_step(carry, token_B):
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry)
-        return (carry, logits_Bx1xV[:, -1], state_B, counts, held, meter, voices), token_B
+        return logits_Bx1xV[:, -1], carry
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts, held, meter,
-            voices)  # fmt: skip
-    _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
+    tokens_NxB, _ = _decode(
+        model_step, carry, logits_BxPxV[:, -1], grammar_state_B, counts, rng, next_state_SxV,
+        settings, num_steps, (held, meter, voices),
+    )  # fmt: skip
     return tokens_NxB.T
 
 
@@ -312,19 +335,17 @@ def sample_sliding(
     pad = jnp.zeros((primer_BxP.shape[0], max(window - primer_BxP.shape[1], 0)), jnp.int32)
     buffer_BxW = jnp.concatenate([pad, primer_BxP.astype(jnp.int32)], axis=1)[:, -window:]
 
-    def body(loop, step_rng):
-        buffer_BxW, state_B, counts, held, meter, voices = loop
-        logits_BxWxV, _ = step_fn(variables, buffer_BxW, None)
-        token_B, state_B, counts, held, meter, voices, _ = _advance(
-            logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings, held=held,
-            meter=meter, voices=voices,
-        )  # fmt: skip
-        buffer_BxW = jnp.concatenate([buffer_BxW[:, 1:], token_B[:, None]], axis=1)
-        return (buffer_BxW, state_B, counts, held, meter, voices), token_B
+    def model_step(buffer_BxW, token_B):
+        if token_B is not None:
+            buffer_BxW = jnp.concatenate([buffer_BxW[:, 1:], token_B[:, None]], axis=1)
+        return step_fn(variables, buffer_BxW, None)[0][:, -1], buffer_BxW
 
+    logits_BxV, buffer_BxW = model_step(buffer_BxW, None)
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts, held, meter, voices)
-    _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
+    tokens_NxB, _ = _decode(
+        model_step, buffer_BxW, logits_BxV, grammar_state_B, counts, rng, next_state_SxV,
+        settings, num_steps, (held, meter, voices),
+    )  # fmt: skip
     return tokens_NxB.T
 
 
@@ -469,39 +490,33 @@ def sample_keyed(
     key_B = _key_of(inputs.units_B - inputs.advance_V[last_B], incl_V[last_B], inputs, ks)
     temp = settings.temperature if settings.decoder == "temperature" else 1.0
 
-    def scale_for(key_B):
-        """The scale rule in `key_B`; its diagnostics are (removed_B, pitch_step_B)."""
+    def scale_for(model_state):
+        """The scale rule in the key of the latest input; its diagnostics are (removed_B,
+        pitch_step_B)."""
 
         def apply(logits, allowed):
-            new, removed, pitch = scale_constraint(logits, allowed, key_B, inputs, ks, temp)
+            new, removed, pitch = scale_constraint(
+                logits, allowed, model_state[2], inputs, ks, temp
+            )
             return new, (removed, pitch)
 
         return apply
 
-    def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts, units_B, key_B, held, meter, voices = loop
-        token_B, state_B, counts, held, meter, voices, (removed_B, pitch_B) = _advance(
-            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings,
-            scale_for(key_B), held, meter, voices,
-        )  # fmt: skip
+    def model_step(model_state, token_B):
+        carry, units_B, _ = model_state
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
         units_B = units_B + inputs.advance_V[token_B]
         cond = None
         if ks.spec.dim:
             cond = conditioning.vector(ks.spec, key_B, inputs.styles_B, xp=jnp)[:, None, :]
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry, cond)
-        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held, meter,
-                    voices)  # fmt: skip
-        return new_loop, (token_B, removed_B, pitch_B)
+        return logits_Bx1xV[:, -1], (carry, units_B, key_B)
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (
-        carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts,
-        inputs.units_B, key_B, held, meter, voices,
+    tokens_NxB, (removed_NxB, pitch_NxB) = _decode(
+        model_step, (carry, inputs.units_B, key_B), logits_BxPxV[:, -1], grammar_state_B, counts,
+        rng, next_state_SxV, settings, num_steps, (held, meter, voices), scale_for,
     )  # fmt: skip
-    _, (tokens_NxB, removed_NxB, pitch_NxB) = jax.lax.scan(
-        body, init, jax.random.split(rng, num_steps)
-    )
     return tokens_NxB.T, removed_NxB.T, pitch_NxB.T
 
 
