@@ -371,11 +371,12 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
         raise WorkdirError(f"{directory}: no fine-tuned checkpoints (run --mode=finetune)")
     directory = directory or checkpoint_dir(workdir)
     manager = checkpoints.make_manager(directory, config.train.keep_best, read_only=True)
-    try:
-        step = checkpoints.choose_step(manager, which)
+    expected = checkpoints.abstract_variables(model, config.train.seq_len)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def restore_step(step: int) -> dict:
         stored = manager.item_metadata(step)["state"]
         stored = getattr(stored, "tree", stored)
-        expected = checkpoints.abstract_variables(model, config.train.seq_len)
         where = os.path.join(str(manager.directory), str(step))
         checkpoints.check_shapes(
             expected.get("params", {}), stored["params"], f"checkpoint {where} params"
@@ -385,11 +386,15 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
             stored.get("batch_stats", {}),
             f"checkpoint {where} batch_stats",
         )
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored
         )
-        state, _ = checkpoints.restore(manager, step, target)
+        return checkpoints.restore(manager, step, target)[0]
+
+    try:
+        # A damaged checkpoint (checkpoints.verify, or a restore that raises) falls back to the
+        # newest readable one, with a warning naming both steps.
+        step, state = checkpoints.restore_readable(manager, which, restore_step)
     finally:
         manager.close()
     variables = {"params": state["params"]}
