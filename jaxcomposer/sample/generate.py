@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 
 import jax
@@ -19,7 +18,6 @@ from absl import logging
 
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import SampleConfig
-from jaxcomposer.core import atomic
 from jaxcomposer.model import StepFunction
 from jaxcomposer.music.notes import Notes
 from jaxcomposer.render import gallery, outputs
@@ -40,22 +38,6 @@ def decoder_settings(sample: SampleConfig) -> sampler.DecoderSettings:
     )
 
 
-SAMPLE_FILE = re.compile(r"^sample_\d+([-.].*)?$")  # the files render_sample writes
-
-
-def remove_earlier_samples(out_dir: str) -> int:
-    """Removes an earlier run's samples (sample_NN*, samples.json, index.html) from out_dir, so
-    the folder never mixes two runs (a later `--samples` evaluation would score them all);
-    other files stay. Returns how many files were removed, and says so."""
-    names = [n for n in os.listdir(out_dir) if SAMPLE_FILE.match(n)]
-    names += [n for n in ("samples.json", "index.html") if os.path.exists(os.path.join(out_dir, n))]
-    for name in names:
-        os.remove(os.path.join(out_dir, name))
-    if names:
-        logging.warning("replaced the earlier samples in %s (%d files)", out_dir, len(names))
-    return len(names)
-
-
 def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None) -> dict:
     """render_sample's score_notes/score_qpm for notes played in real time (beats of
     `decoded_qpm`): a beat grid estimated from the onsets (tempo given by `score_qpm` if set)."""
@@ -69,6 +51,7 @@ def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None)
     }
 
 
+@outputs.closes_sample_sets  # an unfinished set's staging folder and lock go on any error
 def generate(
     workdir: str,
     *,
@@ -98,9 +81,10 @@ def generate(
     default_out = os.path.join(workdir, "samples")
     if restored.source == "finetuned":  # never overwrite the pretrained model's samples
         default_out = os.path.join(workdir_lib.finetune_dir(workdir), "samples")
-    out_dir = os.path.abspath(out_dir or default_out)
-    os.makedirs(out_dir, exist_ok=True)
-    remove_earlier_samples(out_dir)
+    # The new set is rendered into a staging folder and swapped in whole at the end; only the
+    # files the previous samples.json lists are replaced (render/outputs.py).
+    sample_set = outputs.SampleSet(out_dir or default_out)
+    out_dir, staging = sample_set.out_dir, sample_set.staging
     primer_notes = [None] * sample.num_samples
     if sample.primer == "none":
         primers = np.full((sample.num_samples, 1), BOS, np.int32)
@@ -155,7 +139,7 @@ def generate(
         if tokenizer.decoded_qpm:
             grid = performance_score(notes, tokenizer.decoded_qpm, score_qpm)
         info = outputs.render_sample(
-            out_dir,
+            staging,
             stem,
             notes,
             title=f"jaxcomposer sample {i + 1} (seed {seed})",
@@ -214,10 +198,9 @@ def generate(
         bar_counting=tokenizer.bar_counter().note,
         sample_seconds=round(sample_seconds, 3),
     )
-    atomic.write_json(
-        os.path.join(out_dir, "samples.json"), {"settings": settings_info, "samples": results}
-    )
     index = gallery.write_gallery(
-        out_dir, results, title="jaxcomposer samples", settings=settings_info
+        staging, results, title="jaxcomposer samples", settings=settings_info, home=out_dir
     )
+    sample_set.commit({"settings": settings_info, "samples": results})
+    index = os.path.join(out_dir, os.path.basename(index))
     return {"out_dir": out_dir, "index": index, "samples": results, "settings": settings_info}
