@@ -11,6 +11,8 @@ imported inside the functions (start-up cost; see workdir_lib.py).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -131,7 +133,8 @@ def close_manager(manager) -> None:
     preservation policy moved to `deleted/` meanwhile. `save` empties that folder only before
     each save, so without this the checkpoint dropped by the last save stayed there (a third
     of the folder after a run with one best and one latest checkpoint)."""
-    manager.close()
+    with _write_errors(str(manager.directory)):
+        manager.close()
     empty_trash(str(manager.directory))
     seal(str(manager.directory))
 
@@ -147,18 +150,90 @@ def save(
     import orbax.checkpoint as ocp
 
     metrics = None if val_loss is None else {METRIC: float(val_loss)}
-    manager.wait_until_finished()  # orbax waits for the previous save anyway; then seal it
-    seal(str(manager.directory))
-    empty_trash(str(manager.directory))
-    manager.save(
-        int(step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state_tree),
-            meta=ocp.args.JsonSave(atomic.to_jsonable(meta)),
-        ),
-        metrics=metrics,
-        force=True,
-    )
+    directory = str(manager.directory)
+    with _write_errors(directory):
+        manager.wait_until_finished()  # orbax waits for the previous save anyway; then seal it
+    seal(directory)
+    empty_trash(directory)
+    check_space(directory, step, state_tree)
+    with _write_errors(directory):
+        manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state_tree),
+                meta=ocp.args.JsonSave(atomic.to_jsonable(meta)),
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+
+# tensorstore's words for ENOSPC / EDQUOT and EACCES / EROFS inside orbax's exceptions
+_NO_SPACE = ("RESOURCE_EXHAUSTED", "No space left", "Disk quota exceeded")
+_NO_PERMISSION = ("PERMISSION_DENIED", "Permission denied", "Read-only file system")
+
+
+@contextlib.contextmanager
+def _write_errors(directory: str):
+    """Turns orbax's exceptions for a full disk or a folder it may not write into one
+    WorkdirError naming the folder (orbax raises them from its threads, wrapped)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - classified by their text; anything else re-raised
+        text = f"{e} {e.__cause__ or ''}"
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "no space left on the device"
+        elif isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = "permission denied"
+        elif any(word in text for word in _NO_SPACE):
+            why = "no space left on the device"
+        elif any(word in text for word in _NO_PERMISSION):
+            why = "permission denied"
+        else:
+            raise
+        raise CheckpointWriteError(
+            f"{directory}: cannot write a checkpoint ({why}); {_kept(_finished_steps(directory))}"
+        ) from None
+
+
+def _kept(steps: list[int]) -> str:
+    if not steps:
+        return "no checkpoint was written yet"
+    return f"the earlier checkpoints (steps {', '.join(map(str, steps))}) are kept"
+
+
+class CheckpointWriteError(WorkdirError):
+    """A checkpoint cannot be written (no space, no permission)."""
+
+
+def _tree_bytes(tree: Any) -> int:
+    import jax
+
+    return sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(tree))
+
+
+def _folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, rel)) for rel in _files(folder))
+
+
+def check_space(directory: str, step: int, state_tree: Any) -> None:
+    """Raises CheckpointWriteError before a save that the free space of `directory`'s
+    filesystem cannot hold: orbax writes in background threads, and a disk filling up mid-way
+    ended in hundreds of lines of tracebacks from them. Needed: the larger of the state's
+    bytes and the newest checkpoint's size, plus a quarter and 256 kB (orbax's metadata)."""
+    steps = _finished_steps(directory)
+    last = _folder_bytes(os.path.join(directory, str(steps[-1]))) if steps else 0
+    need = int(max(_tree_bytes(state_tree), last) * 1.25) + (256 << 10)
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < need:
+        raise CheckpointWriteError(
+            f"{directory}: no space for the checkpoint of step {int(step)} (about "
+            f"{need / 1e6:.2f} MB needed, {free / 1e6:.2f} MB free); {_kept(steps)}"
+        )
 
 
 def restore(manager, step: int, abstract_state: Any) -> tuple[Any, dict]:
