@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -125,11 +126,19 @@ def train_lock(workdir: str) -> Iterator[dict]:
     by SIGKILL, so a killed run never leaves the workdir stuck. The holder writes its pid, host
     and start time into the file for the refusal message. On a network filesystem without
     flock support the lock is skipped with a warning. Raises WorkdirBusyError when another live
-    process holds it. Yields the holder record written.
+    process holds it, WorkdirError when the lock file is a symbolic link (it is opened with
+    O_NOFOLLOW). Yields the holder record written.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # O_NOFOLLOW: a symbolic link planted as the lock would have us truncate its target
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WorkdirError(
+                f"{path}: is a symbolic link; the training lock must be a plain file (remove it)"
+            ) from None
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -299,9 +299,11 @@ def _parse_quantized(notes: Notes, *, qpm: float, meters, keys, **midi_options):
         midi_io.write_midi(
             midi_path, notes, qpm=qpm, time_signatures=meters, key_signatures=keys, **midi_options
         )
+        # forceSource/storePickle: never music21's pickle cache (see data/corpus.read_score).
         return converter.parse(
-            midi_path, format="midi", quantizePost=True, quarterLengthDivisors=(4, 3)
-        )
+            midi_path, format="midi", quantizePost=True, quarterLengthDivisors=(4, 3),
+            forceSource=True, storePickle=False,
+        )  # fmt: skip
 
 
 def _strip(score) -> None:
