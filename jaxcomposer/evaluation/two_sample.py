@@ -173,7 +173,7 @@ _all_fold_scores = jax.jit(
 def _balanced_accuracies(x_NxF, labels_PxN, folds_PxRxN, n_folds, l2, steps) -> np.ndarray:
     """float64[P, R]: balanced accuracy of each repeat, for P label vectors (P - 1 permuted)."""
     p, r, n = folds_PxRxN.shape
-    tests = folds_PxRxN[:, :, None, :] == np.arange(n_folds)[None, None, :, None]
+    tests = (folds_PxRxN[:, :, None, :] == np.arange(n_folds)[None, None, :, None])
     ys = np.broadcast_to(labels_PxN[:, None, None, :], tests.shape)
     pos, neg = jax.device_get(
         _all_fold_scores(
