@@ -41,8 +41,14 @@ def named(error: BaseException, path: str) -> None:
 def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as e:  # a read-only or full folder: name `path`, not the temporary file
+        named(e, path)
+        raise
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; user files get the usual permissions
     try:
