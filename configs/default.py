@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.style = ""  # key+style models: a training style; "" = drawn
     c.sample.scale = "off"  # strict | soft | off
     c.sample.scale_penalty = 1.5  # soft: nats off out-of-scale pitch logits (README: why 1.5)
+    c.sample.meter = "hold"  # hold | free | 3/4...: hold the primer's (else the first) meter
 
     # --mode=finetune: reward fine-tuning with a KL penalty (paper section 8.2; Jaques et al. 2017)
     c.finetune = ml_collections.ConfigDict()

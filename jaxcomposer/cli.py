@@ -41,6 +41,7 @@ _SAMPLE_FLAGS = (
     "style",
     "scale",
     "scale_penalty",
+    "meter",
 )
 
 
@@ -56,6 +57,10 @@ def sample_overrides() -> dict:
 _FLAG_MODES = {
     **{name: ("generate",) for name in _SAMPLE_FLAGS + ("out_dir", "primer_midi", "seed")},
     "score_qpm": ("generate",),
+    "qpm": ("generate",),
+    "soundfont": ("generate", "serve"),
+    "host": ("serve",),
+    "port": ("serve",),
     "checkpoint": ("generate", "evaluate"),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
@@ -98,6 +103,20 @@ def check_flags(mode: str) -> list[str]:
             raise UsageError(f"--{name}={value}: must be >= {flag_value}")
     if FLAGS.score_qpm is not None and FLAGS.score_qpm <= 0:
         raise UsageError(f"--score_qpm={FLAGS.score_qpm}: must be > 0 (leave it out to estimate)")
+    if FLAGS.qpm is not None and not 1 <= FLAGS.qpm <= 1000:
+        raise UsageError(f"--qpm={FLAGS.qpm}: must be in [1, 1000] quarter notes per minute")
+    if FLAGS.soundfont is not None:
+        from jaxcomposer.render import audio
+
+        problem = audio.soundfont_file_problem(FLAGS.soundfont)
+        if problem is not None:
+            raise UsageError(f"--soundfont {FLAGS.soundfont}: {problem}")
+    if mode == "serve":
+        for workdir in serve_workdirs():
+            if not os.path.isdir(workdir):
+                raise UsageError(f"--workdir {workdir}: no such folder (train a model there)")
+    elif len(WORKDIRS) > 1:
+        raise UsageError(f"--workdir given {len(WORKDIRS)} times: only --mode=serve takes several")
     if mode in ("generate", "evaluate", "finetune") and not os.path.isdir(FLAGS.workdir):
         raise UsageError(f"--workdir {FLAGS.workdir}: no such folder (train a model there first)")
     warnings = []
@@ -113,6 +132,37 @@ def check_flags(mode: str) -> list[str]:
         if given and mode != "all" and mode not in modes:
             warnings.append(f"--{name} is ignored by --mode={mode} (it is for {'/'.join(modes)})")
     return warnings
+
+
+WORKDIRS: list[str] = []  # every --workdir value on the command line, in order (parse_flags)
+
+
+def serve_workdirs() -> list[str]:
+    """--mode=serve's workdirs: every --workdir given (each may be a comma-separated list), in
+    order, without repeats; the flag's default when none was given."""
+    given = WORKDIRS or [FLAGS.workdir]
+    out: list[str] = []
+    for value in given:
+        for part in value.split(","):
+            if part.strip() and part.strip() not in out:
+                out.append(part.strip())
+    return out
+
+
+def _collect_workdirs(argv: list[str]) -> list[str]:
+    """The values of every --workdir=V / --workdir V in argv (absl keeps only the last)."""
+    values, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        if arg.startswith("--workdir="):
+            values.append(arg[len("--workdir=") :])
+        elif arg == "--workdir" and i + 1 < len(argv):
+            values.append(argv[i + 1])
+            i += 1
+        i += 1
+    return values
 
 
 def check_ensemble(workdir: str, members: list[str]) -> None:
@@ -229,9 +279,54 @@ def main_reporting_errors(main, argv: list[str]) -> None:
         sys.exit(code)
 
 
+def builtin_config(name: str) -> str | None:
+    """The file of built-in config `name` ("quick" -> .../configs/quick.py) from the `configs`
+    package (the checkout's, or the one `pip install .` put in site-packages), or None."""
+    import importlib.util
+
+    if not name.isidentifier() or name.startswith("_"):
+        return None
+    try:
+        spec = importlib.util.find_spec("configs")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, f"{name}.py")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def resolve_config_name(argv: list[str]) -> list[str]:
+    """argv with `--config=NAME` (a built-in config's name, e.g. quick) replaced by its file;
+    a path (`--config=configs/quick.py`, any existing file) is left as it is."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg.startswith("--config="):
+            value, where = arg[len("--config=") :], "="
+        elif arg == "--config" and i + 1 < len(out):
+            value, where = out[i + 1], " "
+        else:
+            continue
+        name, colon, rest = value.partition(":")  # ml_collections: FILE:ARGUMENT
+        if os.path.exists(name) or os.sep in name or name.endswith(".py"):
+            continue
+        path = builtin_config(name)
+        if path is not None:
+            if where == "=":
+                out[i] = f"--config={path}{colon}{rest}"
+            else:
+                out[i + 1] = f"{path}{colon}{rest}"
+    return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with a bad flag reported in one line and exit code 2 (absl prints two
     lines and exits 1)."""
+    WORKDIRS[:] = _collect_workdirs(argv)
+    argv = resolve_config_name(argv)
     try:
         return FLAGS(argv)
     except flags.Error as e:

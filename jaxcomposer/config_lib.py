@@ -122,6 +122,7 @@ class SampleConfig:
     style: str = ""  # a style name of the training set (key+style models); "" = drawn
     scale: str = "off"  # "strict" | "soft" | "off": out-of-scale pitch tokens masked/penalized
     scale_penalty: float = 1.5  # soft: nats subtracted from out-of-scale logits
+    meter: str = "hold"  # "hold" (the primer's, else the first sampled) | "free" | "3/4"...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +321,19 @@ def _checkpoint_name_ok(which: str) -> bool:
     return which == "finetuned" or name in ("best", "latest") or name.isdigit()
 
 
+METER_RULES = ("hold", "free")  # sample.meter, besides a time signature "N/D"
+
+
+def parse_meter(text: str) -> tuple[int, int] | None:
+    """(numerator, denominator) of a time signature written "3/4" (denominator a power of two
+    up to 64), else None."""
+    parts = text.strip().split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        return None
+    n, d = int(parts[0]), int(parts[1])
+    return (n, d) if n >= 1 and d in (1, 2, 4, 8, 16, 32, 64) else None
+
+
 def validate(config: Config) -> None:
     """Raises ConfigError naming the first field whose value cannot work (an unknown choice, a
     negative size, an empty range...). Called by freeze; checks what needs no devices or data
@@ -376,6 +390,9 @@ def validate(config: Config) -> None:
          "must be a finite number of nats (use --scale=strict to forbid)"),
         ("train.transpose_semitones", config.train.transpose_semitones <= 127,
          "must be <= 127"),
+        ("sample.meter", config.sample.meter in METER_RULES
+         or parse_meter(config.sample.meter) is not None,
+         f"must be {' or '.join(METER_RULES)} or a time signature such as 3/4"),
     ]  # fmt: skip
     for field, ok, why in checks:
         if not ok:

@@ -8,6 +8,8 @@ Modes:
   finetune  reward fine-tuning of the trained model with a KL penalty (config `finetune` section);
             then --mode=generate --checkpoint=finetuned samples from it
   all       prepare, train, generate and evaluate in one go (the README's main job)
+  serve     the studio: a local web page to generate, see, hear and download samples from the
+            trained workdirs (--workdir repeated or comma-separated); docs/studio.md
 
 `--config.a.b=v` overrides any config value (type-checked). Generate/evaluate read the config
 saved in the workdir; the sampling flags below override its `sample` section.
@@ -26,7 +28,7 @@ from ml_collections import config_flags
 
 from jaxcomposer import cli
 
-MODES = ("prepare", "train", "generate", "evaluate", "all", "finetune")
+MODES = ("prepare", "train", "generate", "evaluate", "all", "finetune", "serve")
 
 
 FLAGS = flags.FLAGS
@@ -48,6 +50,20 @@ flags.DEFINE_integer("seed", None, "Sampling seed: the same seed gives the same 
 flags.DEFINE_enum("decoder", None, ["argmax", "temperature"], "Decoding rule.")
 flags.DEFINE_float("temperature", None, "Softmax temperature.")
 flags.DEFINE_float("score_qpm", None, "Performances: engrave at this tempo, not the estimate.")
+flags.DEFINE_float(
+    "qpm", None, "Written tempo (quarter notes per minute) of the samples' MIDI, score and audio "
+    "(default: the primer's, else 100; performance tokens keep their decoded tempo).",
+)  # fmt: skip
+flags.DEFINE_string(
+    "soundfont", None, "A SoundFont (.sf2) to play the audio with instead of pretty_midi's "
+    "General-MIDI one (its piano preset, bank 0 program 0).",
+)  # fmt: skip
+# The studio (--mode=serve).
+flags.DEFINE_string(
+    "host", "127.0.0.1", "serve: the address to listen on (anything but loopback is reachable "
+    "from other machines: a warning is printed).",
+)  # fmt: skip
+flags.DEFINE_integer("port", 8765, "serve: the port (0 = any free one).", lower_bound=0)
 flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = off).")
 flags.DEFINE_float("top_p", None, "Nucleus: smallest set with this much probability (1 = off).")
 flags.DEFINE_float("repetition_penalty", None, "> 1 discourages tokens already generated.")
@@ -62,6 +78,11 @@ flags.DEFINE_string(
 flags.DEFINE_string("style", None, "Style (a training sub-folder) for key+style models.")
 flags.DEFINE_enum("scale", None, ["strict", "soft", "off"], "Out-of-scale pitches: mask/penalize.")
 flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-scale logits.")
+flags.DEFINE_string(
+    "meter", None,
+    "hold (the primer's meter, else the first one sampled, for the whole piece), free, or a "
+    "time signature such as 3/4.",
+)  # fmt: skip
 # Evaluation.
 flags.DEFINE_string("eval_dir", None, "Evaluate on this MIDI folder instead of the valid split.")
 flags.DEFINE_string("samples", None, "Compare the MIDI files in this folder with real pieces.")
@@ -105,6 +126,14 @@ def main(argv: list[str]) -> None:
     # Each mode imports its stage here, not at the top: jax alone costs ~0.7 s of start-up
     # (measured), and --help and --mode=prepare never need it.
     config = cli.load_config()
+    if mode == "serve":
+        from jaxcomposer.studio import server
+
+        server.serve(
+            cli.serve_workdirs(), host=FLAGS.host, port=FLAGS.port, results_dir=FLAGS.out_dir,
+            checkpoint=FLAGS.checkpoint or "best", soundfont=FLAGS.soundfont,
+        )  # fmt: skip
+        return
     if mode in ("prepare", "train", "all"):
         for field in ("midi_dir", "valid_dir"):
             folder = getattr(config.data, field)
@@ -154,6 +183,8 @@ def main(argv: list[str]) -> None:
             seed=FLAGS.seed,
             overrides=cli.sample_overrides(),
             score_qpm=FLAGS.score_qpm,
+            qpm=FLAGS.qpm,
+            soundfont=FLAGS.soundfont,
         )
         print(f"samples: {paths['index']}", flush=True)
     if mode in ("evaluate", "all"):

@@ -233,3 +233,51 @@ def test_sliding_window_sampler_equals_rereading_loop(tiny_model):
         logits = apply(variables, jnp.asarray([history[-window:]]))
         history.append(int(np.argmax(np.asarray(logits[0, -1]))))
     assert np.asarray(out)[0].tolist() == history[-steps:]
+
+
+def sampled_meters(tok_overrides: dict, rows_meter, batch: int, num_steps: int):
+    """Samples an untrained tiny model from BOS with the meter-hold rule for `rows_meter`
+    (None: meters free); returns (the distinct meters each row's tokens state, skips per row)."""
+    config = config_lib.freeze(tiny.get_config())
+    tokenizer = get_tokenizer(dataclasses.replace(config.tokenizer, **tok_overrides))
+    model = build_model(config.model, tokenizer.vocab.size)
+    variables = {"params": model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]}
+    primers = np.full((batch, 1), BOS, np.int32)
+    meter = None if rows_meter is None else sampler.meter_hold(tokenizer, rows_meter, primers)
+    tokens = sampler.sample(
+        variables, jnp.asarray(primers),
+        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
+        jnp.asarray(tokenizer.grammar.next_state), jax.random.key(3),
+        step_fn=StepFunction(model), num_steps=num_steps,
+        settings=sampler.DecoderSettings(temperature=2.0),
+        held=sampler.held_keys(tokenizer.grammar, primers), meter=meter,
+    )  # fmt: skip
+    rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
+    # Read back independently of the sampler: the TIMESIG tokens each row holds, by id.
+    by_token = {t: m for m, t in tokenizer.meter_tokens().items()}
+    meters = [sorted({by_token[t] for t in row.tolist() if t in by_token}) for row in rows]
+    return meters, [tokenizer.decode(row).skipped for row in rows]
+
+
+@pytest.mark.parametrize("name", ["voices", "event"])
+def test_meter_hold_keeps_one_meter_per_sample(name):
+    """An untrained model at temperature 2 changes meter at will (voices states one in every
+    bar); holding the first one sampled leaves one meter per row, an explicit 3/4 leaves 3/4
+    everywhere, and nothing is skipped."""
+    batch, steps = 24, 160
+    free, skipped = sampled_meters({"name": name}, None, batch, steps)
+    assert sum(len(m) > 1 for m in free) >= 4 and sum(skipped) == 0
+    held, skipped = sampled_meters({"name": name}, [None] * batch, batch, steps)
+    assert all(len(m) <= 1 for m in held) and sum(skipped) == 0  # event: none stated = 4/4
+    assert len({tuple(m) for m in held}) > 2  # each row holds its own first meter
+    waltz, skipped = sampled_meters({"name": name}, [(3, 4)] * batch, batch, steps)
+    assert all(m == [(3, 4)] for m in waltz) and sum(skipped) == 0
+
+
+def test_meter_hold_refuses_what_the_tokens_cannot_state():
+    config = config_lib.freeze(tiny.get_config())
+    voices = get_tokenizer(dataclasses.replace(config.tokenizer, name="voices"))
+    with pytest.raises(ValueError, match="7/1"):
+        sampler.meter_hold(voices, [(7, 1)])
+    frame = get_tokenizer(dataclasses.replace(config.tokenizer, name="frame"))
+    assert sampler.meter_hold(frame, [None]) is None  # frames state no meter: nothing to hold

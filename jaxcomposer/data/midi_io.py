@@ -56,8 +56,11 @@ def read_midi(path: str, data: DataConfig, name: str | None = None) -> tuple[Pie
     return read_midi_bytes(raw, data, path=path, name=name or os.path.basename(path))
 
 
-def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tuple[Piece, dict]:
-    """As `read_midi`, from bytes already read (`path` is only used in messages)."""
+def read_midi_bytes(
+    raw: bytes, data: DataConfig, *, path: str, name: str, track_names: list | None = None
+) -> tuple[Piece, dict]:
+    """As `read_midi`, from bytes already read (`path` is only used in messages). A
+    `track_names` list gets the file's track names appended (text from the file: escape it)."""
     if len(raw) > data.max_file_mb * 1e6:
         raise MidiReadError(path, _too_large(len(raw), data))
     smf = parse_smf(raw, path, max_tracks=data.max_tracks, max_notes=data.max_notes)
@@ -66,6 +69,8 @@ def read_midi_bytes(raw: bytes, data: DataConfig, *, path: str, name: str) -> tu
             "%s: a format-2 MIDI file (%d independent patterns): its tracks are read as one "
             "piece played at once, not one after another", path, smf.num_tracks,
         )  # fmt: skip
+    if track_names is not None:
+        track_names.extend(smf.track_names)
     _check_absurd(smf, data, path)
     is_drum = smf.notes[:, 4] == DRUM_CHANNEL
     n = smf.notes[~is_drum]

@@ -59,6 +59,9 @@ class SmfFile:
     budget: int = 0  # note-ons and pedal changes the parser may still store (max_notes)
     # int64 (N,): index of the MTrk chunk each row of `notes` came from (voices in tracks)
     note_tracks: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    # Track-name meta events (0x03) in file order, as UTF-8 with undecodable bytes replaced:
+    # text from the file, to be escaped wherever it is shown.
+    track_names: list[str] = dataclasses.field(default_factory=list)
 
 
 def read_header(raw: bytes, path: str) -> tuple[int, int, int]:
@@ -278,3 +281,5 @@ def _meta(kind: int, payload: bytes, tick: int, smf: SmfFile) -> None:
             smf.bad_meta += 1
     elif kind in (0x51, 0x58, 0x59):
         smf.bad_meta += 1
+    elif kind == 0x03:
+        smf.track_names.append(payload.decode("utf-8", "replace"))

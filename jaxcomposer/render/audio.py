@@ -20,6 +20,7 @@ import numpy as np
 import pretty_midi
 
 from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure
 from jaxcomposer.data import midi_io
 from jaxcomposer.music.notes import Notes
 
@@ -60,6 +61,27 @@ def fluidsynth_problem() -> str | None:
     return None
 
 
+class SoundFontError(Failure, ValueError):
+    """A SoundFont file given by the user cannot be read (the message names it)."""
+
+
+def soundfont_file_problem(path: str) -> str | None:
+    """Why our SoundFont player cannot play `path` (a missing file, not SF2, no piano preset
+    0:0), or None. The zones are cached per path, so a second call costs nothing."""
+    if not os.path.isfile(path):
+        return "no such file"
+    if importlib.util.find_spec("sf2utils") is None:
+        return "sf2utils is not installed (pip install sf2utils)"
+    from jaxcomposer.render import soundfont
+
+    try:
+        if not soundfont.load_zones(os.path.abspath(path)):
+            return "no piano (bank 0, program 0) zones in it"
+    except Exception as e:  # noqa: BLE001 - sf2utils raises many kinds for a bad file
+        return f"cannot read it as a SoundFont ({type(e).__name__}: {e})"
+    return None
+
+
 def _pretty_midi(notes: Notes, qpm: float):
     with tempfile.TemporaryDirectory(prefix="jaxcomposer-audio-") as tmp:
         path = os.path.join(tmp, "audio.mid")
@@ -74,15 +96,24 @@ def synthesize(
     sample_rate: int = 22050,
     use_fluidsynth: bool = True,
     use_soundfont: bool = True,
+    soundfont: str | None = None,
 ) -> tuple[np.ndarray, str]:
     """(float32 mono waveform peaking at PEAK, synthesiser name). The length is exactly the last
     note's end plus TAIL_SECONDS, whichever synthesiser made it, but at most MAX_SECONDS: notes
-    starting later are dropped and the rest cut there, with a warning."""
+    starting later are dropped and the rest cut there, with a warning. `soundfont`: an .sf2
+    file (preset bank 0, program 0) for the first two synthesisers instead of pretty_midi's;
+    one that cannot be read raises SoundFontError."""
     notes = _bounded(notes, qpm)
     end_seconds = float(notes.end.max(initial=0.0)) * 60.0 / qpm
     num_samples = int(round((end_seconds + TAIL_SECONDS) * sample_rate))
     problem = fluidsynth_problem() if use_fluidsynth else "not requested"
     own = soundfont_problem() if use_soundfont else "not requested"
+    own_font = None
+    if soundfont is not None and use_soundfont:
+        own = soundfont_file_problem(soundfont)
+        if own is not None:
+            raise SoundFontError(f"soundfont {soundfont}: {own}")
+        own_font = os.path.abspath(soundfont)
     if len(notes) == 0:
         first = SOUNDFONT if own is None else FLUIDSYNTH if problem is None else SINE
         return np.zeros(num_samples, np.float32), first
@@ -91,13 +122,15 @@ def synthesize(
         from jaxcomposer.render import soundfont
 
         waveform = soundfont.render(
-            notes, seconds_per_beat=60.0 / qpm, sample_rate=sample_rate, num_samples=num_samples
-        )
+            notes, seconds_per_beat=60.0 / qpm, sample_rate=sample_rate, num_samples=num_samples,
+            path=own_font,
+        )  # fmt: skip
         return _normalised(waveform, num_samples), SOUNDFONT
     pm = _pretty_midi(notes, qpm)
     if problem is None:
         try:
-            waveform = pm.fluidsynth(fs=sample_rate, normalize=False)
+            fonts = {"sf2_path": own_font} if own_font else {}
+            waveform = pm.fluidsynth(fs=sample_rate, normalize=False, **fonts)
         except (ImportError, OSError) as e:  # pretty_midi's ImportError may misname the cause
             problem = f"fluidsynth failed: {e}"
     if problem is not None:
@@ -141,11 +174,19 @@ def write_wav(path: str, waveform: np.ndarray, sample_rate: int) -> None:
 
 
 def write_audio(
-    path: str, notes: Notes, *, qpm: float, sample_rate: int = 22050, use_fluidsynth: bool = True
+    path: str,
+    notes: Notes,
+    *,
+    qpm: float,
+    sample_rate: int = 22050,
+    use_fluidsynth: bool = True,
+    soundfont: str | None = None,
 ) -> str:
-    """Writes the WAV; returns which synthesiser made it ("soundfont", "fluidsynth" or "sine")."""
+    """Writes the WAV; returns which synthesiser made it ("soundfont", "fluidsynth" or "sine").
+    `soundfont`: an .sf2 file instead of pretty_midi's (`synthesize`)."""
     waveform, used = synthesize(
-        notes, qpm=qpm, sample_rate=sample_rate, use_fluidsynth=use_fluidsynth
-    )
+        notes, qpm=qpm, sample_rate=sample_rate, use_fluidsynth=use_fluidsynth,
+        soundfont=soundfont,
+    )  # fmt: skip
     write_wav(path, waveform, sample_rate)
     return used

@@ -79,7 +79,6 @@ def _sample_html(out_dir: str, sample: dict) -> tuple[str, str]:
     heading = sample.get("title") or name
     parts = [f'<section id="{html.escape(anchor, quote=True)}"><h2>{_e(heading)}</h2>']
     facts = {k: v for k, v in sample.items() if k not in _NOT_FACTS and v is not None}
-    parts.append(_table(facts))
     errors = dict(sample.get("errors") or {})
     for key in _FILE_KEYS:
         wanted = sample.get(key)
@@ -110,6 +109,7 @@ def _sample_html(out_dir: str, sample: dict) -> tuple[str, str]:
     if roll:
         alt = _e(f"{name}: piano roll")
         parts.append(f'<img class="roll" loading="lazy" src="{_href(roll)}" alt="{alt}">')
+    parts.append(_table(facts))  # the music first (audio, score, roll), then the facts
     if sample.get("seconds"):
         timings = ", ".join(f"{_e(k)} {float(v):.2f} s" for k, v in sample["seconds"].items())
         parts.append(f"<p><small>render times: {timings}</small></p>")

@@ -153,6 +153,8 @@ def render_sample(
     score_notes: Notes | None = None,
     score_qpm: float | None = None,
     guess_voices: bool = False,
+    soundfont: str | None = None,
+    skip: Sequence[str] = (),
 ) -> dict:
     """Writes stem.mid, stem.musicxml, stem-N.svg, stem.png, stem.wav, stem-roll.png in out_dir.
 
@@ -172,7 +174,13 @@ def render_sample(
     voices 0-3 known, or with `guess_voices` assigned to a four-part texture) give a MIDI
     track per voice (Soprano, Alto, Tenor, Bass) and a score with two voices per staff; other
     notes give two tracks (right and left hand, split at middle C) and a two-hand piano score.
+    `soundfont`: the .sf2 file the audio is played from (default: pretty_midi's General-MIDI
+    bank; `audio.write_audio`). `skip`: stages not run ("png", "roll"; their entries stay None
+    and no error is recorded), for a caller that shows the SVG pages and draws its own roll.
     """
+    unknown = set(skip) - {"png", "roll"}
+    if unknown:
+        raise ValueError(f"render_sample: only the png and roll stages can be skipped: {unknown}")
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
     if key_number is None:  # no requested key: the notes' estimate
@@ -257,14 +265,18 @@ def render_sample(
     info["midi"] = stage("midi", [f"{base}.mid"], write_mid)
     info["musicxml"] = stage("musicxml", [f"{base}.musicxml"], write_xml)
     pages = stage("svg", _svg_pages_on_disk(base), write_svgs) or []
-    info["png"] = stage("png", [f"{base}.png"], write_png)
+    if "png" not in skip:
+        info["png"] = stage("png", [f"{base}.png"], write_png)
     info["synthesizer"] = stage(
         "wav",
         [f"{base}.wav"],
-        lambda: audio.write_audio(f"{base}.wav", notes, qpm=qpm, sample_rate=sample_rate),
+        lambda: audio.write_audio(
+            f"{base}.wav", notes, qpm=qpm, sample_rate=sample_rate, soundfont=soundfont
+        ),
     )
     info["wav"] = f"{stem}.wav" if info["synthesizer"] else None
-    info["roll"] = stage("roll", [f"{base}-roll.png"], write_roll)
+    if "roll" not in skip:
+        info["roll"] = stage("roll", [f"{base}-roll.png"], write_roll)
     return info
 
 

@@ -88,3 +88,36 @@ def steps_for_bars(
     floor = DEFAULT_BAR_BEATS if tokenizer.meters(primers[0]) else 0.0
     bar = max(in_force[-1], floor)
     return max(sample.num_steps, math.ceil((sample.num_bars + 1) * bar * per_beat * 1.5))
+
+
+def held_meters(tokenizer: Tokenizer, rule: str, primers: np.ndarray, primer_piece=None):
+    """The meter each row holds while sampling (sample.meter; issue 24: a user continuing a
+    waltz expects a waltz): "free" -> None (meter tokens unmasked); "hold" -> per row the last
+    meter in force at its primer's end (`meters_of`: its tokens', else the primer file's), or
+    None to hold the first meter the row samples; "N/D" ->
+    that meter for every row. Returns None as well when the tokens state no meter. Raises
+    UsageError for an explicit meter the tokens cannot state (or cannot hold: tokens that state
+    no meter follow a primer file's, else 4/4)."""
+    from jaxcomposer import config_lib
+    from jaxcomposer.core.errors import UsageError
+
+    if rule == "free":
+        return None
+    if not tokenizer.meter_tokens():
+        if rule != "hold":
+            raise UsageError(
+                f"--meter={rule}: {type(tokenizer).__name__} tokens state no meter (their bars "
+                "follow the primer file's meter, else 4/4); use --meter=hold or free"
+            )
+        return None
+    if rule != "hold":
+        meter = config_lib.parse_meter(rule)
+        if meter not in tokenizer.meter_tokens():
+            known = ", ".join(f"{n}/{d}" for n, d in tokenizer.meter_tokens())
+            raise UsageError(f"--meter={rule}: not a meter these tokens state ({known})")
+        return [meter] * len(primers)
+    held = []
+    for row in np.asarray(primers):
+        own = meters_of(tokenizer, row, primer_piece)
+        held.append((own[-1].numerator, own[-1].denominator) if own else None)
+    return held

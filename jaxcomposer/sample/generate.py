@@ -8,9 +8,11 @@ schedules from sample/keyplan.py, bar arithmetic from sample/bars.py, tokens fro
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -38,6 +40,13 @@ def decoder_settings(sample: SampleConfig) -> sampler.DecoderSettings:
     )
 
 
+def _stop(futures: list[concurrent.futures.Future]) -> None:
+    """Cancels the renders not started and waits for the running ones to end."""
+    for future in futures:
+        future.cancel()
+    concurrent.futures.wait(futures)
+
+
 def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None) -> dict:
     """render_sample's score_notes/score_qpm for notes played in real time (beats of
     `decoded_qpm`): a beat grid estimated from the onsets (tempo given by `score_qpm` if set)."""
@@ -59,11 +68,29 @@ def generate(
     seed: int | None = None,
     overrides: dict | None = None,
     score_qpm: float | None = None,
+    restored: workdir_lib.Restored | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    qpm: float | None = None,
+    soundfont: str | None = None,
+    executor: concurrent.futures.Executor | None = None,
+    skip_stages: tuple[str, ...] = (),
 ) -> dict:
     """Writes samples into out_dir (default WORKDIR/samples); returns paths and per-sample info.
     For tokens in real time (performance), the score is engraved on an estimated beat grid
-    (render/beat_grid.py) whose tempo `score_qpm` overrides."""
-    base = workdir_lib.load_config(workdir)
+    (render/beat_grid.py) whose tempo `score_qpm` overrides.
+
+    `restored`: the workdir's model already restored (`workdir_lib.restore_for_inference`,
+    e.g. by the studio, which restores once and so reuses the compiled sampler); its checkpoint
+    is used whatever `overrides` say. `progress(stage, done, total)` is called as the work
+    goes on: ("sampling", 0, 1), ("sampled", 1, 1), then ("rendering", i, num_samples) before
+    each sample and ("rendered", num_samples, num_samples) at the end. `qpm`: the written
+    tempo (quarter notes per minute) of the MIDI, score and audio, instead of the primer's (or
+    100); tokens in real time keep their decoded tempo. `soundfont`: an .sf2 file for the audio
+    instead of pretty_midi's General-MIDI one. `executor`: renders the samples in parallel
+    (`render_sample` must be picklable for a process pool; it is); `skip_stages`:
+    render_sample stages not wanted (e.g. ("png", "roll") where a page draws its own)."""
+    report = progress or (lambda stage, done, total: None)
+    base = restored.config if restored is not None else workdir_lib.load_config(workdir)
     config = config_lib.replace(base, sample=dict(overrides or {}))
     config_lib.validate(config)  # the command line's sampling flags
     sample = config.sample
@@ -74,7 +101,8 @@ def generate(
             config, get_tokenizer(config.tokenizer), sample.primer
         )
     # The tokenizer and model are built once, by the restore; sampling settings are `config`'s.
-    restored = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
+    if restored is None:
+        restored = workdir_lib.restore_for_inference(workdir, sample.checkpoint)
     tokenizer, variables, step = restored.tokenizer, restored.variables, restored.step
     # Which run wrote the weights, shown per sample in samples.json and the gallery.
     model_label = f"{restored.source} (step {step})"
@@ -100,11 +128,15 @@ def generate(
     )
     settings = decoder_settings(sample)
     states = sampler.grammar_states_after(tokenizer.grammar, primers)
+    report("sampling", 0, 1)
     started = time.perf_counter()
     kwargs = dict(step_fn=StepFunction(restored.model), num_steps=num_steps, settings=settings)
     args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
     removed = pitch_steps = None
     kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
+    rows_meter = bar_lib.held_meters(tokenizer, sample.meter, primers, primer_piece)
+    kwargs["meter"] = (None if rows_meter is None
+                       else sampler.meter_hold(tokenizer, rows_meter, primers))
     if keyed:
         inputs, kwargs["ks"] = keyplan.keyed_run(restored, sample, primers, plan)
         tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))
@@ -116,11 +148,14 @@ def generate(
     tokens = np.asarray(jax.device_get(tokens))
     sample_seconds = time.perf_counter() - started
     logging.info("sampled %d x %d tokens in %.2f s", *tokens.shape, sample_seconds)
+    report("sampled", 1, 1)
 
-    qpm = primer_piece.initial_qpm if primer_piece is not None else 100.0
+    if qpm is None:
+        qpm = primer_piece.initial_qpm if primer_piece is not None else 100.0
     qpm = tokenizer.decoded_qpm or qpm  # performance tokens decode to seconds at a fixed tempo
-    results = []
-    for i, row in enumerate(np.concatenate([primers, tokens], axis=1)):
+    rows = np.concatenate([primers, tokens], axis=1)
+    jobs = []  # per sample: (row, decoded, notes, end, bars, render_sample's arguments)
+    for i, row in enumerate(rows):
         decoded = tokenizer.decode(row)
         notes = decoded.notes
         meters = bar_lib.meters_of(tokenizer, row, primer_piece)
@@ -138,10 +173,7 @@ def generate(
         grid = {}
         if tokenizer.decoded_qpm:
             grid = performance_score(notes, tokenizer.decoded_qpm, score_qpm)
-        info = outputs.render_sample(
-            staging,
-            stem,
-            notes,
+        render_kwargs = dict(
             title=f"jaxcomposer sample {i + 1} (seed {seed})",
             qpm=qpm,
             time_signature=(time_sig.numerator, time_sig.denominator) if time_sig else (4, 4),
@@ -150,8 +182,26 @@ def generate(
             key_signatures=(
                 bar_lib.key_changes(tokenizer, row, meters, plan.schedules[i]) if plan else ()
             ),
+            soundfont=soundfont,
+            skip=skip_stages,
             **grid,
         )
+        jobs.append((row, decoded, notes, end, bars, (staging, stem, notes), render_kwargs))
+    # With an executor (e.g. a process pool) the samples render in parallel, in any order.
+    futures = [
+        executor.submit(outputs.render_sample, *args, **kwargs) if executor else None
+        for *_, args, kwargs in jobs
+    ]
+    results = []
+    for i, (row, decoded, notes, end, bars, args, kwargs) in enumerate(jobs):
+        report("rendering", i, len(jobs))
+        stem = args[1]
+        try:
+            info = futures[i].result() if executor else outputs.render_sample(*args, **kwargs)
+        except BaseException:
+            # No render may still write into the staging folder once it is removed.
+            _stop([f for f in futures if f is not None])
+            raise
         info.update(
             name=stem,
             model=model_label,
@@ -197,7 +247,9 @@ def generate(
         scale_penalty=sample.scale_penalty,
         bar_counting=tokenizer.bar_counter().note,
         sample_seconds=round(sample_seconds, 3),
+        qpm=qpm,
     )
+    report("rendered", len(results), len(results))
     index = gallery.write_gallery(
         staging, results, title="jaxcomposer samples", settings=settings_info, home=out_dir
     )

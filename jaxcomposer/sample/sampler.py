@@ -112,14 +112,61 @@ def _update_held(held_BxK, token_B, press_V, release_V):
     return padded[:, :last]
 
 
-def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None, held=None):
-    """Masks, chooses the next token and advances the grammar state, token counts and (when the
-    grammar has a held-key rule) the held keys `held = (press_V, release_V, held_BxK)`.
+def meter_hold_mask(logits_BxV, is_meter_V, in_force_B, stated_B):
+    """bool (B, V): tokens the meter-hold rule allows. Any token that states no meter; a meter
+    token only while no meter is in force (in_force_B == -1) or when it is the one in force;
+    and a row whose meter is in force but not yet stated by its tokens (an explicit meter from
+    BOS) states it at the first token where the grammar allows it (only that token is allowed
+    there), so that the decoded music is in that meter (event tokens default to 4/4)."""
+    vocab = jnp.arange(is_meter_V.shape[0])
+    held_BxV = vocab[None] == in_force_B[:, None]
+    allowed = ~is_meter_V[None] | (in_force_B < 0)[:, None] | held_BxV
+    rows = jnp.arange(in_force_B.shape[0])
+    can_state_B = (in_force_B >= 0) & (logits_BxV[rows, jnp.maximum(in_force_B, 0)] > NEG_INF / 2)
+    return jnp.where((can_state_B & ~stated_B)[:, None], held_BxV, allowed)
+
+
+def meter_hold(tokenizer, rows_meter: list, primers: np.ndarray | None = None) -> tuple | None:
+    """(is_meter_V, in_force_B, stated_B) for the samplers' `meter` argument: `rows_meter[b]`
+    is the (numerator, denominator) row b holds, or None to hold the first meter it samples;
+    stated_B says whether primer row b's own tokens already state that meter last (else it is
+    stated at the first place the grammar allows). Returns None when the tokenizer states no
+    meter (nothing to hold). Raises ValueError for a meter the tokenizer cannot state."""
+    table = tokenizer.meter_tokens()
+    if not table:
+        return None
+    is_meter_V = np.zeros(tokenizer.vocab.size, bool)
+    is_meter_V[list(table.values())] = True
+    in_force, stated = [], []
+    for b, meter in enumerate(rows_meter):
+        if meter is not None and tuple(meter) not in table:
+            known = ", ".join(f"{n}/{d}" for n, d in table)
+            raise ValueError(f"meter {meter[0]}/{meter[1]} is not one these tokens state ({known})")
+        in_force.append(-1 if meter is None else table[tuple(meter)])
+        own = tokenizer.meters(primers[b]) if primers is not None else ()
+        stated.append(bool(own) and (own[-1].numerator, own[-1].denominator) == meter)
+    return (
+        jnp.asarray(is_meter_V),
+        jnp.asarray(np.asarray(in_force, np.int32)),
+        jnp.asarray(np.asarray(stated, bool)),
+    )
+
+
+def _advance(
+    logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None, held=None,
+    meter=None,
+):  # fmt: skip
+    """Masks, chooses the next token and advances the grammar state, token counts, (when the
+    grammar has a held-key rule) the held keys `held = (press_V, release_V, held_BxK)` and (when
+    the meter is held) `meter = (is_meter_V, in_force_B, stated_B)` (`meter_hold`), whose first
+    meter token sampled in a row with none in force becomes that row's.
     `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint.
-    Returns (token_B, state_B, counts_BxV, held)."""
+    Returns (token_B, state_B, counts_BxV, held, meter)."""
     logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
     if held is not None and settings.grammar_mask:
         logits = jnp.where(held_key_mask(held[2], held[0], held[1]), logits, NEG_INF)
+    if meter is not None:
+        logits = jnp.where(meter_hold_mask(logits, *meter), logits, NEG_INF)
     if scale is not None:
         logits = scale(logits, logits > NEG_INF / 2)
     token_B = choose_tokens(logits, rng, settings)
@@ -128,7 +175,11 @@ def _advance(logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, sca
     counts_BxV = counts_BxV.at[jnp.arange(token_B.shape[0]), token_B].add(1)
     if held is not None:
         held = (held[0], held[1], _update_held(held[2], token_B, held[0], held[1]))
-    return token_B, state_B, counts_BxV, held
+    if meter is not None:
+        is_meter_V, in_force_B, stated_B = meter
+        in_force_B = jnp.where((in_force_B < 0) & is_meter_V[token_B], token_B, in_force_B)
+        meter = (is_meter_V, in_force_B, stated_B | (token_B == in_force_B))
+    return token_B, state_B, counts_BxV, held, meter
 
 
 def _token_counts(tokens_BxP, vocab_size: int):
@@ -147,25 +198,28 @@ def sample(
     num_steps: int,
     settings: DecoderSettings,
     held: tuple | None = None,
+    meter: tuple | None = None,
 ) -> jax.Array:
     """Generates `num_steps` tokens after a primer; returns them as int32 (B, num_steps).
 
     `step_fn(variables, tokens_BxL, carry) -> (logits_BxLxV, carry)` is the model's apply;
     `grammar_state_B` is the grammar state after the primer (from `Grammar.walk`); `held` is
-    `held_keys(grammar, primers)` for grammars with a held-key rule, else None.
+    `held_keys(grammar, primers)` for grammars with a held-key rule, else None; `meter` is
+    `meter_hold(tokenizer, ...)` to hold each row's meter, else None (meters free).
     """
     logits_BxPxV, carry = step_fn(variables, primer_BxP, None)  # the whole primer in one scan
 
     def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts, held = loop
-        token_B, state_B, counts, held = _advance(
-            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, held=held
-        )
+        carry, logits_BxV, state_B, counts, held, meter = loop
+        token_B, state_B, counts, held, meter = _advance(
+            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, held=held,
+            meter=meter,
+        )  # fmt: skip
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry)
-        return (carry, logits_Bx1xV[:, -1], state_B, counts, held), token_B
+        return (carry, logits_Bx1xV[:, -1], state_B, counts, held, meter), token_B
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts, held)
+    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts, held, meter)
     _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
     return tokens_NxB.T
 
@@ -183,6 +237,7 @@ def sample_sliding(
     settings: DecoderSettings,
     window: int,
     held: tuple | None = None,
+    meter: tuple | None = None,
 ) -> jax.Array:
     """The original project's procedure, for models trained on fixed windows (seed_replica):
     every step re-reads the last `window` tokens from a zero state (left-padded with PAD)."""
@@ -190,16 +245,17 @@ def sample_sliding(
     buffer_BxW = jnp.concatenate([pad, primer_BxP.astype(jnp.int32)], axis=1)[:, -window:]
 
     def body(loop, step_rng):
-        buffer_BxW, state_B, counts, held = loop
+        buffer_BxW, state_B, counts, held, meter = loop
         logits_BxWxV, _ = step_fn(variables, buffer_BxW, None)
-        token_B, state_B, counts, held = _advance(
-            logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings, held=held
-        )
+        token_B, state_B, counts, held, meter = _advance(
+            logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings, held=held,
+            meter=meter,
+        )  # fmt: skip
         buffer_BxW = jnp.concatenate([buffer_BxW[:, 1:], token_B[:, None]], axis=1)
-        return (buffer_BxW, state_B, counts, held), token_B
+        return (buffer_BxW, state_B, counts, held, meter), token_B
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts, held)
+    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts, held, meter)
     _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
     return tokens_NxB.T
 
@@ -328,6 +384,7 @@ def sample_keyed(
     settings: DecoderSettings,
     ks: KeySettings,
     held: tuple | None = None,
+    meter: tuple | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`sample` with a key schedule: returns (tokens int32 (B, N), removed float32 (B, N),
     pitch_step bool (B, N)).
@@ -352,31 +409,25 @@ def sample_keyed(
         return apply
 
     def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts, units_B, key_B, held = loop
+        carry, logits_BxV, state_B, counts, units_B, key_B, held, meter = loop
         out: list = []
-        token_B, state_B, counts, held = _advance(
-            logits_BxV,
-            state_B,
-            counts,
-            step_rng,
-            next_state_SxV,
-            settings,
-            scale_fn(key_B, out),
-            held,
-        )
+        token_B, state_B, counts, held, meter = _advance(
+            logits_BxV, state_B, counts, step_rng, next_state_SxV, settings,
+            scale_fn(key_B, out), held, meter,
+        )  # fmt: skip
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
         units_B = units_B + inputs.advance_V[token_B]
         cond = None
         if ks.spec.dim:
             cond = conditioning.vector(ks.spec, key_B, inputs.styles_B, xp=jnp)[:, None, :]
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry, cond)
-        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held)
+        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held, meter)
         return new_loop, (token_B, out[0], out[1])
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
     init = (
         carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts,
-        inputs.units_B, key_B, held,
+        inputs.units_B, key_B, held, meter,
     )  # fmt: skip
     _, (tokens_NxB, removed_NxB, pitch_NxB) = jax.lax.scan(
         body, init, jax.random.split(rng, num_steps)

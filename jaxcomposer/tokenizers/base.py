@@ -138,6 +138,12 @@ class Tokenizer(abc.ABC):
     def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
         """The time signatures the tokens hold, by beat (empty when they hold none)."""
 
+    @abc.abstractmethod
+    def meter_tokens(self) -> dict[tuple[int, int], int]:
+        """{(numerator, denominator): token id} of the tokens that state a meter (TIMESIG), so
+        that sampling can hold the meter in force (sample.meter); empty when the tokens state
+        none (their bars come from a primer file's meter, else 4/4)."""
+
     def token_time(self, piece: Piece, beats: np.ndarray) -> np.ndarray:
         """float64: the token clock (the beats `token_beats` reports) at the piece's `beats`.
 

@@ -269,6 +269,10 @@ class ChordTokenizer(Tokenizer):
         """Onset groups hold no meter."""
         return ()
 
+    def meter_tokens(self) -> dict[tuple[int, int], int]:
+        """Onset groups state no meter: none."""
+        return {}
+
     def describe_chord(self, index: int) -> str:
         """A CHORD index as the original's token text, its normal order joined by '.'."""
         return ".".join(str(pc) for pc in chord_table()[0][index])

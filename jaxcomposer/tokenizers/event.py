@@ -286,6 +286,11 @@ class EventTokenizer(Tokenizer):
             return np.zeros(1)
         return bar_lines_of(decoded.time_signatures, decoded.beats)[: bars + 1]
 
+    def meter_tokens(self) -> dict[tuple[int, int], int]:
+        """The TIMESIG range, one token per meter of the meter table."""
+        lo = self.vocab.offset("TIMESIG")
+        return {tuple(m): lo + i for i, m in enumerate(self.meter_table)}
+
     def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
         """The TIMESIG tokens' meters where they change; 4/4 at beat 0 when the tokens hold
         bars but no TIMESIG (the decoder's default)."""

@@ -198,6 +198,10 @@ class FrameTokenizer(Tokenizer):
         """Frames hold no meter."""
         return ()
 
+    def meter_tokens(self) -> dict[tuple[int, int], int]:
+        """Frames state no meter: none."""
+        return {}
+
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in self.pitch_ranges:
             moved = shift_pitch_index(index, shift, self.num_pitches)

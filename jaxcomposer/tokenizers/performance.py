@@ -314,6 +314,10 @@ class PerformanceTokenizer(Tokenizer):
         """Performance tokens hold no meter."""
         return ()
 
+    def meter_tokens(self) -> dict[tuple[int, int], int]:
+        """Performance tokens state no meter: none."""
+        return {}
+
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in ("NOTE_ON", "NOTE_OFF"):
             moved = shift_pitch_index(index, shift, self.num_pitches)

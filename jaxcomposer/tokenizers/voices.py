@@ -450,6 +450,11 @@ class VoicesTokenizer(Tokenizer):
         body = body[self.grammar.walk(body)[1]]
         return self.token_beats(body)[body == self.vocab.token("BAR")]
 
+    def meter_tokens(self) -> dict[tuple[int, int], int]:
+        """The TIMESIG range, one token per meter of the meter table."""
+        lo = self.vocab.offset("TIMESIG")
+        return {tuple(m): lo + i for i, m in enumerate(self.meter_table)}
+
     def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
         """The time signatures the tokens set (one where the meter is first set or changes)."""
         return self.decode(tokens).time_signatures

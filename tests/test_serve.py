@@ -1,0 +1,344 @@
+"""The studio (--mode=serve): HTTP answers for bad uploads and fields, nothing written outside
+its results folder, text from MIDI files escaped, queued jobs from two clients, the model
+restored once and its sampler compiled once, the MusicXML a score program opens."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import re
+import threading
+import urllib.error
+import urllib.request
+
+import midi_factory as mf
+import mido
+import pytest
+from conftest import REPO, count_compiles, melody_corpus, small_run_config
+
+from jaxcomposer.studio import app, server
+from jaxcomposer.train import loop
+
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>&amp;'
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    corpus = melody_corpus(tmp_path_factory.mktemp("midi"))
+    config = small_run_config(corpus, tmp_path_factory.mktemp("cache"))
+    folder = tmp_path_factory.mktemp("runs") / "tiny <b onclick=x>run"  # a folder name with HTML
+    loop.train(config, str(folder), progress=False)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def studio(workdir, tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    studio = app.Studio([workdir], str(results), render_processes=0)
+    httpd = server.make_server(studio, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield studio, httpd.url
+    httpd.shutdown()
+    httpd.server_close()
+    studio.close()
+
+
+def call(url: str, body=None, *, raw: bytes | None = None):
+    """(status, parsed JSON or bytes) of a GET (body None) or a POST of JSON."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            status, payload, kind = answer.status, answer.read(), answer.headers["Content-Type"]
+    except urllib.error.HTTPError as e:
+        status, payload, kind = e.code, e.read(), e.headers["Content-Type"]
+    return status, json.loads(payload) if kind.startswith("application/json") else payload
+
+
+def files_under(folder: str) -> set[str]:
+    return {
+        os.path.relpath(os.path.join(root, name), folder)
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+def midi_bytes(tmp_path: pathlib.Path, track_name: str = "piano") -> bytes:
+    events = [(0, mido.MetaMessage("track_name", name=track_name)), mf.tempo(0, 90)]
+    events += mf.notes(mf.melody(3, length=12))
+    return pathlib.Path(mf.write_midi_file(tmp_path / "p.mid", [events])).read_bytes()
+
+
+def primer(raw: bytes, name: str = "p.mid") -> dict:
+    return {"name": name, "data": base64.b64encode(raw).decode()}
+
+
+SMALL = {"bars": 2, "num_samples": 1, "seed": 3}
+
+
+def generate(url: str, body: dict) -> dict:
+    status, reply = call(url + "api/generate", {"model": "0", **SMALL, **body})
+    assert status == 202, reply
+    return reply
+
+
+def test_upload_over_the_cap_is_refused_with_a_message(studio, workdir):
+    studio_, url = studio
+    before = files_under(studio_.results_dir), files_under(workdir)
+    big = {"model": "0", "primer": primer(b"MThd" + bytes(app.MAX_BODY_BYTES))}
+    status, reply = call(url + "api/generate", big)
+    assert status == 413 and "too large" in reply["error"]
+    # Within the body's limit but over the primer's (base64 of more bytes than allowed).
+    with pytest.raises(app.RequestError, match="larger than the limit"):
+        studio_.submit({"primer": primer(bytes(app.MAX_PRIMER_BYTES + 1))})
+    assert (files_under(studio_.results_dir), files_under(workdir)) == before
+
+
+def test_non_midi_upload_gets_the_readers_message(studio):
+    _, url = studio
+    status, reply = call(url + "api/generate", {"model": "0", "primer": primer(b"hello world")})
+    assert status == 400 and "not a MIDI file" in reply["error"] and "p.mid" in reply["error"]
+    status, reply = call(url + "api/generate", raw=b"{not json")
+    assert status == 400 and reply["error"] == "the request is not JSON"
+    status, reply = call(url + "api/generate", {"model": "0", "primer": {"data": "!!"}})
+    assert status == 400 and "base64" in reply["error"]
+
+
+def test_paths_in_request_fields_never_reach_the_file_system(studio, workdir, tmp_path):
+    studio_, url = studio
+    before = files_under(workdir)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for body, expected in (
+        ({"key": "../../../etc/passwd"}, "key"),
+        ({"model": "../" + os.path.basename(workdir)}, "no such model"),
+        ({"seed": "/etc/passwd"}, "seed"),
+        ({"out_dir": str(outside)}, "unknown field"),
+        ({"primer": {"name": "x.mid", "data": "QUJD", "path": "/etc/passwd"}}, "primer"),
+    ):
+        status, reply = call(url + "api/generate", {"model": "0", **body})
+        assert status == 400 and expected in reply["error"], (body, reply)
+    # A primer named like a path is only a name: the job writes its own primer.mid.
+    job = generate(url, {"primer": primer(midi_bytes(tmp_path), name=f"../../{outside}/x.mid")})
+    status = studio_.wait(job["job"], 300)
+    assert status["state"] == "done", status
+    assert files_under(str(outside)) == set() and files_under(workdir) == before
+    job_dir = os.path.join(studio_.results_dir, job["job"])
+    assert "primer.mid" in os.listdir(job_dir)
+    assert all(not p.startswith("..") for p in files_under(studio_.results_dir))
+    # Files are served by the names the job gave them, nothing else.
+    name = os.path.basename(status["samples"][0]["files"]["midi"])
+    assert call(f"{url}results/{job['job']}/{name}")[0] == 200
+    for bad in ("../config.json", "%2e%2e/config.json", "..%2fconfig.json", "primer.mid",
+                "samples.json/../../config.json"):  # fmt: skip
+        assert call(f"{url}results/{job['job']}/{bad}")[0] == 404, bad
+    assert call(f"{url}results/{'0' * 16}/{name}")[0] == 404
+    assert call(f"{url}static/../app.py")[0] == 404
+
+
+def test_html_in_a_midi_track_name_stays_text(studio, tmp_path):
+    studio_, url = studio
+    job = generate(url, {"primer": primer(midi_bytes(tmp_path, EVIL), name=EVIL + ".mid")})
+    status = studio_.wait(job["job"], 300)
+    assert status["state"] == "done", status
+    assert status["primer"]["tracks"] == [EVIL]  # data in JSON; the page sets it as text
+    assert status["primer"]["name"].startswith("<script>")
+    # The page never turns data into markup: no innerHTML, no document.write, no inline script.
+    script = (REPO / "jaxcomposer/studio/static/studio.js").read_text()
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
+    page = call(url)[1].decode()
+    assert "<script>" not in page.replace('<script src="/static/studio.js" defer></script>', "")
+    # The run's gallery (render/gallery.py) escapes the folder name and every text.
+    gallery = pathlib.Path(studio_.file(job["job"], "index.html")).read_text()
+    assert "<b onclick" not in gallery and "<script>" not in gallery
+    # Its paths are relative to the gallery's folder: no absolute path of this machine.
+    assert (
+        studio_.results_dir not in gallery and os.path.dirname(studio_.results_dir) not in gallery
+    )
+
+
+def test_gallery_escapes_text_and_shows_music_before_facts(tmp_path):
+    from jaxcomposer.render import gallery
+
+    (tmp_path / "s.wav").write_bytes(b"RIFF")
+    (tmp_path / "s-1.svg").write_text("<svg/>")
+    sample = {"name": "s", "title": EVIL, "wav": "s.wav", "svg": ["s-1.svg"], "key": EVIL}
+    page = pathlib.Path(
+        gallery.write_gallery(
+            str(tmp_path),
+            [sample],
+            title=EVIL,
+            settings={"workdir": str(tmp_path / "<i>x</i>"), "key": EVIL},
+        )  # fmt: skip
+    ).read_text()
+    assert "<script>" not in page and "<img src=x" not in page and "<i>x</i>" not in page
+    assert html_escaped(EVIL) in page
+    assert 'preload="metadata"' in page
+    section = page[page.index("<section") :]
+    assert section.index("<audio") < section.index("<table")  # music before the facts
+    assert section.index('class="score"') < section.index("<table")
+    assert section.count("<h2>") == 1 and "<h2>" + html_escaped(EVIL) + "</h2>" in section
+    assert str(tmp_path) not in page  # the workdir shown relative to the gallery
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def test_two_clients_at_once_are_both_answered_and_compile_once(studio):
+    studio_, url = studio
+    warm = generate(url, {"seed": 1})
+    assert studio_.wait(warm["job"], 300)["state"] == "done"
+    replies = [None, None]
+
+    def client(i: int) -> None:
+        job = generate(url, {"seed": 10 + i})
+        replies[i] = studio_.wait(job["job"], 300)
+
+    with count_compiles() as compiles:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [r["state"] for r in replies] == ["done", "done"], replies
+    assert replies[0]["id"] != replies[1]["id"]
+    # Same settings, new seeds: the restored model's compiled sampler is reused.
+    assert not [c for c in compiles if "sample" in c], compiles
+    # Different seeds: different music (the jobs did not share an output).
+    mids = [
+        pathlib.Path(studio_.file(r["id"], os.path.basename(r["samples"][0]["files"]["midi"])))
+        for r in replies
+    ]
+    assert mids[0].parent != mids[1].parent
+
+
+def test_progress_is_reported_in_order(studio):
+    studio_, _ = studio
+    seen = []
+    original = studio_._progress
+
+    def spy(job, stage, done, total):
+        seen.append((stage, done, total))
+        original(job, stage, done, total)
+
+    studio_._progress = spy
+    try:
+        job = studio_.submit({"num_samples": 2, "bars": 2})
+        assert studio_.wait(job.id, 300)["state"] == "done"
+    finally:
+        studio_._progress = original
+    assert seen == [("sampling", 0, 1), ("sampled", 1, 1), ("rendering", 0, 2),
+                    ("rendering", 1, 2), ("rendered", 2, 2)]  # fmt: skip
+
+
+def test_musicxml_is_one_piano_part_on_two_staves_with_the_tempo(studio):
+    import xml.etree.ElementTree as ET
+
+    from music21 import converter, layout, stream, tempo
+
+    studio_, url = studio
+    job = generate(url, {"qpm": 72, "bars": 4})
+    status = studio_.wait(job["job"], 300)
+    assert status["state"] == "done", status
+    name = os.path.basename(status["samples"][0]["files"]["musicxml"])
+    path = studio_.file(job["job"], name)
+    root = ET.parse(path).getroot()
+    parts = root.findall("part-list/score-part")
+    assert len(parts) == 1 and parts[0].findtext("part-name") == "Piano"
+    assert parts[0].find("score-instrument/instrument-name").text == "Piano"
+    assert parts[0].findtext("midi-instrument/midi-program") == "1"
+    assert len(root.findall("part")) == 1 and root.findtext("part/measure/attributes/staves") == "2"
+    assert float(root.find("part/measure/direction/sound").get("tempo")) == 72
+    score = converter.parse(path)
+    staves = list(score.getElementsByClass(stream.PartStaff))
+    groups = list(score.getElementsByClass(layout.StaffGroup))
+    assert (
+        len(staves) == 2 and len(groups) == 1 and set(groups[0].getSpannedElements()) == set(staves)
+    )
+    marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
+    assert marks and marks[0].number == 72
+    # The MIDI file and the audio carry the same tempo.
+    midi = mido.MidiFile(studio_.file(job["job"], name.replace(".musicxml", ".mid")))
+    tempos = [m.tempo for t in midi.tracks for m in t if m.type == "set_tempo"]
+    assert tempos and round(mido.tempo2bpm(tempos[0])) == 72
+
+
+def test_renders_in_a_process_pool_give_the_same_files(workdir, tmp_path):
+    with_pool = app.Studio([workdir], str(tmp_path / "pool"), render_processes=1)
+    try:
+        job = with_pool.submit({"num_samples": 2, "bars": 2, "seed": 5})
+        pooled = with_pool.wait(job.id, 300)
+    finally:
+        with_pool.close()
+    in_thread = app.Studio([workdir], str(tmp_path / "thread"), render_processes=0)
+    try:
+        job2 = in_thread.submit({"num_samples": 2, "bars": 2, "seed": 5})
+        plain = in_thread.wait(job2.id, 300)
+    finally:
+        in_thread.close()
+    assert pooled["state"] == plain["state"] == "done"
+    for a, b in zip(pooled["samples"], plain["samples"], strict=True):
+        assert a["roll"] == b["roll"] and a["notes"] == b["notes"]
+        for kind in ("midi", "wav"):
+            pa = tmp_path / "pool" / job.id / os.path.basename(a["files"][kind])
+            pb = tmp_path / "thread" / job2.id / os.path.basename(b["files"][kind])
+            assert pa.read_bytes() == pb.read_bytes(), kind
+
+
+def test_bad_requests_and_routes(studio):
+    _, url = studio
+    status, models = call(url + "api/models")
+    assert status == 200 and models["models"][0]["name"] == "tiny <b onclick=x>run"
+    facts = models["models"][0]["facts"]
+    assert facts["steps trained"] == 4 and "validation NLL (nats/token)" in facts
+    for body, expected in (
+        ({"bars": 0}, "bars"), ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 2}, "top_p"), ({"num_samples": 99}, "num_samples"),
+        ({"scale": "loud"}, "scale"), ({"key": "H major"}, "key"), ({"seed": 1.5}, "seed"),
+    ):  # fmt: skip
+        status, reply = call(url + "api/generate", {"model": "0", **body})
+        assert status == 400 and expected in reply["error"].lower(), (body, reply)
+    assert call(url + "api/jobs/" + "f" * 16)[0] == 404
+    assert call(url + "nothing")[0] == 404
+    for name in ("studio.js", "studio.css"):
+        assert call(url + "static/" + name)[0] == 200
+
+
+def test_serve_mode_prints_its_address_and_warns_off_loopback(workdir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import free_port
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxcomposer.main", "--mode=serve", f"--workdir={workdir}",
+         f"--workdir={workdir}", f"--port={port}", "--host=0.0.0.0",
+         f"--out_dir={tmp_path / 'results'}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("studio: http://"):
+                break
+        assert any("warning: --host=0.0.0.0" in x for x in lines), lines
+        assert any(x.startswith(f"studio: http://0.0.0.0:{port}/") for x in lines), lines
+        status, models = call(f"http://127.0.0.1:{port}/api/models")
+        assert status == 200 and len(models["models"]) == 1  # the same workdir twice: once
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
