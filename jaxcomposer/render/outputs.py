@@ -555,7 +555,9 @@ class SampleSet:
 
 def closes_sample_sets(fn: Callable) -> Callable:
     """Decorator: every SampleSet opened during the call and not committed is closed when the
-    call ends (its staging folder removed, its lock released), whatever it raised."""
+    call ends (its staging folder removed, its lock released), whatever it raised. An OSError
+    of the environment (no space, no permission) raised while a set is open becomes one
+    OutputError naming the output folder and the file that could not be written."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -564,6 +566,13 @@ def closes_sample_sets(fn: Callable) -> Callable:
         _OPEN_SETS.stack.append(opened := [])
         try:
             return fn(*args, **kwargs)
+        except OSError as e:
+            if not opened or e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            raise OutputError(  # the disk filled (or was made read-only) while rendering
+                f"{opened[-1].out_dir}: cannot write the new samples ({e.strerror or e}: "
+                f"{os.path.basename(str(e.filename or '?'))}); the files there are unchanged"
+            ) from None
         finally:
             _OPEN_SETS.stack.pop()
             for sample_set in opened:
