@@ -24,6 +24,9 @@ disk         (root only) a 3 MB tmpfs: train on it with room for the dataset and
              staging left).
 readonly     (root only) evaluate on a read-only bind mount of the workdir: the result table is
              printed, exit 1, one line naming evaluation_valid.json.
+bomb         running-status MIDI bombs of 20 and 200 MB read under a 1 GiB address-space limit,
+             with max_file_mb 32 (the default) and 1000: refused with a reason, in CPU seconds
+             and extra memory printed (goal: under 1 s of CPU).
 
 Prints one JSON line per run and a final summary (also written to OUT/summary.json); exits 1 if
 any goal is missed.
@@ -39,6 +42,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -351,8 +355,53 @@ def readonly_part(args, workdir: str, results: list) -> dict:
     return out
 
 
+BOMB = r"""
+import json, resource, sys, time, tracemalloc
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB of address space in all
+from configs import tiny
+from jaxcomposer import config_lib
+from jaxcomposer.data import midi_io
+path, cap = sys.argv[1], float(sys.argv[2])
+data = config_lib.replace(config_lib.freeze(tiny.get_config()), data={"max_file_mb": cap}).data
+def read():
+    try:
+        midi_io.read_midi(path, data)
+    except midi_io.MidiReadError as e:
+        return str(e)
+t, cpu = time.perf_counter(), time.process_time()
+reason = read()
+wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+tracemalloc.start()  # a second read, traced (ten times slower): what it allocates at most
+read()
+peak = tracemalloc.get_traced_memory()[1] / 1e6
+print(json.dumps({"reason": reason, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                  "peak_mb": round(peak, 1)}))
+"""
+
+
+def bomb_part(args, workdir: str, results: list) -> dict:
+    """Running-status bombs (one note-on, then 3-byte note-ons) of 20 and 200 MB, read under a
+    1 GiB address-space limit with the default max_file_mb (32) and with it raised to 1000."""
+    out = {}
+    for mb in (20, 200):
+        path = os.path.join(args.out, f"bomb{mb}.mid")
+        body = b"\x00\x90\x3c\x40" + b"\x00\x3c\x40" * ((mb * 1_000_000 - 26) // 3)
+        with open(path, "wb") as f:
+            f.write(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk")
+            f.write(struct.pack(">I", len(body)) + body)
+        del body
+        for cap in (32, 1000):
+            done = run([sys.executable, "-c", BOMB, path, str(cap)], args)
+            record = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else {
+                "exit": done.returncode, "stderr": done.stderr[-500:]}  # fmt: skip
+            out[f"{mb} MB, max_file_mb={cap}"] = record
+            print(json.dumps({"part": "bomb", "file_mb": mb, "max_file_mb": cap, **record}))
+    out["ok"] = all(r.get("reason") and r.get("cpu_s", 9) < 1.0 for r in out.values())
+    return out
+
+
 PARTS = {"generate": generate_part, "checkpoints": checkpoint_part, "disk": disk_part,
-         "readonly": readonly_part}  # fmt: skip
+         "readonly": readonly_part, "bomb": bomb_part}  # fmt: skip
 
 
 def main() -> int:

@@ -399,14 +399,17 @@ resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB of address s
 from configs import tiny
 from jaxcomposer import config_lib
 from jaxcomposer.data import midi_io
-data = config_lib.freeze(tiny.get_config()).data
+# max_file_mb far above the file: reading it must not reserve the cap's 1 GB at once
+data = config_lib.replace(config_lib.freeze(tiny.get_config()), data={"max_file_mb": 1000}).data
 body = b"\\x00\\x90\\x3c\\x40" + b"\\x00\\x3c\\x40" * (20_000_000 // 3)  # running-status note-ons
-raw = b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(body)) + body
+with open(sys.argv[1], "wb") as f:
+    f.write(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(body)))
+    f.write(body)
 del body
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cpu = time.process_time()
 try:
-    midi_io.read_midi_bytes(raw, data, path="bomb.mid", name="bomb.mid")
+    midi_io.read_midi(sys.argv[1], data)
 except midi_io.MidiReadError as e:
     print("REFUSED", e)
 print("CPU", time.process_time() - cpu)
@@ -414,16 +417,23 @@ print("MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024)
 """
 
 
-def test_a_running_status_bomb_is_refused_while_parsing_under_a_memory_limit():
+def test_a_running_status_bomb_is_refused_while_parsing_under_a_memory_limit(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-c", BOMB], cwd=REPO, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        [sys.executable, "-c", BOMB, str(tmp_path / "bomb.mid")], cwd=REPO,
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     assert "absurd: more than 200000 notes (max_notes" in lines["REFUSED"]
     assert float(lines["CPU"]) < 1.0  # 6.7 million note-ons: refused after 200,000 of them
-    assert float(lines["MB"]) < 64  # beyond the 20 MB file itself
+    assert float(lines["MB"]) < 64  # the 20 MB file read, and a little more
+
+
+def test_running_out_of_memory_while_parsing_is_a_reason_not_a_crash(tmp_path):
+    path = mf.simple_file(tmp_path / "a.mid")
+    with mock.patch.object(midi_io, "parse_smf", side_effect=MemoryError):
+        with pytest.raises(MidiReadError, match=r"out of memory reading its 0.0 MB \(lower data"):
+            midi_io.read_midi(path, tiny_config().data)
 
 
 def test_a_file_over_max_file_mb_is_refused_unread(tmp_path):

@@ -30,17 +30,20 @@ DRUM_CHANNEL = 9  # General MIDI percussion (channel 10, 0-based 9)
 
 def read_file(path: str, data: DataConfig) -> bytes:
     """The bytes of a MIDI or score file, refused unread (MidiReadError) when larger than
-    data.max_file_mb: the size is checked on the open file, and no more than the cap (plus
-    one byte, for a file that grows) is ever read."""
+    data.max_file_mb: the size is checked on the open file, and no more than its size or the
+    cap, whichever is smaller, plus one byte (a file that grows) is ever read (f.read(n) takes
+    n bytes of memory at once). Running out of memory is a MidiReadError with that reason."""
     limit = int(data.max_file_mb * 1e6)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
                 raise MidiReadError(path, _too_large(size, data))
-            raw = f.read(limit + 1)
+            raw = f.read(min(size, limit) + 1)
     except OSError as e:
         raise MidiReadError(path, f"cannot read the file ({e.strerror or e})") from e
+    except MemoryError:
+        raise MidiReadError(path, _no_memory(size, data)) from None
     if len(raw) > limit:
         raise MidiReadError(path, _too_large(len(raw), data))
     return raw
@@ -48,6 +51,13 @@ def read_file(path: str, data: DataConfig) -> bytes:
 
 def _too_large(size: int, data: DataConfig) -> str:
     return f"absurd: {size / 1e6:.1f} MB (max_file_mb={data.max_file_mb:g})"
+
+
+def _no_memory(size: int, data: DataConfig) -> str:
+    return (
+        f"out of memory reading its {size / 1e6:.1f} MB (lower data.max_file_mb="
+        f"{data.max_file_mb:g} or data.max_notes={data.max_notes})"
+    )
 
 
 def read_midi(path: str, data: DataConfig, name: str | None = None) -> tuple[Piece, dict]:
@@ -63,7 +73,10 @@ def read_midi_bytes(
     `track_names` list gets the file's track names appended (text from the file: escape it)."""
     if len(raw) > data.max_file_mb * 1e6:
         raise MidiReadError(path, _too_large(len(raw), data))
-    smf = parse_smf(raw, path, max_tracks=data.max_tracks, max_notes=data.max_notes)
+    try:
+        smf = parse_smf(raw, path, max_tracks=data.max_tracks, max_notes=data.max_notes)
+    except MemoryError:  # a memory limit below what max_notes allows
+        raise MidiReadError(path, _no_memory(len(raw), data)) from None
     if smf.format == 2:
         logging.getLogger(__name__).warning(
             "%s: a format-2 MIDI file (%d independent patterns): its tracks are read as one "
