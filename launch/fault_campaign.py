@@ -179,9 +179,13 @@ def generate_part(args, workdir: str, results: list) -> dict:
         counts["foreign_lost"] += not foreign_ok
         counts["journal_completed_by_next_run"] += journal
         counts["tracebacks"] += "Traceback" in stderr
+        os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
+        with open(os.path.join(args.out, "logs", f"generate_{i:02d}.stderr"), "w") as f:
+            f.write(stderr)
         record = {"part": "generate", "run": i, "signal": sig.name, "timing": timing,
                   "landed": landed, "at_s": round(killed_at, 3), "exit": process.returncode,
                   "result": kind, "journal_left": journal, "foreign_ok": foreign_ok,
+                  "traceback": "Traceback" in stderr,
                   "stray": stray}  # fmt: skip
         print(json.dumps(record), flush=True)
         results.append(record)

@@ -199,6 +199,8 @@ def _write_errors(directory: str):
 def _kept(steps: list[int]) -> str:
     if not steps:
         return "no checkpoint was written yet"
+    if len(steps) == 1:
+        return f"the earlier checkpoint (step {steps[0]}) is kept"
     return f"the earlier checkpoints (steps {', '.join(map(str, steps))}) are kept"
 
 
