@@ -28,6 +28,7 @@ import os
 import pathlib
 import pickle
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -518,3 +519,12 @@ def test_evaluate_on_a_workdir_it_cannot_write_prints_the_result_and_names_the_f
         f"{workdir}/evaluation_valid.json: Read-only file system; the evaluation above was "
         "printed but not saved"
     )
+
+
+def test_a_ctrl_c_after_the_work_is_done_is_ignored():
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        cli.main_reporting_errors(lambda argv: None, ["jaxcomposer"])
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
