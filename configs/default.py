@@ -83,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.log_every = 50  # steps
     c.train.max_wall_seconds = 0.0  # seconds; 0 = no limit
     c.train.budget_minutes = 0.0  # > 0: num_steps chosen to fit this many minutes (measured)
+    c.train.tensorboard = False  # True: TensorBoard event files too (pip install .[tensorboard])
 
     c.sample = ml_collections.ConfigDict()
     c.sample.decoder = "temperature"  # argmax | temperature
@@ -101,6 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.style = ""  # key+style models: a training style; "" = drawn
     c.sample.scale = "off"  # strict | soft | off
     c.sample.scale_penalty = 1.5  # soft: nats off out-of-scale pitch logits (README: why 1.5)
+    # voice tokens: nats off onsets moving two voices in parallel fifths/octaves (harmony.md)
+    c.sample.parallels_penalty = 3.0
     c.sample.meter = "hold"  # hold | free | 3/4...: hold the primer's (else the first) meter
 
     # --mode=finetune: reward fine-tuning with a KL penalty (paper section 8.2; Jaques et al. 2017)

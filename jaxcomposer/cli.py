@@ -43,6 +43,7 @@ _SAMPLE_FLAGS = (
     "style",
     "scale",
     "scale_penalty",
+    "parallels_penalty",
     "meter",
 )
 
@@ -57,13 +58,14 @@ def sample_overrides() -> dict:
 
 # Which modes read each optional flag (a flag given to a mode that ignores it is a warning).
 _FLAG_MODES = {
-    **{name: ("generate",) for name in _SAMPLE_FLAGS + ("out_dir", "primer_midi", "seed")},
+    **{name: ("generate",) for name in _SAMPLE_FLAGS + ("primer_midi", "seed")},
+    "out_dir": ("generate", "serve"),  # serve: its results folder (kept)
     "score_qpm": ("generate",),
     "qpm": ("generate",),
     "soundfont": ("generate", "serve"),
     "host": ("serve",),
     "port": ("serve",),
-    "checkpoint": ("generate", "evaluate"),
+    "checkpoint": ("generate", "evaluate", "serve"),
     "eval_dir": ("evaluate",),
     "samples": ("evaluate",),
     "ensemble": ("evaluate",),
@@ -130,7 +132,8 @@ def check_flags(mode: str) -> list[str]:
     if FLAGS.num_bars and FLAGS.num_steps:
         warnings.append("--num_steps is only a minimum when --num_bars is given (bars decide)")
     for name, modes in _FLAG_MODES.items():
-        given = getattr(FLAGS, name) not in (None, False)
+        # On the command line (--host and --port have defaults: their values alone say nothing).
+        given = FLAGS[name].present and getattr(FLAGS, name) not in (None, False)
         if given and mode != "all" and mode not in modes:
             warnings.append(f"--{name} is ignored by --mode={mode} (it is for {'/'.join(modes)})")
     return warnings
@@ -191,6 +194,9 @@ def load_config():
         # ml_collections reports a failed load (missing file, syntax error, no get_config) as an
         # OSError listing the paths tried; its last line holds the reason.
         reason = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        name = _config_path()
+        if not os.path.exists(name) and os.sep not in name and not name.endswith(".py"):
+            reason = f"no such file, nor a built-in config ({', '.join(builtin_config_names())})"
         raise UsageError(f"--config {_config_path()}: cannot load it ({reason})") from None
     return config_lib.freeze(values)
 
@@ -303,9 +309,29 @@ def builtin_config(name: str) -> str | None:
     return None
 
 
+DEFAULT_CONFIG = "default"  # --config when none is given: the built-in configs/default.py
+
+
+def builtin_config_names() -> list[str]:
+    """The names `builtin_config` knows, sorted."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("configs")
+    except (ImportError, ValueError):
+        return []
+    folders = (spec.submodule_search_locations or []) if spec else []
+    return sorted({
+        f[:-3] for folder in folders for f in os.listdir(folder)
+        if f.endswith(".py") and f[:-3].isidentifier() and not f.startswith("_")
+    })  # fmt: skip
+
+
 def resolve_config_name(argv: list[str]) -> list[str]:
     """argv with `--config=NAME` (a built-in config's name, e.g. quick) replaced by its file;
-    a path (`--config=configs/quick.py`, any existing file) is left as it is."""
+    a path (`--config=configs/quick.py`, any existing file) is left as it is. (Without a
+    --config flag the flag's default applies: main.py sets it to the file of `DEFAULT_CONFIG`,
+    so it is found whatever the working directory.)"""
     out = list(argv)
     for i, arg in enumerate(out):
         if arg == "--":

@@ -102,6 +102,9 @@ class TrainConfig:
     # > 0: num_steps is chosen from the step time measured after compilation so that warmup and
     # decay fit this many minutes (train/budget.py); the chosen steps go into config.json.
     budget_minutes: float = 0.0
+    # True: TensorBoard event files beside metrics.jsonl (needs the tensorboard extra,
+    # tensorboardX; without it a one-line warning and metrics.jsonl alone).
+    tensorboard: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,9 @@ class SampleConfig:
     scale: str = "off"  # "strict" | "soft" | "off": out-of-scale pitch tokens masked/penalized
     scale_penalty: float = 1.5  # soft: nats subtracted from out-of-scale logits
     meter: str = "hold"  # "hold" (the primer's, else the first sampled) | "free" | "3/4"...
+    # nats off the logits of onsets that move a voice in parallel fifths or octaves with a voice
+    # above it (tokens written voice by voice: voices); 0 = off
+    parallels_penalty: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +281,8 @@ def freeze(config_dict: Any) -> Config:
 
 
 # --- value checks -----------------------------------------------------------------------------
+# The one list of each choice: tokenizers.NAMES, conditioning.CONDITIONS, the sampler's
+# SCALE_MODES and decoders, and main.py's flag enums all reference these tuples.
 CHOICES = {
     "tokenizer.name": ("chord", "frame", "event", "performance", "voices"),
     "model.kind": ("lstm", "seed_replica"),
@@ -285,6 +293,7 @@ CHOICES = {
     "model.condition": ("none", "key", "key+style"),
     "sample.scale": ("off", "soft", "strict"),
 }
+PRIMER_SOURCES = ("none", "valid")  # sample.primer: these, or else the path of a MIDI file
 _AT_LEAST = {  # field: smallest allowed value
     "data.num_workers": 0, "data.max_tracks": 1, "data.max_notes": 1, "data.max_pieces": 0,
     "tokenizer.steps_per_beat": 1, "tokenizer.pitch_min": 0, "tokenizer.max_duration_steps": 1,
@@ -301,6 +310,7 @@ _AT_LEAST = {  # field: smallest allowed value
     "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
     "sample.scale_penalty": 0,
+    "sample.parallels_penalty": 0,
     "finetune.num_steps": 0, "finetune.batch_size": 1, "finetune.num_tokens": 1,
     "finetune.grad_clip_norm": 0, "finetune.kl_beta": 0, "finetune.alpha": 0,
     "finetune.alpha_batch_size": 1, "finetune.user_reward_weight": 0, "finetune.max_run": 1,
@@ -388,6 +398,8 @@ def validate(config: Config) -> None:
          or config.model.condition != "none", "needs model.condition key or key+style"),
         ("sample.scale_penalty", math.isfinite(config.sample.scale_penalty),
          "must be a finite number of nats (use --scale=strict to forbid)"),
+        ("sample.parallels_penalty", math.isfinite(config.sample.parallels_penalty),
+         "must be a finite number of nats"),
         ("train.transpose_semitones", config.train.transpose_semitones <= 127,
          "must be <= 127"),
         ("sample.meter", config.sample.meter in METER_RULES

@@ -1,4 +1,4 @@
-r"""The one entry point: `python -m jaxcomposer.main --mode=M --config=configs/x.py --workdir=DIR`.
+r"""The one entry point: `python -m jaxcomposer.main --mode=M --config=NAME --workdir=DIR`.
 
 Modes:
   prepare   MIDI folder (or the embedded Bach chorales) -> token arrays, vocabulary, manifest
@@ -27,6 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxcomposer import cli
+from jaxcomposer.config_lib import CHOICES, PRIMER_SOURCES
 
 MODES = ("prepare", "train", "generate", "evaluate", "all", "finetune", "serve")
 
@@ -35,19 +36,28 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "all", MODES, "What to do.")
 flags.DEFINE_string("workdir", "runs/default", "Run folder: data, checkpoints, samples, reports.")
 try:
-    config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (get_config()).")
+    # The default is the built-in config's file (the checkout's or the installed package's):
+    # ml_collections loads it here when `--config.a.b=v` overrides are given without --config.
+    config_flags.DEFINE_config_file(
+        "config", cli.builtin_config(cli.DEFAULT_CONFIG) or cli.DEFAULT_CONFIG,
+        "Config: a built-in config's name (default, quick, tiny, jsb, piano, seed_replica) or a "
+        "file with get_config().",
+    )  # fmt: skip
 except (AttributeError, KeyError) as _error:  # ml_collections reads `--config.a.b=v` here
     print(f"error: bad --config override: {cli._cause(_error)}", file=sys.stderr)
     sys.exit(2)
 # Generation (override the workdir config's `sample` section when given).
-flags.DEFINE_string("out_dir", None, "Where samples go (default: WORKDIR/samples).")
+flags.DEFINE_string(
+    "out_dir", None, "Where samples go (default: WORKDIR/samples); serve: the results folder, "
+    "kept (default: a temporary one, removed at the end).",
+)  # fmt: skip
 flags.DEFINE_string("primer_midi", None, "Continue this MIDI file instead of starting from BOS.")
-flags.DEFINE_enum("primer", None, ["none", "valid"], "Primer when no --primer_midi is given.")
+flags.DEFINE_enum("primer", None, list(PRIMER_SOURCES), "Primer when no --primer_midi is given.")
 flags.DEFINE_integer("num_steps", None, "Tokens to generate per sample.")
 flags.DEFINE_integer("num_bars", None, "Bars to generate per sample (overrides --num_steps).")
 flags.DEFINE_integer("num_samples", None, "Samples to generate.")
 flags.DEFINE_integer("seed", None, "Sampling seed: the same seed gives the same music.")
-flags.DEFINE_enum("decoder", None, ["argmax", "temperature"], "Decoding rule.")
+flags.DEFINE_enum("decoder", None, list(CHOICES["sample.decoder"]), "Decoding rule.")
 flags.DEFINE_float("temperature", None, "Softmax temperature.")
 flags.DEFINE_float("score_qpm", None, "Performances: engrave at this tempo, not the estimate.")
 flags.DEFINE_float(
@@ -76,8 +86,15 @@ flags.DEFINE_string(
     "';' between keys gives each sample the next one.",
 )  # fmt: skip
 flags.DEFINE_string("style", None, "Style (a training sub-folder) for key+style models.")
-flags.DEFINE_enum("scale", None, ["strict", "soft", "off"], "Out-of-scale pitches: mask/penalize.")
+flags.DEFINE_enum(
+    "scale", None, list(CHOICES["sample.scale"]), "Out-of-scale pitches: mask/penalize."
+)
 flags.DEFINE_float("scale_penalty", None, "--scale=soft: nats taken off out-of-scale logits.")
+flags.DEFINE_float(
+    "parallels_penalty", None,
+    "Voice tokens: nats off onsets that move a voice in parallel fifths or octaves with a voice "
+    "above it (0 = off).",
+)  # fmt: skip
 flags.DEFINE_string(
     "meter", None,
     "hold (the primer's meter, else the first one sampled, for the whole piece), free, or a "

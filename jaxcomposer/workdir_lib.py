@@ -200,7 +200,7 @@ def load_vocab(workdir: str, tokenizer: Tokenizer) -> Vocab:
 # Fields that may change when a run resumes; every other train/model field must stay the same.
 RESUMABLE_TRAIN_FIELDS = frozenset(
     {"num_steps", "eval_every", "eval_batches", "early_stop_patience", "checkpoint_every",
-     "keep_best", "log_every", "max_wall_seconds"}
+     "keep_best", "log_every", "max_wall_seconds", "tensorboard"}
 )  # fmt: skip
 # Data fields that do not change the tokens (where the cache lives, how many processes).
 NEUTRAL_DATA_FIELDS = frozenset({"cache_dir", "num_workers"})

@@ -32,6 +32,8 @@ from jaxcomposer.core import atomic  # noqa: E402
 CORPUS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "final_fantasy"
 )
+# Tokens per sample, by run: the chord runs 500 (500 onset groups, as the original), event 1000.
+SAMPLE_TOKENS = {"seed_replica": 500, "default_chord": 500, "default_event": 1000}
 STATS = ("longest_repeat_run", "distinct_4gram_share", "pitch_class_entropy", "scale_consistency")
 
 
@@ -80,7 +82,7 @@ def one_run(root: str, name: str, config: config_lib.Config, num_samples: int) -
     summary = loop.train(config, workdir, progress=False)
     wall = time.perf_counter() - started
     nll = evaluate.evaluate(workdir, progress=False)["overall"]
-    tokens = 500 if config.tokenizer.name == "chord" else 1000  # 500 notes, as the original
+    tokens = SAMPLE_TOKENS[name]
     decoders = {
         "argmax": {"decoder": "argmax", "primer": "valid", "primer_tokens": 100},
         "nucleus": {"decoder": "temperature", "temperature": 1.0, "top_p": 0.95, "primer": "valid",

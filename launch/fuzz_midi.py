@@ -368,7 +368,7 @@ class Checker:
             return ""
         decoded = tokenizer.decode(tokens)
         lost = sum(v for k, v in losses.items() if k.startswith("merged"))
-        if tokenizer.name != "chord" and len(decoded.notes) != int(inside.sum()) - lost:
+        if tokenizer.keeps_note_count and len(decoded.notes) != int(inside.sum()) - lost:
             raise AssertionError(
                 f"{tokenizer.name}: decoded {len(decoded.notes)} notes, expected "
                 f"{int(inside.sum())} - {lost} lost"

@@ -33,7 +33,7 @@ CORPUS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "giantmidi_piano"
 )
 COMPOSERS = ("Chopin", "Debussy", "Liszt")
-SAMPLE_TOKENS = {"chord": 400, "event": 1500, "performance": 3000}
+SAMPLE_TOKENS = {"seed_replica": 400, "default_event": 1500, "default_performance": 3000}  # by run
 
 
 def composer_folder(root: str, corpus: str) -> str:
@@ -91,7 +91,7 @@ def sample(root: str, name: str, config: config_lib.Config) -> dict:
     from jaxcomposer.sample import generate
 
     workdir = os.path.join(root, name)
-    overrides = {"num_samples": 1, "num_steps": SAMPLE_TOKENS[config.tokenizer.name],
+    overrides = {"num_samples": 1, "num_steps": SAMPLE_TOKENS[name],
                  "num_bars": 0, "primer": "none"}  # fmt: skip
     out = generate.generate(workdir, out_dir=os.path.join(workdir, "samples"), seed=1,
                             overrides=overrides)  # fmt: skip

@@ -1,8 +1,8 @@
 r"""Which lever makes the chords less like clusters? (issue 20; a benchmark, not a test)
 
 Trains each named variant of configs/quick.py (a list of `--config.a.b=v` overrides, plus
-optional `sample.*` settings for generation) for `--seeds` seeds at the main job's wall budget
-(configs/quick.py train.max_wall_seconds unless `--budget` says otherwise), one run per core
+optional `sample.*` settings for generation) for `--seeds` seeds, each under the schedule it
+names (a wall cap, a fixed step count or budget minutes; `--budget=S` caps all), one run per core
 of `--cores` in parallel (taskset, one XLA thread), then scores each with harmony_bench
 (launch/harmony_bench.py: 40 samples of 8 bars vs the validation chorales) on the same core.
 Writes ROOT/levers.json and a table (mean ± std over seeds: classifier accuracy, control,
@@ -37,34 +37,52 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-SCHED = ("train.max_wall_seconds=0", "train.num_steps=950")
+# configs/quick.py before it adopted the winner: event tokens at sixteenths, capped at 300 s of
+# wall time mid-way through a 1500-step schedule. The variants name every setting they differ in
+# from it, so the table stays reproducible whatever quick.py becomes.
+EVENT = ("tokenizer.name=event", "tokenizer.steps_per_beat=4", "tokenizer.per_voice_tokens=False")
+WALL = ("train.budget_minutes=0", "train.max_wall_seconds=300", "train.num_steps=1500")
+# Fixed work instead of a wall budget: the ~950 steps the event base reaches in 300 s on an idle
+# core, with the cosine schedule run to its end (the wall cap stops base mid-schedule).
+SCHED = ("train.budget_minutes=0", "train.max_wall_seconds=0", "train.num_steps=950")
+VOICES_SPB2_PV = ("tokenizer.name=voices", "tokenizer.steps_per_beat=2",
+                  "tokenizer.per_voice_tokens=True")
+HOUR = (*VOICES_SPB2_PV, "train.budget_minutes=0", "train.max_wall_seconds=0",
+        "train.num_steps=8259", "train.eval_every=500", "train.checkpoint_every=500")
 # name -> {"config": [config overrides], "sample": {sample.* settings for generation}}
 VARIANTS = {
-    "base": {"config": [], "sample": {}},
-    "scale_off": {"config": [], "sample": {"scale": "off"}},
-    "top_p_0.95": {"config": [], "sample": {"top_p": 0.95}},
-    "temperature_0.8": {"config": [], "sample": {"temperature": 0.8}},
-    "voices": {"config": ["tokenizer.name=voices"], "sample": {}},
-    "bigger_lr": {"config": ["train.learning_rate=0.005"], "sample": {}},
-    # Fixed work instead of a wall budget: the ~950 steps the base reaches in 300 s on an idle
-    # core, with the cosine schedule run to its end (the wall cap stops base mid-schedule).
-    "base_sched": {"config": [*SCHED], "sample": {}},
-    "voices_sched": {"config": ["tokenizer.name=voices", *SCHED], "sample": {}},
-    "voices_spb2_pv": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=2",
-                                  "tokenizer.per_voice_tokens=True", *SCHED], "sample": {}},
+    "base": {"config": [*EVENT, *WALL], "sample": {}},
+    "scale_off": {"config": [*EVENT, *WALL], "sample": {"scale": "off"}},
+    "top_p_0.95": {"config": [*EVENT, *WALL], "sample": {"top_p": 0.95}},
+    "temperature_0.8": {"config": [*EVENT, *WALL], "sample": {"temperature": 0.8}},
+    "voices": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=4",
+                          "tokenizer.per_voice_tokens=False", *WALL], "sample": {}},
+    "bigger_lr": {"config": [*EVENT, *WALL, "train.learning_rate=0.005"], "sample": {}},
+    "base_sched": {"config": [*EVENT, *SCHED], "sample": {}},
+    "voices_sched": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=4",
+                                "tokenizer.per_voice_tokens=False", *SCHED], "sample": {}},
+    # The winner, adopted by configs/quick.py (which chooses its steps with budget_minutes=5).
+    "voices_spb2_pv": {"config": [*VOICES_SPB2_PV, *SCHED], "sample": {}},
     # top-p truncation cuts the many-pitch tail of "move" and keeps the one HOLD token: plain
     # sampling (top_p 1) on the same models.
-    "voices_spb2_pv_top_p_1": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=2",
-                                          "tokenizer.per_voice_tokens=True", *SCHED],
-                               "sample": {"top_p": 1.0}},
+    "voices_spb2_pv_top_p_1": {"config": [*VOICES_SPB2_PV, *SCHED], "sample": {"top_p": 1.0}},
+    # The main job as configs/quick.py now runs it: the step count fitted to 5 minutes.
+    "quick": {"config": [], "sample": {}},
     # The issue's one-core-hour chorale model: the best 5-minute representation trained for the
     # 8259 steps that train.budget_minutes=58 chose on an idle core (0.42 s/step), fixed so that
     # other work on the machine changes the wall time, not the model.
-    "hour_voices_spb2_pv": {"config": ["tokenizer.name=voices", "tokenizer.steps_per_beat=2",
-                                       "tokenizer.per_voice_tokens=True",
-                                       "train.max_wall_seconds=0", "train.num_steps=8259",
-                                       "train.eval_every=500", "train.checkpoint_every=500"],
-                            "sample": {}},
+    "hour_voices_spb2_pv": {"config": [*HOUR], "sample": {}},
+    # Decoding on the hour model (its training run is shared): the soft parallels rule, and
+    # plain sampling (top-p truncation keeps HOLD and cuts the moving tail: too few eighths).
+    "hour_parallels_3": {"config": [*HOUR], "sample": {"parallels_penalty": 3.0}},
+    "hour_parallels_8": {"config": [*HOUR], "sample": {"parallels_penalty": 8.0}},
+    "hour_top_p_1": {"config": [*HOUR], "sample": {"top_p": 1.0}},
+    "hour_parallels_3_top_p_1": {"config": [*HOUR],
+                                 "sample": {"parallels_penalty": 3.0, "top_p": 1.0}},
+    "hour_parallels_3_top_p_0.95": {"config": [*HOUR],
+                                    "sample": {"parallels_penalty": 3.0, "top_p": 0.95}},
+    "hour_parallels_3_top_p_1_temperature_0.9": {
+        "config": [*HOUR], "sample": {"parallels_penalty": 3.0, "top_p": 1.0, "temperature": 0.9}},
 }
 BEGIN, END = "<!-- levers:begin -->", "<!-- levers:end -->"
 
@@ -114,9 +132,11 @@ def run_one(job: dict, core: int, args) -> dict:
     bench_json = os.path.join(job["bench_dir"], f"seed{job['seed']}_bench.json")
     summary = os.path.join(workdir, "train_summary.json")
     result = {"variant": job["name"], "seed": job["seed"], "workdir": workdir, "log": log}
-    # The budget first, so that a variant may replace it (train.max_wall_seconds=0 with a fixed
+    # A --budget first, so that a variant may replace it (train.max_wall_seconds=0 with a fixed
     # train.num_steps compares equal work, unaffected by what else runs on the machine).
-    overrides = [f"--config.seed={job['seed']}", f"--config.train.max_wall_seconds={args.budget}"]
+    overrides = [f"--config.seed={job['seed']}"]
+    if args.budget is not None:
+        overrides.append(f"--config.train.max_wall_seconds={args.budget}")
     overrides += [f"--config.{o}" for o in job["spec"]["config"]]
     main = [sys.executable, "-m", "jaxcomposer.main", "--config=configs/quick.py",
             f"--workdir={workdir}", "--progress=false", *overrides]  # fmt: skip
@@ -185,7 +205,10 @@ def table(results: list[dict], names: list[str], args) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     errors = [f"- {r['variant']} seed {r['seed']}: {r['error']}" for r in results if "error" in r]
-    note = (f"\nconfigs/quick.py variants, {args.budget:g} s wall budget each, one core per run "
+    budget = ("each variant's schedule (base and its decoding variants: a 300 s wall cap; "
+              "_sched: 950 steps; quick: 5 budget minutes)" if args.budget is None
+              else f"a {args.budget:g} s wall cap unless a variant sets its own")
+    note = (f"\nconfigs/quick.py variants, {budget}, one core per run "
             f"(taskset, one XLA thread); {args.num_samples} samples of {args.bars} bars vs the "
             "validation chorales (launch/harmony_bench.py); mean ± std over seeds. "
             f"Written by launch/harmony_levers.py on {time.strftime('%Y-%m-%d %H:%M')}.\n"
@@ -205,7 +228,6 @@ def write_doc(path: str, block: str) -> None:
 
 
 def main() -> None:
-    from configs import quick
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default="/tmp/harmony_levers")
@@ -213,7 +235,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cores", default="0,1")
-    parser.add_argument("--budget", type=float, default=quick.get_config().train.max_wall_seconds)
+    parser.add_argument("--budget", type=float, default=None,
+                        help="a wall cap in seconds for every variant (default: each its own)")
     parser.add_argument("--num_samples", type=int, default=40)
     parser.add_argument("--bars", type=int, default=8)
     parser.add_argument("--doc", default=os.path.join(REPO, "docs", "harmony.md"))

@@ -1,5 +1,5 @@
 """Every mode's bad input ends in one line on stderr naming the file or field and the reason,
-exit code 2 for usage errors and 1 for failures, never a traceback (issue 13, fault 5).
+exit code 2 for usage errors and 1 for failures, never a traceback.
 
 A few cases run `python -m jaxcomposer.main` as a subprocess (each costs seconds of imports);
 the rest check the same functions in-process: the error mapping, the config checks and the
@@ -47,6 +47,21 @@ def test_usage_errors_exit_2_in_one_line(tmp_path):
     missing = tmp_path / "nowhere"
     code, errors = run_main("--mode=generate", f"--workdir={missing}")
     assert code == 2 and len(errors) == 1 and str(missing) in errors[0]
+
+
+def test_flags_a_mode_ignores_warn_only_when_given(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxcomposer.main", "--mode=prepare", "--config=nosuch",
+         f"--workdir={tmp_path}", "--port=9000", "--temperature=0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: --temperature is ignored by --mode=prepare (it is for generate)",
+        "warning: --port is ignored by --mode=prepare (it is for serve)",
+    ]  # not --host, which has a default and was not given
+    # The studio reads --checkpoint (which model to restore) and --out_dir (its results).
+    assert "serve" in cli._FLAG_MODES["checkpoint"] and "serve" in cli._FLAG_MODES["out_dir"]
 
 
 def test_workdir_and_folder_problems_name_the_file(tmp_path):
@@ -152,5 +167,86 @@ def test_ctrl_c_tells_how_to_resume_training_and_fine_tuning(capsys, tmp_path):
                     cli.main_reporting_errors(interrupted, ["jaxcomposer"])
             leave.assert_called_once_with(130)
             assert capsys.readouterr().err.strip() == "error: interrupted" + hint
+    finally:
+        main.FLAGS.unparse_flags()
+
+
+# The console command's flag parsing, from a folder that is not the checkout (as after
+# `pip install .`): the package and its configs are found on the path, not in the cwd.
+_PARSE_AND_PRINT = (
+    "import sys\n"
+    "from jaxcomposer import cli, config_lib, main\n"
+    "cli.parse_flags(['jaxcomposer', *sys.argv[1:]])\n"
+    "try:\n"
+    "    print(config_lib.to_json(cli.load_config()))\n"
+    "except Exception as e:\n"
+    "    sys.exit(cli.report(e))\n"
+)
+
+
+def _config_from_elsewhere(cwd: pathlib.Path, *args: str) -> tuple[int, str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # the checkout, not the cwd, holds the code
+    done = subprocess.run(
+        [sys.executable, "-c", _PARSE_AND_PRINT, *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_config_names_resolve_from_another_folder(tmp_path):
+    # Overrides without --config load the default at flag definition: no second definition.
+    from configs import default
+
+    (tmp_path / "configs").mkdir()  # a folder of the same name that is no package of ours
+    expected_tiny = config_lib.to_json(config_lib.freeze(tiny.get_config()))
+    expected_default = config_lib.to_json(config_lib.freeze(default.get_config()))
+    code, out, err = _config_from_elsewhere(tmp_path, "--config=tiny")
+    assert code == 0 and out.strip() == expected_tiny, err
+    code, out, err = _config_from_elsewhere(tmp_path)  # no --config: the built-in default
+    assert code == 0 and out.strip() == expected_default, err
+    # A name with overrides, and the path form (a file outside the package) still work.
+    code, out, err = _config_from_elsewhere(tmp_path, "--config=tiny", "--config.seed=7")
+    assert code == 0 and config_lib.from_json(out).seed == 7, err
+    code, out, err = _config_from_elsewhere(tmp_path, "--config.data.max_pieces=3")
+    assert code == 0 and config_lib.from_json(out).data.max_pieces == 3, err
+    assert config_lib.from_json(out).model.hidden_size == default.get_config().model.hidden_size
+    own = tmp_path / "mine.py"
+    own.write_text(
+        "from configs import tiny\n\ndef get_config():\n"
+        "    c = tiny.get_config()\n    c.train.num_steps = 3\n    return c\n"
+    )
+    code, out, err = _config_from_elsewhere(tmp_path, f"--config={own.name}")
+    assert code == 0 and config_lib.from_json(out).train.num_steps == 3, err
+    code, out, err = _config_from_elsewhere(tmp_path, "--config=nosuch")
+    assert code == 2 and err.strip().startswith("error: --config nosuch: cannot load it"), err
+    assert "built-in config (default, jsb, piano, quick, seed_replica, tiny)" in err
+
+
+def test_resolve_config_name_rewrites_names_only():
+    path = cli.builtin_config("quick")
+    assert path is not None and os.path.samefile(path, ROOT / "configs" / "quick.py")
+    assert cli.resolve_config_name(["p", "--config=quick"]) == ["p", f"--config={path}"]
+    assert cli.resolve_config_name(["p", "--config", "quick"]) == ["p", "--config", path]
+    assert cli.resolve_config_name(["p", "--config=x/y.py"]) == ["p", "--config=x/y.py"]
+    assert cli.resolve_config_name(["p", "--mode=all"]) == ["p", "--mode=all"]
+    assert os.path.samefile(cli.builtin_config(cli.DEFAULT_CONFIG), ROOT / "configs" / "default.py")
+    assert cli.builtin_config("../etc") is None and cli.builtin_config("_private") is None
+
+
+def test_a_flag_is_ignored_only_by_the_modes_that_do_not_read_it(tmp_path):
+    """--mode=serve reads --out_dir (its results folder) and --checkpoint (main.py passes both
+    to the studio); --mode=prepare reads neither, and --host/--port, which have defaults, are
+    not reported when they were not given."""
+    try:
+        for mode, expected in (("serve", []), ("prepare", ["checkpoint", "out_dir"])):
+            main.FLAGS.unparse_flags()
+            main.FLAGS(["jaxcomposer", f"--mode={mode}", f"--workdir={tmp_path}",
+                        f"--out_dir={tmp_path / 'out'}", "--checkpoint=latest"])  # fmt: skip
+            cli.WORKDIRS[:] = []
+            ignored = sorted(
+                w.split()[0].removeprefix("--") for w in cli.check_flags(mode) if "ignored" in w
+            )
+            assert ignored == expected, mode
     finally:
         main.FLAGS.unparse_flags()

@@ -231,3 +231,21 @@ def test_a_bach_chorale_keeps_every_voice(tmp_path):
     assert sorted(got, key=int) == ["1", "2", "5", "6"]
     for voice_id, v in zip(sorted(got, key=int), range(4), strict=True):
         assert got[voice_id] == _expected(notes, v), score.VOICE_NAMES[v]
+
+
+def test_a_sample_at_the_default_written_tempo_is_marked_100(tmp_path):
+    # generate() writes samples without a primer at 100 quarter notes per minute; the MusicXML
+    # says so twice (MuseScore plays <sound tempo>, prints the metronome mark) and names the
+    # one instrument MuseScore looks for (part-name, score-instrument, midi-instrument).
+    notes = make_notes([72, 76, 48, 55], [0, 1, 0, 2], [1, 2, 2, 4])
+    info = outputs.render_sample(str(tmp_path), "s", notes, title="s", skip=("png", "roll"))
+    assert info["qpm"] == 100.0 and not info["errors"]
+    root = ET.parse(tmp_path / info["musicxml"]).getroot()
+    (score_part,) = root.findall("part-list/score-part")
+    assert score_part.findtext("part-name") == "Piano"
+    (instrument,) = score_part.findall("score-instrument")
+    midi = score_part.find("midi-instrument")
+    assert midi.get("id") == instrument.get("id") and midi.findtext("midi-program") == "1"
+    assert [s.get("tempo") for s in root.iter("sound") if s.get("tempo")] == ["100"]
+    assert root.findtext(".//direction-type/metronome/per-minute") == "100"
+    assert root.findtext("part/measure/attributes/staves") == "2"

@@ -132,7 +132,7 @@ def test_labels_transpose_with_the_notes():
     assert shifted  # the tables really move pitches
 
 
-def test_old_splits_without_labels_are_unconditional():
+def test_a_split_without_key_labels_cannot_feed_a_key_conditioned_model():
     split = TokenSplit.from_pieces(["a"], [np.arange(3, 40, dtype=np.int32)])
     assert split.labels == {}
     with pytest.raises(ValueError, match="prepare again"):
@@ -334,6 +334,57 @@ def test_german_key_names_read_as_germans_mean_them(name, expected):
     assert keys.key_name(keys.parse_key(name)) == expected
 
 
+@pytest.mark.parametrize(
+    "german, english",
+    [
+        ("cis-moll", "C# minor"), ("Cis-Dur", "C# major"), ("dis", "D# minor"),
+        ("fis", "F# minor"), ("gis-moll", "G# minor"), ("ais-moll", "A# minor"),
+        ("eis-moll", "E# minor"), ("His-Dur", "B# major"),
+        ("Es-Dur", "Eb major"), ("es-moll", "Eb minor"), ("As", "Ab major"),
+        ("as-moll", "Ab minor"), ("Des-Dur", "Db major"), ("Ges-Dur", "Gb major"),
+        ("Ces-Dur", "Cb major"), ("Fes-Dur", "Fb major"), ("b-moll", "Bb minor"),
+        ("heses-moll", "Bbb minor"), ("Eses-Dur", "Ebb major"), ("ases", "Abb minor"),
+        ("h", "B minor"), ("H-Dur", "B major"), ("d-moll", "D minor"), ("D-Dur", "D major"),
+    ],
+)  # fmt: skip
+def test_german_names_give_the_key_of_their_english_spelling(german, english):
+    # Two readings: the German suffix rules against the English letter + #/b path.
+    assert keys.parse_key(german) == keys.parse_key(english)
+
+
 def test_a_misspelt_german_name_is_refused_with_the_accepted_forms():
     with pytest.raises(keys.KeyNameError, match="German"):
         keys.parse_key("Ds-Dur")
+
+
+def test_minor_scale_variants_are_built_from_the_natural_minor():
+    # Written out from the natural minor by raising degrees, against the table in keys.
+    natural = set(keys.SCALE_STEPS["natural_minor"])
+    melodic_ascending = (natural - {8, 10}) | {9, 11}
+    assert set(keys.SCALE_STEPS["harmonic_minor"]) == (natural - {10}) | {11}
+    assert set(keys.SCALE_STEPS["minor_leading_tone"]) == natural | {11}
+    assert set(keys.SCALE_STEPS["all_minor_forms"]) == natural | {11} | melodic_ascending
+    # A minor with the leading tone: A B C D E F G G#; C major stays major whatever the form.
+    a_minor = np.flatnonzero(keys.scale_pitch_classes(12 + 9, "minor_leading_tone"))
+    assert a_minor.tolist() == [0, 2, 4, 5, 7, 8, 9, 11]
+    for form in keys.MINOR_FORMS:
+        assert np.flatnonzero(keys.scale_pitch_classes(0, form)).tolist() == [0, 2, 4, 5, 7, 9, 11]
+    with pytest.raises(ValueError, match="minor_form"):
+        keys.scale_pitch_classes(12, "dorian")
+
+
+def test_each_scale_user_names_its_variant():
+    from jaxcomposer.evaluation import musicstats
+    from jaxcomposer.finetune import rewards
+
+    assert (musicstats.SCALE_MASKS_24x12 == keys.scale_table("natural_minor")).all()
+    for key in range(keys.NUM_KEYS):
+        assert (rewards.key_scale(key) == keys.scale_pitch_classes(key, "minor_leading_tone")).all()
+    tokenizer = get_tokenizer(tiny_config().tokenizer)
+    pcs_VxC = tokenizer.pitch_class_table()
+    table = conditioning.in_scale_table(tokenizer)
+    d_minor = 12 + 2
+    for token in np.flatnonzero(pcs_VxC.any(axis=1)):
+        expected = all((pc - 2) % 12 in keys.SCALE_STEPS["all_minor_forms"]
+                       for pc in np.flatnonzero(pcs_VxC[token]))  # fmt: skip
+        assert table[d_minor, token] == expected

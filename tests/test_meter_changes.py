@@ -1,4 +1,4 @@
-"""Issue 13, fault 2: every time- and key-signature change reaches the written MIDI, the MusicXML
+"""Every time- and key-signature change reaches the written MIDI, the MusicXML
 and the engraved score (and the piano roll's bar lines), not only the first."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_every_change_is_engraved(rendered):
     # verovio draws a meterSig / keySig group per staff (2 staves) wherever one is set.
     assert len(re.findall(r'class="meterSig"', svg)) == 2 * len(METERS)
     # verovio also repeats the key signature at the start of each later system (the tempo mark
-    # and part name now make this score two systems; no key change falls on a system's start).
+    # and part name make this score two systems; no key change falls on a system's start).
     systems = len(re.findall(r'class="system"', svg))
     assert len(re.findall(r'class="keySig"', svg)) == 2 * (len(KEYS) + systems - 1)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcomposer.evaluation import musicstats as ms
+from jaxcomposer.music import keys
 from jaxcomposer.music.notes import make_notes
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71]
@@ -56,7 +57,7 @@ def test_chromatic_scale_and_harmonic_minor():
 
 def test_scale_consistency_matches_set_loop():
     rng = np.random.default_rng(1)
-    major, minor = set(ms.MAJOR_STEPS), set(ms.NATURAL_MINOR_STEPS)
+    major, minor = set(keys.SCALE_STEPS["major"]), set(keys.SCALE_STEPS["natural_minor"])
     for _ in range(20):
         notes = random_piece(rng, n_notes=int(rng.integers(1, 30)), pitch_range=(40, 90))
         scales = [{(t + s) % 12 for s in steps} for t in range(12) for steps in (major, minor)]

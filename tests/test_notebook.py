@@ -43,7 +43,10 @@ def test_notebook_runs_on_cpu_with_tiny_parameters(tmp_path):
     nb = with_parameters(
         nbformat.read(NOTEBOOK, as_version=4),
         {
-            "CONFIG": "configs/tiny.py",
+            "CONFIG": "tiny",  # by name, as an installed package finds it
+            "KEY": "D minor",
+            "SCALE": "strict",
+            "TEMPERATURE": 0.9,
             "WORKDIR": str(workdir),
             "MIDI_DIR": str(corpus),
             "OVERRIDES": {
@@ -77,3 +80,7 @@ def test_notebook_runs_on_cpu_with_tiny_parameters(tmp_path):
     assert any("text/html" in k for k in kinds)  # the audio players
     samples = json.loads((workdir / "continued" / "samples.json").read_text())
     assert samples["settings"]["primer"].endswith("m0.mid")
+    # The form's key, scale rule and temperature reach the sampler.
+    first = json.loads((workdir / "samples" / "samples.json").read_text())
+    assert [s["requested_key"] for s in first["samples"]] == ["D minor"]
+    assert first["settings"]["scale"] == "strict" and first["settings"]["temperature"] == 0.9

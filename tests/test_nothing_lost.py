@@ -1,4 +1,4 @@
-"""Issue 13, faults 1 and 4: read what the common readers read, and count every note or event
+"""Read what the common readers read, and count every note or event
 that does not reach the tokens (per file and in total in the manifest)."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def config(tmp_path, midi_dir=None, **tokenizer):
     return config_lib.replace(base, data=data, tokenizer=tokenizer)
 
 
-# --- fault 1: system real-time and common messages between events ------------------------------
+# --- system real-time and common messages between events --------------------------------------
 
 # A clock-driven sequencer's dump: 0xF8 clocks and 0xFE active sensing between the notes (each
 # with its own delta time, as mido reads them), a song-position pointer, a song select, a MIDI
@@ -132,7 +132,7 @@ def test_ignored_events_are_counted_per_file_and_in_total(tmp_path):
     assert "ignored: 12 ignored realtime messages" in dataset.summarize(manifest)
 
 
-# --- fault 4: notes the tokens cannot hold ---------------------------------------------------
+# --- notes the tokens cannot hold -----------------------------------------------------------
 
 
 def triplet_file(path) -> str:

@@ -268,7 +268,7 @@ def test_decoding_skips_and_counts_what_does_not_fit():
     assert decoded.notes.as_tuples() == [(60, 0.0, 0.2, centre), (62, 0.2, 0.22, centre)]
 
 
-def test_old_config_json_without_the_new_fields_loads():
+def test_config_json_without_the_performance_fields_loads_with_their_defaults():
     config = config_lib.freeze(default.get_config())
     stored = json.loads(config_lib.to_json(config))
     for key in [k for k in stored["tokenizer"] if k.startswith("perf_")]:

@@ -22,7 +22,7 @@ import numpy as np
 from conftest import tiny_config
 
 from jaxcomposer.finetune import policy_gradient as pg
-from jaxcomposer.tokenizers import get_tokenizer
+from jaxcomposer.tokenizers import EOS, get_tokenizer
 
 V, T, B, M = 3, 3, 4, 40_000
 BETA = 0.8
@@ -154,3 +154,51 @@ def test_walk_states_matches_the_grammar_walk():
     )
     want = np.stack([grammar.walk(row)[0] for row in tokens])
     np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def grammar_walk_with_allowed(grammar, row):
+    """(states, allowed_TxV): Grammar.walk's states and, token by token, what the table and the
+    held-key rule allow (kept by hand from walk's accepted tokens, not from grammar.held_allows)."""
+    states, accepted = grammar.walk(row)
+    held = np.zeros(grammar.num_keys, bool)
+    allowed = []
+    for state, token, ok in zip(states, row.tolist(), accepted, strict=True):
+        table_ok = grammar.next_state[state] >= 0
+        release_ok = (grammar.release < 0) | held[np.maximum(grammar.release, 0)]
+        press_ok = (grammar.press < 0) | ~held[np.maximum(grammar.press, 0)]
+        allowed.append(table_ok & release_ok & press_ok)
+        if ok and grammar.release[token] >= 0:
+            held[grammar.release[token]] = False
+        elif ok and grammar.press[token] >= 0:
+            held[grammar.press[token]] = True
+    return states, np.asarray(allowed)
+
+
+def test_held_key_walk_and_mask_match_the_grammar_walk():
+    """Performance tokens (a held-key rule): the jax walk skips what Grammar.walk skips, and the
+    policy's mask is what the sampler allowed (table, held keys, no EOS) at every step."""
+    from jaxcomposer.tokenizers.grammar import walk_batch
+
+    tokenizer = get_tokenizer(tiny_config(tokenizer={"name": "performance"}).tokenizer)
+    grammar = tokenizer.grammar
+    assert grammar.press is not None
+    rng = np.random.default_rng(5)
+    # random tokens with many presses and releases of a few keys, so the rule bites
+    v = tokenizer.vocab
+    keyed = [v.token(name, i) for name in ("NOTE_ON", "NOTE_OFF") for i in range(3)]
+    pool = np.r_[keyed * 6, rng.integers(3, v.size, 30)]
+    tokens = rng.choice(pool, size=(4, 60)).astype(np.int32)
+    held0 = (jnp.asarray(grammar.press), jnp.asarray(grammar.release),
+             jnp.zeros((4, grammar.num_keys), bool))  # fmt: skip
+    start = jnp.full((4,), grammar.bos_state)
+    states, held_ok = walk_batch(grammar.next_state, jnp.asarray(tokens), start, held0)
+    mask = pg.sampler_mask(jnp.asarray(grammar.next_state), states, held_ok)
+    bites = 0
+    for b, row in enumerate(tokens):
+        want_states, want_allowed = grammar_walk_with_allowed(grammar, row)
+        want_allowed[:, EOS] = False
+        np.testing.assert_array_equal(np.asarray(states[b]), want_states)
+        np.testing.assert_array_equal(np.asarray(mask[b]), want_allowed)
+        table_only = np.asarray(pg.sampler_mask(jnp.asarray(grammar.next_state), states[b]))
+        bites += int((table_only & ~want_allowed).sum())
+    assert bites > 0  # the held-key rule forbids tokens the table allows here

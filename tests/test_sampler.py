@@ -281,3 +281,115 @@ def test_meter_hold_refuses_what_the_tokens_cannot_state():
         sampler.meter_hold(voices, [(7, 1)])
     frame = get_tokenizer(dataclasses.replace(config.tokenizer, name="frame"))
     assert sampler.meter_hold(frame, [None]) is None  # frames state no meter: nothing to hold
+
+
+def walk_voices(tokenizer, row):
+    """(steps int (S, U), now, done): the pitch each voice sounds at each complete grid step of
+    a voices-token row (-1 where it rests), the pitches after the last token, and how many
+    voices of an unfinished step are written; read from the token names alone."""
+    voices = tokenizer.config.num_voices
+    steps, now, u = [], [-1] * voices, 0
+    for t in np.asarray(row).tolist():
+        name, index = tokenizer.vocab.lookup(t)
+        if not name.startswith(("NOTE", "HOLD", "REST")):
+            continue
+        if name.startswith("NOTE"):
+            now[u] = tokenizer.config.pitch_min + index
+        elif name.startswith("REST"):
+            now[u] = -1
+        u += 1
+        if u == voices:
+            steps.append(list(now))
+            u = 0
+    return np.asarray(steps, np.int64).reshape(-1, voices), now, u
+
+
+def voice_pitches(tokenizer, row) -> np.ndarray:
+    return walk_voices(tokenizer, row)[0]
+
+
+def count_parallels(steps_SxU: np.ndarray) -> int:
+    """Parallel fifths, octaves and unisons between any two voices over consecutive steps, by
+    the textbook rule in plain Python (both move the same way, a perfect interval both times)."""
+    count = 0
+    for a, b in zip(steps_SxU[:-1].tolist(), steps_SxU[1:].tolist(), strict=True):
+        for hi in range(len(a)):
+            for lo in range(hi + 1, len(a)):
+                if min(a[hi], a[lo], b[hi], b[lo]) < 0:
+                    continue
+                up, down = b[hi] - a[hi], b[lo] - a[lo]
+                before, after = (a[hi] - a[lo]) % 12, (b[hi] - b[lo]) % 12
+                if up * down > 0 and before == after and after in (0, 7):
+                    count += 1
+    return count
+
+
+def sample_voices(penalty: float, batch: int = 16, num_steps: int = 200, per_voice=True):
+    config = config_lib.freeze(tiny.get_config())
+    tok = dataclasses.replace(config.tokenizer, name="voices", per_voice_tokens=per_voice,
+                              pitch_min=55, pitch_max=67)  # fmt: skip
+    tokenizer = get_tokenizer(tok)
+    model = build_model(config.model, tokenizer.vocab.size)
+    variables = {"params": model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]}
+    primers = np.full((batch, 1), BOS, np.int32)
+    tokens = sampler.sample(
+        variables, jnp.asarray(primers),
+        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
+        jnp.asarray(tokenizer.grammar.next_state), jax.random.key(5),
+        step_fn=StepFunction(model), num_steps=num_steps,
+        settings=sampler.DecoderSettings(temperature=1.5),
+        voices=sampler.parallels_rule(tokenizer, primers, penalty),
+    )  # fmt: skip
+    rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
+    return tokenizer, rows
+
+
+@pytest.mark.parametrize("per_voice", [True, False])
+def test_parallels_rule_removes_parallel_fifths_and_octaves(per_voice):
+    """Voices over a 13-pitch range written by an untrained model at temperature 1.5 move in
+    parallel perfect intervals often; a 30-nat parallels penalty leaves none (counted from the
+    decoded voices by the plain-Python rule), with nothing skipped; 0 leaves the rule off."""
+    tokenizer, free = sample_voices(0.0, per_voice=per_voice)
+    assert sampler.parallels_rule(tokenizer, free[:, :1], 0.0) is None
+    assert sum(count_parallels(voice_pitches(tokenizer, row)) for row in free) >= 10
+    tokenizer, strict = sample_voices(30.0, per_voice=per_voice)
+    assert sum(count_parallels(voice_pitches(tokenizer, row)) for row in strict) == 0
+    assert sum(tokenizer.decode(row).skipped for row in strict) == 0
+
+
+def test_parallels_rule_starts_where_the_primer_leaves_the_voices():
+    """parallels_rule reads where each primer leaves the voices: the same pitches as the
+    plain-Python reading of the token names, mid-step included."""
+    tokenizer, rows = sample_voices(0.0, batch=4, num_steps=37)
+    rule = sampler.parallels_rule(tokenizer, rows, 1.0)
+    prev, now = np.asarray(rule[3]), np.asarray(rule[4])
+    for b, row in enumerate(rows):
+        steps, now_b, done = walk_voices(tokenizer, row)
+        assert now[b].tolist() == now_b
+        assert prev[b].tolist() == steps[-1 if done else -2].tolist()
+
+
+def test_parallels_tokenizers_without_voices_have_no_rule():
+    config = config_lib.freeze(tiny.get_config())
+    for name in ("event", "chord", "frame", "performance"):
+        tokenizer = get_tokenizer(dataclasses.replace(config.tokenizer, name=name))
+        assert tokenizer.voice_tables() is None
+        assert sampler.parallels_rule(tokenizer, np.full((2, 1), BOS), 3.0) is None
+
+
+def test_an_unprimed_sample_holds_the_training_musics_meter():
+    """held_meters' default: the meter stated most often (TIMESIG tokens by count), used where a
+    row's primer states none; a primer's own meter still wins."""
+    from jaxcomposer.sample import bars as bar_lib
+
+    config = config_lib.freeze(tiny.get_config())
+    voices = get_tokenizer(dataclasses.replace(config.tokenizer, name="voices"))
+    table = voices.meter_tokens()
+    corpus = np.asarray([table[(3, 4)]] * 5 + [table[(4, 4)]] * 3 + [table[(1, 16)]] * 4)
+    assert bar_lib.corpus_meter(voices, corpus) == (3, 4)
+    assert bar_lib.corpus_meter(voices, np.asarray([BOS, voices.vocab.token("BAR")])) is None
+    primers = np.asarray([[BOS, voices.vocab.token("BAR"), table[(4, 4)]], [BOS, 0, 0]])
+    held = bar_lib.held_meters(voices, "hold", primers, default=(3, 4))
+    assert held == [(4, 4), (3, 4)]
+    frame = get_tokenizer(dataclasses.replace(config.tokenizer, name="frame"))
+    assert bar_lib.corpus_meter(frame, corpus) is None

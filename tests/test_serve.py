@@ -237,6 +237,17 @@ def test_progress_is_reported_in_order(studio):
                     ("rendering", 1, 2), ("rendered", 2, 2)]  # fmt: skip
 
 
+def test_the_meter_asked_for_is_held(studio):
+    # Without a primer the held meter is the first one sampled, which a young model may draw
+    # as 1/16 (8 bars in 2 beats); the page's meter field fixes it.
+    studio_, _ = studio
+    job = studio_.submit({"num_samples": 2, "bars": 2, "meter": "3/4", "seed": 5})
+    status = studio_.wait(job.id, 300)
+    assert status["state"] == "done" and status["settings"]["meter"] == "3/4"
+    assert [s["time_signature"] for s in status["samples"]] == ["3/4", "3/4"]
+    assert studio_.describe()["models"][0]["defaults"]["meter"] == "hold"
+
+
 def test_musicxml_is_one_piano_part_on_two_staves_with_the_tempo(studio):
     import xml.etree.ElementTree as ET
 
@@ -297,10 +308,13 @@ def test_bad_requests_and_routes(studio):
     assert status == 200 and models["models"][0]["name"] == "tiny <b onclick=x>run"
     facts = models["models"][0]["facts"]
     assert facts["steps trained"] == 4 and "validation NLL (nats/token)" in facts
+    assert models["models"][0]["styles"] == [] and models["models"][0]["defaults"]["style"] == ""
     for body, expected in (
         ({"bars": 0}, "bars"), ({"temperature": "hot"}, "temperature"),
         ({"top_p": 2}, "top_p"), ({"num_samples": 99}, "num_samples"),
         ({"scale": "loud"}, "scale"), ({"key": "H major"}, "key"), ({"seed": 1.5}, "seed"),
+        ({"style": "chorale"}, "not conditioned on style"), ({"style": ["x"]}, "style"),
+        ({"meter": "4/5"}, "meter"), ({"meter": "../x"}, "meter"),
     ):  # fmt: skip
         status, reply = call(url + "api/generate", {"model": "0", **body})
         assert status == 400 and expected in reply["error"].lower(), (body, reply)

@@ -73,7 +73,7 @@ def test_token_beats_are_the_decoded_onsets(case):
 
 
 def test_performance_beats_are_seconds_at_the_decoded_tempo():
-    """The issue's case: eight 1-second TIME_SHIFTs put the next token 8 s (16 beats at 120
+    """A performance's clock: eight 1-second TIME_SHIFTs put the next token 8 s (16 beats at 120
     qpm) in, in bar 5 of 2-second bars; the piece's beats at 60 qpm map onto the same clock."""
     tokenizer = make("performance")
     v = tokenizer.vocab

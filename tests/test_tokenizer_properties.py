@@ -16,6 +16,7 @@ from configs import default
 from jaxcomposer import config_lib
 from jaxcomposer.music.notes import Piece, TimeSignature, grid_round, make_notes
 from jaxcomposer.tokenizers import BOS, EOS, TranspositionError, get_tokenizer
+from jaxcomposer.tokenizers.base import LOST_NOTE_COUNTS
 
 PITCH_MIN, PITCH_MAX = 21, 108
 SETTINGS = settings(
@@ -66,10 +67,11 @@ def make_piece(notes, meters=(), name="random.mid") -> Piece:
 
 
 def meters_for(tok):
-    """A strategy of time-signature lists drawn from the tokenizer's own table (event only)."""
-    if tok.name != "event":
+    """A strategy of time-signature lists drawn from the tokenizer's own table (none when its
+    tokens hold no meter)."""
+    if not tok.meter_choices:
         return st.just(())
-    return st.lists(st.tuples(any_times, st.sampled_from(tok.meter_table)), max_size=3).map(
+    return st.lists(st.tuples(any_times, st.sampled_from(tok.meter_choices)), max_size=3).map(
         lambda ms: tuple((beat, n, d) for beat, (n, d) in ms)
     )
 
@@ -97,6 +99,9 @@ def test_round_trip(key, data, notes):
     assert tok.encode(again).tolist() == tokens.tolist()
 
 
+CHORD_KEYS = ["chord", "chord-dur-spb2", "chord-step1-spb3"]  # pitch-class sets: see below
+
+
 @pytest.mark.parametrize("key", list(CONFIGS))
 @SETTINGS
 @given(data=st.data(), notes=notes_lists, k=st.integers(-14, 14))
@@ -108,16 +113,29 @@ def test_transposition_matches_encoding_the_shifted_piece(key, data, notes, k):
     if ((moved >= PITCH_MIN) & (moved <= PITCH_MAX)).all():
         assert tok.transpose(tokens, k).tolist() == tok.encode(shifted(piece, k)).tolist()
         return
-    if tok.name == "chord":
-        # Only groups of one distinct pitch can leave the range; pitch-class sets always move.
-        q = grid_round(piece.notes.start, tok.config.steps_per_beat)
-        groups = {}
-        for onset, pitch in zip(q.tolist(), moved.tolist(), strict=True):
-            groups.setdefault(onset, set()).add(pitch)
-        out = [g for g in groups.values() if len(g) == 1 and not PITCH_MIN <= min(g) <= PITCH_MAX]
-        if not out:
-            assert tok.transpose(tokens, k).size == tokens.size
-            return
+    if key in CHORD_KEYS:
+        return  # test_chord_transposition_fails_only_for_single_pitches_leaving_the_range
+    with pytest.raises(TranspositionError):
+        tok.transpose(tokens, k)
+
+
+@pytest.mark.parametrize("key", CHORD_KEYS)
+@SETTINGS
+@given(notes=notes_lists, k=st.integers(-14, 14))
+def test_chord_transposition_fails_only_for_single_pitches_leaving_the_range(key, notes, k):
+    tok = tokenizer(key)
+    piece = make_piece(notes)
+    tokens = tok.encode(piece)
+    moved = piece.notes.pitch.astype(int) + k
+    # Only groups of one distinct pitch can leave the range; pitch-class sets always move.
+    q = grid_round(piece.notes.start, tok.config.steps_per_beat)
+    groups = {}
+    for onset, pitch in zip(q.tolist(), moved.tolist(), strict=True):
+        groups.setdefault(onset, set()).add(pitch)
+    out = [g for g in groups.values() if len(g) == 1 and not PITCH_MIN <= min(g) <= PITCH_MAX]
+    if not out:
+        assert tok.transpose(tokens, k).size == tokens.size
+        return
     with pytest.raises(TranspositionError):
         tok.transpose(tokens, k)
 
@@ -200,3 +218,37 @@ def test_grammar_walks_decode_without_skips(key):
         decoded = tok.decode(np.r_[BOS, tokens])
         assert decoded.skipped == 0, [tok.vocab.describe(t) for t in tokens]
         assert (decoded.notes.end > decoded.notes.start).all()
+
+
+# --- what a tokenizer says about itself ------------------------------------------------------
+@pytest.mark.parametrize("key", list(CONFIGS))
+@SETTINGS
+@given(notes=notes_lists)
+def test_keeps_note_count_says_whether_decoding_keeps_every_note(key, notes):
+    tok = tokenizer(key)
+    piece = make_piece(notes)
+    tokens, losses = tok.encode_counted(piece)
+    lost = sum(losses.get(k, 0) for k in LOST_NOTE_COUNTS)
+    if tok.keeps_note_count:
+        assert len(tok.decode(tokens).notes) == len(piece.notes) - lost
+
+
+def test_chord_tokens_do_not_keep_the_note_count():
+    tok = tokenizer("chord")
+    piece = make_piece([(60, 0.0, 1.0, 80), (72, 0.0, 1.0, 80)])  # an octave: the set {C}
+    tokens, losses = tok.encode_counted(piece)
+    lost = sum(losses.get(k, 0) for k in LOST_NOTE_COUNTS)
+    assert not tok.keeps_note_count
+    assert len(tok.decode(tokens).notes) != len(piece.notes) - lost
+
+
+@pytest.mark.parametrize("key", list(CONFIGS))
+def test_meter_choices_are_the_meters_the_tokens_can_hold(key):
+    tok = tokenizer(key)
+    piece = make_piece([(60, float(b), 1.0, 80) for b in range(12)], [(0.0, 3, 4)])
+    held = tok.meters(tok.encode(piece))
+    if not tok.meter_choices:
+        assert held == ()
+    else:
+        assert (3, 4) in tok.meter_choices
+        assert [(m.numerator, m.denominator) for m in held] == [(3, 4)]

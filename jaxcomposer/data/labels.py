@@ -34,9 +34,12 @@ class LabelError(Failure, ValueError):
 
 
 def in_scale_share(piece: Piece, key_number: int) -> float:
+    """Share of note duration in the key's scale (keys.scale_pitch_classes, all minor forms:
+    the sampler's mask); 1.0 for a piece with no sounding notes."""
     weights = keys.pitch_class_weights(piece.notes)
     total = weights.sum()
-    return float(weights[keys.scale_pitch_classes(key_number)].sum() / total) if total else 1.0
+    in_scale = keys.scale_pitch_classes(key_number, "all_minor_forms")
+    return float(weights[in_scale].sum() / total) if total else 1.0
 
 
 def window_keys(piece: Piece, window: float = WINDOW_BEATS) -> list[tuple[float, int]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,12 @@ from jaxcomposer.evaluation import ensemble as ensemble_lib
 from jaxcomposer.model import StepFunction, conditioning
 from jaxcomposer.music.keys import transpose_key
 from jaxcomposer.tokenizers import EOS, PAD, Tokenizer, get_tokenizer
+
+
+def _show_bar(progress: bool) -> bool:
+    """The rule of prepare's and train's bars: only when asked for and stderr is a terminal (a
+    log file gets the result lines, not a bar redrawn into it)."""
+    return bool(progress) and sys.stderr.isatty()
 
 
 def piece_metrics(
@@ -106,7 +113,7 @@ def score_pieces(
     shifts = [0] + [s for s in range(-transpositions, transpositions + 1) if s]
     mixing = len(workdirs) * len(shifts) > 1
     bar = tqdm(total=len(pieces) * len(workdirs) * len(shifts), desc="evaluate", unit="piece",
-               disable=not progress)  # fmt: skip
+               disable=not _show_bar(progress))  # fmt: skip
     models = [workdir_lib.restore_for_inference(w, checkpoint) for w in workdirs]
     for member, restored in zip(workdirs[1:], models[1:], strict=True):
         _check_member(models[0], restored, member)  # before any scoring
@@ -393,7 +400,8 @@ def compare_samples(
         [musicstats.onset_groups(tokenizer.decode(p).notes, spb) for p in train_split.pieces()]
     )
     generated, generated_cut, skipped = [], [], []
-    for name, path in tqdm(find_midi_files(samples_dir), desc="samples", disable=not progress):
+    files = find_midi_files(samples_dir)
+    for name, path in tqdm(files, desc="samples", disable=not _show_bar(progress)):
         try:
             piece = midi_io.read_midi(path, config.data, name)[0]
         except midi_io.MidiReadError as err:

@@ -17,10 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxcomposer.music import keys
 from jaxcomposer.music.notes import Notes, grid_round
 
-MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
-NATURAL_MINOR_STEPS = (0, 2, 3, 5, 7, 8, 10)
+# scale_consistency scores the best of the 12 major and 12 natural-minor scales (keys.SCALE_STEPS;
+# a harmonic minor's leading tone counts as outside).
+SCALE_MINOR_FORM = "natural_minor"
 
 # Note-length bins on a log2 scale, centred on 1/16, 1/8, ..., 4 beats, with edges halfway
 # (geometrically) between centres; the last bin holds everything from 2**2.5 ~ 5.7 beats up.
@@ -42,16 +44,8 @@ STAT_DESCRIPTIONS = {
 }
 
 
-def _scale_masks() -> np.ndarray:
-    """(24, 12) bool: rows 0-11 major scales on C..B, rows 12-23 natural minor scales on c..b."""
-    masks = np.zeros((24, 12), bool)
-    for tonic in range(12):
-        masks[tonic, [(tonic + s) % 12 for s in MAJOR_STEPS]] = True
-        masks[12 + tonic, [(tonic + s) % 12 for s in NATURAL_MINOR_STEPS]] = True
-    return masks
-
-
-SCALE_MASKS_24x12 = _scale_masks()
+# (24, 12) bool: rows 0-11 major scales on C..B, rows 12-23 natural minor scales on c..b.
+SCALE_MASKS_24x12 = keys.scale_table(SCALE_MINOR_FORM)
 
 
 def piece_stats(notes: Notes, *, steps_per_beat: int = 4) -> dict[str, float]:

@@ -48,6 +48,7 @@ from jaxcomposer.model.loss import token_loss_sums
 from jaxcomposer.music import keys
 from jaxcomposer.sample import keyplan, sampler
 from jaxcomposer.tokenizers import BOS, Tokenizer
+from jaxcomposer.tokenizers.grammar import walk_batch
 from jaxcomposer.train import batching, reporting
 from jaxcomposer.train.train_step import make_eval_step, make_mesh, shard_batch, validation_metrics
 
@@ -85,6 +86,8 @@ def make_update(model, optimizer, grammar, fcfg: FinetuneConfig, real_loss_table
     each input (BOS, tokens[:-1]); `real_loss_table` the grammar table when the model was
     trained with train.grammar_mask_loss."""
     next_state = jnp.asarray(grammar.next_state)
+    press_V = None if grammar.press is None else jnp.asarray(grammar.press)
+    release_V = None if grammar.release is None else jnp.asarray(grammar.release)
     beta, alpha = float(fcfg.kl_beta), float(fcfg.alpha)
 
     def update(state, tokens_BxT, rewards_B, real_batch, cond_BxTxC=None):
@@ -93,9 +96,11 @@ def make_update(model, optimizer, grammar, fcfg: FinetuneConfig, real_loss_table
             [jnp.full((batch, 1), BOS, jnp.int32), tokens_BxT[:, :-1]], axis=1
         )
         start_B = jnp.full((batch,), grammar.bos_state, jnp.int32)
-        allowed = policy_gradient.sampler_mask(
-            next_state, policy_gradient.walk_states(tokens_BxT, start_B, next_state)
-        )
+        held = None  # the held-key rule, from BOS (nothing held), as the sampler applied it
+        if grammar.press is not None:
+            held = (press_V, release_V, jnp.zeros((batch, grammar.num_keys), bool))
+        states_BxT, held_ok_BxTxV = walk_batch(next_state, tokens_BxT, start_B, held)
+        allowed = policy_gradient.sampler_mask(next_state, states_BxT, held_ok_BxTxV)
         ref_logits, _ = model.apply(
             {"params": state["reference"]}, inputs_BxT, train=False, cond_BxLxC=cond_BxTxC
         )
@@ -226,7 +231,8 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
     """Fine-tunes (or resumes fine-tuning) the best checkpoint of `workdir`; returns the summary.
 
     The model, tokenizer and data settings come from the workdir's config.json; the finetune
-    section from `flags_config` (the --config given on the command line). Raises
+    section from `flags_config` (the --config given on the command line), and its
+    train.tensorboard too when set (TensorBoard event files beside finetune/metrics.jsonl). Raises
     workdir_lib.WorkdirError for a workdir without checkpoints or with a model the
     sampler cannot fine-tune (the Keras replica reads fixed windows), errors.UsageError for a
     user reward that cannot be loaded."""
@@ -234,6 +240,8 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
     show = sys.stderr.isatty() if progress is None else progress
     base = workdir_lib.restore_for_inference(workdir, "best")
     config = dataclasses.replace(base.config, finetune=flags_config.finetune)
+    if flags_config.train.tensorboard:  # event files: asked for now, or when it was trained
+        config = config_lib.replace(config, train={"tensorboard": True})
     fcfg = config.finetune
     if config.model.kind != "lstm" or config.train.loss_on_last_only:
         raise workdir_lib.WorkdirError(
@@ -254,6 +262,7 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
     manager = checkpoints.make_manager(
         os.path.join(folder, workdir_lib.CHECKPOINT_DIR), config.train.keep_best
     )
+    run = None
     try:
         latest = manager.latest_step()
         _check_resume(folder, config, base.step, latest is not None)
@@ -279,6 +288,8 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
         summary = run.loop(state, meta, progress=show)
     finally:
         checkpoints.close_manager(manager)
+        if run is not None and run.tensorboard is not None:
+            run.tensorboard.close()
     plot_curves(os.path.join(folder, workdir_lib.METRICS_FILE), os.path.join(folder, CURVE_FILE))
     atomic.write_json(os.path.join(folder, SUMMARY_FILE), summary)
     print(summary_text(summary), flush=True)
@@ -303,6 +314,10 @@ class _Run:
         self.weights = dataclasses.asdict(self.fcfg.weights)
         self.match = dataclasses.asdict(self.fcfg.match)
         self.metrics_path = os.path.join(folder, workdir_lib.METRICS_FILE)
+        # train.tensorboard: event files beside this metrics.jsonl too (finetune/ of the workdir)
+        self.tensorboard = (
+            reporting.TensorBoardLog.open(folder) if config.train.tensorboard else None
+        )
         self.step_fn = StepFunction(model)
         self.settings = sampler.DecoderSettings(decoder="temperature", temperature=1.0)
         self.sample_key = finetune_key(config, _SAMPLE_STREAM)
@@ -393,10 +408,13 @@ class _Run:
         )  # fmt: skip
         if not np.isfinite(val["loss"]):
             raise FinetuneDivergedError(f"validation loss is {val['loss']} at step {step}")
-        reporting.append_metrics(
-            self.metrics_path, {"kind": "valid", "step": step, **val, "wall_seconds": wall}
-        )
+        self.log({"kind": "valid", "step": step, **val, "wall_seconds": wall})
         return val["loss"]
+
+    def log(self, record: dict) -> None:
+        reporting.append_metrics(self.metrics_path, record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def loop(self, state: dict, meta: dict, *, progress: bool) -> dict:
         fcfg = self.fcfg
@@ -407,7 +425,7 @@ class _Run:
         def wall() -> float:
             return wall_before + time.perf_counter() - started
 
-        reporting.append_metrics(self.metrics_path, {"kind": "start", "step": step})
+        self.log({"kind": "start", "step": step})
         val = meta.get("val_loss")
         if step == 0:
             val = self.validate(state["params"], 0, 0.0)  # the pretrained model's NLL
@@ -441,7 +459,7 @@ class _Run:
                 if name not in ("total", "key")
             }
             record = {"kind": "train", "step": step, **values, **parts, "wall_seconds": wall()}
-            reporting.append_metrics(self.metrics_path, record)
+            self.log(record)
             recent.append(record)
             bar.update(1)
             out_of_time = 0 < fcfg.max_wall_seconds <= time.perf_counter() - started

@@ -32,30 +32,29 @@ import jax
 import jax.numpy as jnp
 
 from jaxcomposer.model.loss import MASKED_LOGIT, allowed_tokens
+from jaxcomposer.tokenizers.grammar import walk_batch
 from jaxcomposer.tokenizers.vocab import EOS
 
 
 def walk_states(tokens_BxT: jax.Array, start_B: jax.Array, next_state_SxV: jax.Array) -> jax.Array:
     """int32 (B, T): the grammar state before each token (a forbidden token leaves the state
-    unchanged, as in `Grammar.walk` and the sampler)."""
-    table = jnp.asarray(next_state_SxV)
-
-    def body(state_B, token_B):
-        nxt = table[state_B, token_B]
-        return jnp.where(nxt >= 0, nxt, state_B), state_B
-
-    _, states_TxB = jax.lax.scan(body, start_B.astype(jnp.int32), tokens_BxT.T)
-    return states_TxB.T
+    unchanged, as in `Grammar.walk` and the sampler): tokenizers/grammar.walk_batch's table walk."""
+    return walk_batch(next_state_SxV, tokens_BxT, start_B)[0]
 
 
-def sampler_mask(next_state_SxV: jax.Array, states_BxT: jax.Array) -> jax.Array:
-    """bool (B, T, V): what the sampler may draw at each step (grammar on, EOS masked)."""
+def sampler_mask(
+    next_state_SxV: jax.Array, states_BxT: jax.Array, held_ok_BxTxV: jax.Array | None = None
+) -> jax.Array:
+    """bool (B, T, V): what the sampler may draw at each step (grammar on, EOS masked, and where
+    the grammar has a held-key rule, `held_ok_BxTxV` from grammar.walk_batch)."""
     allowed = allowed_tokens(next_state_SxV, states_BxT)
+    if held_ok_BxTxV is not None:
+        allowed = allowed & held_ok_BxTxV
     return allowed.at[..., EOS].set(False)
 
 
 def masked_log_probs(logits_BxTxV: jax.Array, allowed_BxTxV: jax.Array | None) -> jax.Array:
-    """float32 (B, T, V): log-softmax over the allowed tokens (forbidden ones ~ -1e9)."""
+    """float32 (B, T, V): log-softmax over the allowed tokens (forbidden ones ~ MASKED_LOGIT)."""
     logits = logits_BxTxV.astype(jnp.float32)
     if allowed_BxTxV is not None:
         logits = jnp.where(allowed_BxTxV, logits, MASKED_LOGIT)
@@ -64,7 +63,7 @@ def masked_log_probs(logits_BxTxV: jax.Array, allowed_BxTxV: jax.Array | None) -
 
 def step_kl(logp_BxTxV: jax.Array, ref_logp_BxTxV: jax.Array) -> jax.Array:
     """float32 (B, T): KL(pi || pi_0) in nats at each step, exactly over the vocabulary.
-    Forbidden tokens have probability exp(-1e9) = 0 under both, so they add nothing."""
+    Forbidden tokens have probability exp(MASKED_LOGIT) = 0 under both, so they add nothing."""
     return jnp.sum(jnp.exp(logp_BxTxV) * (logp_BxTxV - ref_logp_BxTxV), axis=-1)
 
 

@@ -62,17 +62,15 @@ RewardFn = Callable[[Notes, int, RewardContext], float]
 
 
 # --- helpers ----------------------------------------------------------------------------------
+# The in_key reward's scales (keys.SCALE_STEPS): major, and for minor keys natural minor plus the
+# raised 7th (the harmonic minor's leading tone, used at nearly every minor-key cadence).
+IN_KEY_MINOR_FORM = "minor_leading_tone"
+
+
 def key_scale(key: int) -> np.ndarray:
-    """bool[12]: the pitch classes of `key`'s scale. Major: the major scale. Minor: natural
-    minor plus the raised 7th (the harmonic minor's leading tone, which tonal minor-key music,
-    Bach's above all, uses at nearly every cadence)."""
-    if not 0 <= key < 24:
-        raise ValueError(f"key number must be in 0..23, got {key}")
-    tonic = key % 12
-    steps = musicstats.MAJOR_STEPS if key < 12 else (*musicstats.NATURAL_MINOR_STEPS, 11)
-    scale = np.zeros(12, bool)
-    scale[[(tonic + s) % 12 for s in steps]] = True
-    return scale
+    """bool[12]: the pitch classes of `key`'s scale, keys.scale_pitch_classes with
+    IN_KEY_MINOR_FORM. Raises ValueError for a key number outside 0..23."""
+    return keys.scale_pitch_classes(key, IN_KEY_MINOR_FORM)
 
 
 def _voiced(notes: Notes) -> Notes:

@@ -20,9 +20,10 @@ import dataclasses
 
 import numpy as np
 
+from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.music import keys
 
-CONDITIONS = ("none", "key", "key+style")
+CONDITIONS = CHOICES["model.condition"]
 KEY_DIM = 14  # 12 tonic pitch classes + 2 modes
 
 
@@ -71,11 +72,16 @@ def vector(spec: Spec, key_labels, style_labels=None, xp=np):
 
 
 # --- scales -----------------------------------------------------------------------------------
+# The sampler's scale mask (--scale=soft/strict) admits every form of a minor scale (natural,
+# harmonic, melodic: keys.SCALE_STEPS), so a minor key's leading tone and raised 6th stay open.
+SAMPLER_MINOR_FORM = "all_minor_forms"
+
+
 def in_scale_table(tokenizer) -> np.ndarray:
     """bool (24, V): token allowed in key k: not a pitch token, or every class it sounds lies in
-    the key's scale (keys.scale_pitch_classes: minor admits natural, harmonic, melodic)."""
+    the key's scale (keys.scale_table with SAMPLER_MINOR_FORM)."""
     pcs_VxC = tokenizer.pitch_class_table()
-    scales_KxC = np.stack([keys.scale_pitch_classes(k) for k in range(keys.NUM_KEYS)])
+    scales_KxC = keys.scale_table(SAMPLER_MINOR_FORM)
     outside_KxV = pcs_VxC[None, :, :] & ~scales_KxC[:, None, :]
     return ~outside_KxV.any(axis=2)
 

@@ -17,7 +17,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-MASKED_LOGIT = -1e9  # finite: an all-masked row still has a defined softmax and 0 * loss = 0
+# The one masked-logit value: the loss, the sampler (sample/sampler.py) and the policy gradient
+# (finetune/policy_gradient.py) all mask with it. Finite: an all-masked row still has a defined
+# (uniform) softmax and 0 * loss = 0. (sample/smc.py masks log-probabilities with -inf instead,
+# so a forced token the grammar forbids gives its particle a weight of exactly zero.)
+MASKED_LOGIT = -1e9
 
 
 def allowed_tokens(next_state_SxV: jax.Array, states_BxL: jax.Array) -> jax.Array:

@@ -98,10 +98,22 @@ ACCEPTED_FORMS = (
 _GERMAN = re.compile(r"^([a-h])((?:is)+|(?:es|s)+)?(?:-?(dur|moll))?$", re.IGNORECASE)
 _GERMAN_LETTERS = {**_LETTERS, "b": 10, "h": 11}
 NUM_KEYS = 24
-# Scale pitch classes above the tonic. Minor admits its natural, harmonic and melodic forms
-# (b6/6, b7/7), so a minor key allows 9 of the 12 classes.
-MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
-MINOR_SCALE = (0, 2, 3, 5, 7, 8, 9, 10, 11)
+# --- scale variants: the one table ------------------------------------------------------------
+# Pitch classes above the tonic. Every user names the variant it uses: the sampler's scale mask
+# and the key-agreement label (data/labels.py) take "all_minor_forms" for minor keys, the
+# scale_consistency statistic (evaluation/musicstats.py) "natural_minor", the in_key reward
+# (finetune/rewards.py) "minor_leading_tone". Major keys always use "major".
+SCALE_STEPS = {
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "natural_minor": (0, 2, 3, 5, 7, 8, 10),
+    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11),
+    # natural minor plus the raised 7th (the harmonic minor's leading tone, which tonal
+    # minor-key music, Bach's above all, uses at nearly every cadence)
+    "minor_leading_tone": (0, 2, 3, 5, 7, 8, 10, 11),
+    # natural, harmonic and melodic forms together (b6/6, b7/7): 9 of the 12 classes
+    "all_minor_forms": (0, 2, 3, 5, 7, 8, 9, 10, 11),
+}
+MINOR_FORMS = tuple(name for name in SCALE_STEPS if name != "major")
 
 
 class KeyNameError(UsageError):
@@ -182,12 +194,23 @@ def parse_key_schedule(text: str) -> list[tuple[int, int]]:
     return schedule
 
 
-def scale_pitch_classes(key_number: int) -> np.ndarray:
-    """bool[12]: the pitch classes of the key's scale (minor: natural + harmonic + melodic)."""
+def scale_pitch_classes(key_number: int, minor_form: str = "all_minor_forms") -> np.ndarray:
+    """bool[12]: the pitch classes of the key's scale: SCALE_STEPS["major"] for a major key
+    (0-11), SCALE_STEPS[minor_form] for a minor key (12-23). Raises ValueError for a key number
+    outside 0..23 or a minor_form not in MINOR_FORMS."""
+    if not 0 <= key_number < NUM_KEYS:
+        raise ValueError(f"key number must be in 0..23, got {key_number}")
+    if minor_form not in MINOR_FORMS:
+        raise ValueError(f"minor_form must be one of {MINOR_FORMS}, got {minor_form!r}")
     tonic, minor = key_number % 12, key_number >= 12
     out = np.zeros(12, bool)
-    out[(tonic + np.asarray(MINOR_SCALE if minor else MAJOR_SCALE)) % 12] = True
+    out[(tonic + np.asarray(SCALE_STEPS[minor_form if minor else "major"])) % 12] = True
     return out
+
+
+def scale_table(minor_form: str = "all_minor_forms") -> np.ndarray:
+    """bool (24, 12): scale_pitch_classes of every key, pretty_midi order."""
+    return np.stack([scale_pitch_classes(k, minor_form) for k in range(NUM_KEYS)])
 
 
 def key_correlations(weights_12: np.ndarray, profile: str = "krumhansl_kessler") -> np.ndarray:

@@ -29,6 +29,7 @@ from jaxcomposer.core.errors import Failure
 from jaxcomposer.data import midi_io
 from jaxcomposer.music.notes import KeySignature, Notes, TimeSignature
 from jaxcomposer.render import audio, gallery, score
+from jaxcomposer.tokenizers.geometry import bar_lines_of
 
 estimate_key = score.estimate_key
 write_musicxml = score.write_musicxml
@@ -41,14 +42,10 @@ _BLACK_KEYS = {1, 3, 6, 8, 10}
 
 def bar_lines(meters: Sequence[TimeSignature], end: float) -> np.ndarray:
     """float64 (B,): the beats of the bar lines in [0, end] under a meter map (`score.meter_map`:
-    sorted, the first at beat 0); a change takes effect at the first bar line at or after it."""
-    lines, beat = [], 0.0
-    for i, ts in enumerate(meters):
-        stop = meters[i + 1].beat if i + 1 < len(meters) else end
-        while beat < stop - 1e-9 or (i + 1 == len(meters) and beat <= end + 1e-9):
-            lines.append(beat)
-            beat += ts.bar_beats
-    return np.asarray(lines, np.float64)
+    sorted, the first at beat 0); a change takes effect at the first bar line at or after it.
+    The lines of tokenizers/geometry.bar_lines_of, cut at `end`."""
+    lines = bar_lines_of(meters, end)
+    return lines[lines <= end + 1e-9]
 
 
 def plot_piano_roll(

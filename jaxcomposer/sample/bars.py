@@ -90,11 +90,28 @@ def steps_for_bars(
     return max(sample.num_steps, math.ceil((sample.num_bars + 1) * bar * per_beat * 1.5))
 
 
-def held_meters(tokenizer: Tokenizer, rule: str, primers: np.ndarray, primer_piece=None):
+def corpus_meter(tokenizer: Tokenizer, tokens: np.ndarray) -> tuple[int, int] | None:
+    """(numerator, denominator) of the meter token stated most often in `tokens` (int, any
+    shape: e.g. a split's concatenated pieces), or None when they state none."""
+    table = tokenizer.meter_tokens()
+    if not table:
+        return None
+    ids = np.fromiter(table.values(), np.int64)
+    counts = np.bincount(np.ravel(tokens).astype(np.int64), minlength=int(ids.max()) + 1)[ids]
+    if not counts.any():
+        return None
+    return list(table)[int(np.argmax(counts))]
+
+
+def held_meters(
+    tokenizer: Tokenizer, rule: str, primers: np.ndarray, primer_piece=None, default=None
+):  # fmt: skip
     """The meter each row holds while sampling (sample.meter; issue 24: a user continuing a
     waltz expects a waltz): "free" -> None (meter tokens unmasked); "hold" -> per row the last
-    meter in force at its primer's end (`meters_of`: its tokens', else the primer file's), or
-    None to hold the first meter the row samples; "N/D" ->
+    meter in force at its primer's end (`meters_of`: its tokens', else the primer file's), else
+    `default` (generate passes the training music's commonest meter, `corpus_meter`, so that an
+    unprimed sample of a young model does not hold a 1/16 it happened to draw first), else None
+    to hold the first meter the row samples; "N/D" ->
     that meter for every row. Returns None as well when the tokens state no meter. Raises
     UsageError for an explicit meter the tokens cannot state (or cannot hold: tokens that state
     no meter follow a primer file's, else 4/4)."""
@@ -119,5 +136,5 @@ def held_meters(tokenizer: Tokenizer, rule: str, primers: np.ndarray, primer_pie
     held = []
     for row in np.asarray(primers):
         own = meters_of(tokenizer, row, primer_piece)
-        held.append((own[-1].numerator, own[-1].denominator) if own else None)
+        held.append((own[-1].numerator, own[-1].denominator) if own else default)
     return held

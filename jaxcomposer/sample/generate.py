@@ -20,6 +20,7 @@ from absl import logging
 
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import SampleConfig
+from jaxcomposer.data import dataset
 from jaxcomposer.model import StepFunction
 from jaxcomposer.music.notes import Notes
 from jaxcomposer.render import gallery, outputs
@@ -60,6 +61,19 @@ def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None)
     }
 
 
+def _training_meter(workdir: str, tokenizer) -> tuple[int, int] | None:
+    """The meter the validation music states most often (bar_lib.corpus_meter), or None when
+    the workdir holds no data split (a model copied without its data) or its tokens state none."""
+    if not tokenizer.meter_tokens():
+        return None
+    try:
+        split = dataset.load_split(workdir, "valid")
+    except (OSError, ValueError) as e:
+        logging.info("no validation split to take a meter from (%s)", e)
+        return None
+    return bar_lib.corpus_meter(tokenizer, split.tokens)
+
+
 @outputs.closes_sample_sets  # an unfinished set's staging folder and lock go on any error
 def generate(
     workdir: str,
@@ -96,7 +110,7 @@ def generate(
     sample = config.sample
     seed = config.seed if seed is None else seed
     primer_piece = None
-    if sample.primer not in ("none", "valid"):  # read first: a bad file fails before jax work
+    if sample.primer not in config_lib.PRIMER_SOURCES:  # a MIDI file: a bad one fails before jax
         primers, primer_piece = primer_lib.primer_from_midi(
             config, get_tokenizer(config.tokenizer), sample.primer
         )
@@ -134,9 +148,12 @@ def generate(
     args = (variables, primers, states, tokenizer.grammar.next_state, jax.random.key(seed))
     removed = pitch_steps = None
     kwargs["held"] = sampler.held_keys(tokenizer.grammar, primers)
-    rows_meter = bar_lib.held_meters(tokenizer, sample.meter, primers, primer_piece)
+    rows_meter = bar_lib.held_meters(
+        tokenizer, sample.meter, primers, primer_piece, default=_training_meter(workdir, tokenizer)
+    )
     kwargs["meter"] = (None if rows_meter is None
                        else sampler.meter_hold(tokenizer, rows_meter, primers))
+    kwargs["voices"] = sampler.parallels_rule(tokenizer, primers, sample.parallels_penalty)
     if keyed:
         inputs, kwargs["ks"] = keyplan.keyed_run(restored, sample, primers, plan)
         tokens, removed, pitch_steps = jax.device_get(sampler.sample_keyed(*args, inputs, **kwargs))

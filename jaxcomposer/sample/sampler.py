@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.model import conditioning
+from jaxcomposer.model.loss import MASKED_LOGIT as NEG_INF  # the one masked-logit value
+from jaxcomposer.tokenizers.grammar import held_after_tokens, held_allows  # the held-key rule
 from jaxcomposer.tokenizers.vocab import BOS, EOS
-
-NEG_INF = -1e9  # finite, so an all-masked row still gives a defined (uniform) softmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,9 @@ class DecoderSettings:
     allow_eos: bool = False  # length is the user's choice, so EOS is masked by default
 
     def __post_init__(self):
-        if self.decoder not in ("argmax", "temperature"):
-            raise ValueError(f"decoder must be 'argmax' or 'temperature', got {self.decoder!r}")
+        if self.decoder not in CHOICES["sample.decoder"]:
+            choices = CHOICES["sample.decoder"]
+            raise ValueError(f"decoder must be one of {choices}, got {self.decoder!r}")
         if self.decoder == "temperature" and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
@@ -91,27 +93,6 @@ def masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings: Dec
     return logits
 
 
-def held_key_mask(held_BxK, press_V, release_V):
-    """bool (B, V): tokens the grammar's held-key rule allows (grammar.py): a press of a key not
-    held, a release of a key held, anything else."""
-    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))  # column K: "no key", never held
-    last = held_BxK.shape[1]
-    released_ok = padded[:, jnp.where(release_V >= 0, release_V, last)] | (release_V < 0)
-    pressed_ok = ~padded[:, jnp.where(press_V >= 0, press_V, last)] | (press_V < 0)
-    return released_ok & pressed_ok
-
-
-def _update_held(held_BxK, token_B, press_V, release_V):
-    rows = jnp.arange(token_B.shape[0])
-    last = held_BxK.shape[1]
-    padded = jnp.pad(held_BxK, ((0, 0), (0, 1)))
-    padded = padded.at[rows, jnp.where(press_V[token_B] >= 0, press_V[token_B], last)].set(True)
-    padded = padded.at[rows, jnp.where(release_V[token_B] >= 0, release_V[token_B], last)].set(
-        False
-    )
-    return padded[:, :last]
-
-
 def meter_hold_mask(logits_BxV, is_meter_V, in_force_B, stated_B):
     """bool (B, V): tokens the meter-hold rule allows. Any token that states no meter; a meter
     token only while no meter is in force (in_force_B == -1) or when it is the one in force;
@@ -152,34 +133,117 @@ def meter_hold(tokenizer, rows_meter: list, primers: np.ndarray | None = None) -
     )
 
 
+PERFECT_CLASSES = (0, 7)  # interval classes mod 12 of parallel octaves (and unisons) and fifths
+
+
+def parallel_motion(state_B, voices):
+    """bool (B, V): the onset tokens that would move the voice due now (`VoiceTables.voice_S`
+    of each row's grammar state) in parallel perfect fifths, octaves or unisons with a voice
+    above it, already written at this grid step.
+
+    The rule of common-practice voice leading (e.g. Piston, *Harmony*, ch. 3): two voices a
+    perfect fifth (or octave) apart at the previous step, both moving the same way, that are a
+    fifth (or octave) apart again. `voices = (voice_S, kind_V, pitch_V, prev_BxU, now_BxU,
+    penalty)` (`parallels_rule`): prev_BxU the pitch each voice sounded at the previous step,
+    now_BxU at this step so far (voices above the one due), -1 where a voice rests."""
+    voice_S, _, pitch_V, prev_BxU, now_BxU, _ = voices
+    due_B = voice_S[state_B]
+    num_voices = prev_BxU.shape[1]
+    above_BxU = (jnp.arange(num_voices)[None] < due_B[:, None]) & (due_B >= 0)[:, None]
+    own_prev_B = jnp.take_along_axis(prev_BxU, jnp.maximum(due_B, 0)[:, None], axis=1)[:, 0]
+    cand_1xVx1 = pitch_V[None, :, None]
+    own_Bx1x1 = own_prev_B[:, None, None]
+    upper_prev, upper_now = prev_BxU[:, None, :], now_BxU[:, None, :]
+    sounding = (cand_1xVx1 >= 0) & (own_Bx1x1 >= 0) & (upper_prev >= 0) & (upper_now >= 0)
+    upper_move = jnp.sign(upper_now - upper_prev)
+    same_way = (upper_move != 0) & (upper_move == jnp.sign(cand_1xVx1 - own_Bx1x1))
+    before = (upper_prev - own_Bx1x1) % 12
+    after = (upper_now - cand_1xVx1) % 12
+    perfect = (before == after) & jnp.isin(after, jnp.asarray(PERFECT_CLASSES))
+    return jnp.any(above_BxU[:, None, :] & sounding & same_way & perfect, axis=-1)
+
+
+def _update_voices(voices, state_B, token_B):
+    """`voices` after row b wrote token_B[b] in grammar state state_B[b]: the top voice's token
+    opens a grid step (what sounded becomes the previous step); an onset sets its voice's
+    pitch, a rest clears it, a hold keeps it."""
+    voice_S, kind_V, pitch_V, prev_BxU, now_BxU, penalty = voices
+    due_B = voice_S[state_B]
+    prev_BxU = jnp.where((due_B == 0)[:, None], now_BxU, prev_BxU)
+    kind_B = kind_V[token_B]
+    rows = jnp.arange(token_B.shape[0])
+    old_B = now_BxU[rows, jnp.maximum(due_B, 0)]
+    new_B = jnp.where(kind_B == 1, pitch_V[token_B], jnp.where(kind_B == 3, -1, old_B))
+    here_BxU = (jnp.arange(now_BxU.shape[1])[None] == due_B[:, None]) & (kind_B > 0)[:, None]
+    now_BxU = jnp.where(here_BxU, new_B[:, None], now_BxU)
+    return (voice_S, kind_V, pitch_V, prev_BxU, now_BxU, penalty)
+
+
+def parallels_rule(tokenizer, primers: np.ndarray, penalty: float) -> tuple | None:
+    """The samplers' `voices` argument for the soft parallels rule (`parallel_motion`): onset
+    tokens that move a voice in parallel fifths or octaves with a voice above it lose `penalty`
+    nats (logits, like the soft scale rule). The voices' pitches start where each primer row
+    leaves them (int64 (B, P) tokens, BOS first or not). None when the tokens carry no voices
+    (Tokenizer.voice_tables) or the penalty is 0."""
+    tables = tokenizer.voice_tables()
+    if tables is None or penalty <= 0:
+        return None
+    primers = np.asarray(primers)
+    grammar = tokenizer.grammar
+    prev = np.full((primers.shape[0], tables.num_voices), -1, np.int32)
+    now = prev.copy()
+    for b, row in enumerate(primers):
+        states, _ = grammar.walk(np.asarray(row, np.int64))
+        for state, token in zip(states, row, strict=True):
+            voice = int(tables.voice_S[state]) if state >= 0 else -1
+            if voice < 0:
+                continue
+            if voice == 0:
+                prev[b] = now[b]
+            kind = int(tables.kind_V[token])
+            if kind == tables.ONSET:
+                now[b, voice] = tables.pitch_V[token]
+            elif kind == tables.REST:
+                now[b, voice] = -1
+    return (jnp.asarray(tables.voice_S), jnp.asarray(tables.kind_V), jnp.asarray(tables.pitch_V),
+            jnp.asarray(prev), jnp.asarray(now), jnp.float32(penalty))  # fmt: skip
+
+
 def _advance(
     logits_BxV, state_B, counts_BxV, rng, next_state_SxV, settings, scale=None, held=None,
-    meter=None,
+    meter=None, voices=None,
 ):  # fmt: skip
     """Masks, chooses the next token and advances the grammar state, token counts, (when the
     grammar has a held-key rule) the held keys `held = (press_V, release_V, held_BxK)` and (when
     the meter is held) `meter = (is_meter_V, in_force_B, stated_B)` (`meter_hold`), whose first
-    meter token sampled in a row with none in force becomes that row's.
-    `scale(logits_BxV, allowed_BxV) -> logits_BxV` applies a key's scale constraint.
-    Returns (token_B, state_B, counts_BxV, held, meter)."""
+    meter token sampled in a row with none in force becomes that row's, and (for the soft
+    parallels rule) the voices' pitches `voices` (`parallels_rule`).
+    `scale(logits_BxV, allowed_BxV) -> (logits_BxV, diagnostics)` applies a key's scale
+    constraint. Returns (token_B, state_B, counts_BxV, held, meter, voices, diagnostics):
+    `scale`'s diagnostics, returned as they are (None without a scale rule)."""
     logits = masked_logits(logits_BxV, state_B, next_state_SxV, counts_BxV, settings)
     if held is not None and settings.grammar_mask:
-        logits = jnp.where(held_key_mask(held[2], held[0], held[1]), logits, NEG_INF)
+        logits = jnp.where(held_allows(held[2], held[0], held[1], xp=jnp), logits, NEG_INF)
     if meter is not None:
         logits = jnp.where(meter_hold_mask(logits, *meter), logits, NEG_INF)
+    if voices is not None:
+        logits = jnp.where(parallel_motion(state_B, voices), logits - voices[5], logits)
+    diagnostics = None
     if scale is not None:
-        logits = scale(logits, logits > NEG_INF / 2)
+        logits, diagnostics = scale(logits, logits > NEG_INF / 2)
     token_B = choose_tokens(logits, rng, settings)
+    if voices is not None:
+        voices = _update_voices(voices, state_B, token_B)
     nxt = next_state_SxV[state_B, token_B]
     state_B = jnp.where(nxt >= 0, nxt, state_B)  # an ungrammatical token leaves it as is
     counts_BxV = counts_BxV.at[jnp.arange(token_B.shape[0]), token_B].add(1)
     if held is not None:
-        held = (held[0], held[1], _update_held(held[2], token_B, held[0], held[1]))
+        held = (held[0], held[1], held_after_tokens(held[2], token_B, held[0], held[1], xp=jnp))
     if meter is not None:
         is_meter_V, in_force_B, stated_B = meter
         in_force_B = jnp.where((in_force_B < 0) & is_meter_V[token_B], token_B, in_force_B)
         meter = (is_meter_V, in_force_B, stated_B | (token_B == in_force_B))
-    return token_B, state_B, counts_BxV, held, meter
+    return token_B, state_B, counts_BxV, held, meter, voices, diagnostics
 
 
 def _token_counts(tokens_BxP, vocab_size: int):
@@ -199,27 +263,30 @@ def sample(
     settings: DecoderSettings,
     held: tuple | None = None,
     meter: tuple | None = None,
+    voices: tuple | None = None,
 ) -> jax.Array:
     """Generates `num_steps` tokens after a primer; returns them as int32 (B, num_steps).
 
     `step_fn(variables, tokens_BxL, carry) -> (logits_BxLxV, carry)` is the model's apply;
     `grammar_state_B` is the grammar state after the primer (from `Grammar.walk`); `held` is
     `held_keys(grammar, primers)` for grammars with a held-key rule, else None; `meter` is
-    `meter_hold(tokenizer, ...)` to hold each row's meter, else None (meters free).
+    `meter_hold(tokenizer, ...)` to hold each row's meter, else None (meters free); `voices`
+    is `parallels_rule(tokenizer, primers, penalty)` for the soft parallels rule, else None.
     """
     logits_BxPxV, carry = step_fn(variables, primer_BxP, None)  # the whole primer in one scan
 
     def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts, held, meter = loop
-        token_B, state_B, counts, held, meter = _advance(
+        carry, logits_BxV, state_B, counts, held, meter, voices = loop
+        token_B, state_B, counts, held, meter, voices, _ = _advance(
             logits_BxV, state_B, counts, step_rng, next_state_SxV, settings, held=held,
-            meter=meter,
+            meter=meter, voices=voices,
         )  # fmt: skip
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry)
-        return (carry, logits_Bx1xV[:, -1], state_B, counts, held, meter), token_B
+        return (carry, logits_Bx1xV[:, -1], state_B, counts, held, meter, voices), token_B
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts, held, meter)
+    init = (carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts, held, meter,
+            voices)  # fmt: skip
     _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
     return tokens_NxB.T
 
@@ -238,6 +305,7 @@ def sample_sliding(
     window: int,
     held: tuple | None = None,
     meter: tuple | None = None,
+    voices: tuple | None = None,
 ) -> jax.Array:
     """The original project's procedure, for models trained on fixed windows (seed_replica):
     every step re-reads the last `window` tokens from a zero state (left-padded with PAD)."""
@@ -245,17 +313,17 @@ def sample_sliding(
     buffer_BxW = jnp.concatenate([pad, primer_BxP.astype(jnp.int32)], axis=1)[:, -window:]
 
     def body(loop, step_rng):
-        buffer_BxW, state_B, counts, held, meter = loop
+        buffer_BxW, state_B, counts, held, meter, voices = loop
         logits_BxWxV, _ = step_fn(variables, buffer_BxW, None)
-        token_B, state_B, counts, held, meter = _advance(
+        token_B, state_B, counts, held, meter, voices, _ = _advance(
             logits_BxWxV[:, -1], state_B, counts, step_rng, next_state_SxV, settings, held=held,
-            meter=meter,
+            meter=meter, voices=voices,
         )  # fmt: skip
         buffer_BxW = jnp.concatenate([buffer_BxW[:, 1:], token_B[:, None]], axis=1)
-        return (buffer_BxW, state_B, counts, held, meter), token_B
+        return (buffer_BxW, state_B, counts, held, meter, voices), token_B
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
-    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts, held, meter)
+    init = (buffer_BxW, grammar_state_B.astype(jnp.int32), counts, held, meter, voices)
     _, tokens_NxB = jax.lax.scan(body, init, jax.random.split(rng, num_steps))
     return tokens_NxB.T
 
@@ -276,7 +344,7 @@ def grammar_states_after(grammar, primers: np.ndarray) -> np.ndarray:
 
 
 # --- key conditioning and scale constraints ---------------------------------------------------
-SCALE_MODES = ("off", "soft", "strict")
+SCALE_MODES = CHOICES["sample.scale"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,6 +453,7 @@ def sample_keyed(
     ks: KeySettings,
     held: tuple | None = None,
     meter: tuple | None = None,
+    voices: tuple | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`sample` with a key schedule: returns (tokens int32 (B, N), removed float32 (B, N),
     pitch_step bool (B, N)).
@@ -400,20 +469,20 @@ def sample_keyed(
     key_B = _key_of(inputs.units_B - inputs.advance_V[last_B], incl_V[last_B], inputs, ks)
     temp = settings.temperature if settings.decoder == "temperature" else 1.0
 
-    def scale_fn(key_B, out):
+    def scale_for(key_B):
+        """The scale rule in `key_B`; its diagnostics are (removed_B, pitch_step_B)."""
+
         def apply(logits, allowed):
             new, removed, pitch = scale_constraint(logits, allowed, key_B, inputs, ks, temp)
-            out.extend([removed, pitch])
-            return new
+            return new, (removed, pitch)
 
         return apply
 
     def body(loop, step_rng):
-        carry, logits_BxV, state_B, counts, units_B, key_B, held, meter = loop
-        out: list = []
-        token_B, state_B, counts, held, meter = _advance(
+        carry, logits_BxV, state_B, counts, units_B, key_B, held, meter, voices = loop
+        token_B, state_B, counts, held, meter, voices, (removed_B, pitch_B) = _advance(
             logits_BxV, state_B, counts, step_rng, next_state_SxV, settings,
-            scale_fn(key_B, out), held, meter,
+            scale_for(key_B), held, meter, voices,
         )  # fmt: skip
         key_B = _key_of(units_B, incl_V[token_B], inputs, ks)
         units_B = units_B + inputs.advance_V[token_B]
@@ -421,13 +490,14 @@ def sample_keyed(
         if ks.spec.dim:
             cond = conditioning.vector(ks.spec, key_B, inputs.styles_B, xp=jnp)[:, None, :]
         logits_Bx1xV, carry = step_fn(variables, token_B[:, None], carry, cond)
-        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held, meter)
-        return new_loop, (token_B, out[0], out[1])
+        new_loop = (carry, logits_Bx1xV[:, -1], state_B, counts, units_B, key_B, held, meter,
+                    voices)  # fmt: skip
+        return new_loop, (token_B, removed_B, pitch_B)
 
     counts = _token_counts(primer_BxP, next_state_SxV.shape[1])
     init = (
         carry, logits_BxPxV[:, -1], grammar_state_B.astype(jnp.int32), counts,
-        inputs.units_B, key_B, held, meter,
+        inputs.units_B, key_B, held, meter, voices,
     )  # fmt: skip
     _, (tokens_NxB, removed_NxB, pitch_NxB) = jax.lax.scan(
         body, init, jax.random.split(rng, num_steps)

@@ -30,7 +30,8 @@ import threading
 import time
 from typing import Any
 
-from jaxcomposer import workdir_lib
+from jaxcomposer import config_lib, workdir_lib
+from jaxcomposer.config_lib import CHOICES
 from jaxcomposer.core.errors import Failure, UsageError
 
 MAX_PRIMER_BYTES = 256 * 1024  # an uploaded primer MIDI (a 10-minute piano MIDI is ~60 KiB)
@@ -41,7 +42,7 @@ MAX_QUEUE = 16  # jobs waiting at most; a request beyond that is refused with a 
 MAX_TEXT = 200  # characters of a key text (a schedule of a dozen keys fits)
 MAX_SHOWN_NAMES = 16  # track names of a primer shown (each cut to MAX_NAME characters)
 MAX_NAME = 80
-SCALES = ("off", "soft", "strict")
+SCALES = CHOICES["sample.scale"]  # the config's list, referenced
 # (low, high) accepted for each numeric field; the page shows the same bounds.
 LIMITS: dict[str, tuple[float, float]] = {
     "bars": (1, 64),
@@ -53,7 +54,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "scale_penalty": (0.0, 20.0),
 }
 _INTEGER = {"bars", "num_samples", "seed"}
-FIELDS = {"model", "key", "scale", "primer", *LIMITS}
+FIELDS = {"model", "key", "scale", "style", "meter", "primer", *LIMITS}
 # Files of a job the server serves: render_sample's, plus the run's index and JSON.
 _RUN_FILES = ("index.html", "samples.json")
 _SAMPLE_FILE_KEYS = ("midi", "musicxml", "wav", "roll", "png")
@@ -151,6 +152,12 @@ def model_facts(workdir: str, restored) -> dict:
     return facts
 
 
+def _styles(model: Model) -> list[str]:
+    """The style names a key+style model was trained with ([] for other models)."""
+    spec = model.restored.spec
+    return list(spec.styles) if spec is not None and spec.uses_style else []
+
+
 def _number(name: str, value: Any) -> float | int:
     low, high = LIMITS[name]
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -238,8 +245,11 @@ class Studio:
                     name=model.name,
                     facts=model.facts,
                     keyed=bool(model.restored.spec is not None and model.restored.spec.dim > 0),
+                    styles=_styles(model),  # key+style models: the training set's style names
                     defaults=dict(
                         key=sample.key.split(";")[0].strip(),
+                        style=sample.style if sample.style in _styles(model) else "",
+                        meter=sample.meter,
                         scale=sample.scale,
                         temperature=sample.temperature,
                         top_p=sample.top_p,
@@ -284,6 +294,19 @@ class Studio:
         if scale not in SCALES:
             raise RequestError(f"scale: expected one of {', '.join(SCALES)}")
         settings["scale"] = scale
+        style = request.get("style") or ""
+        if not isinstance(style, str) or (style and style not in _styles(model)):
+            known = ", ".join(_styles(model)) or "none: this model is not conditioned on style"
+            raise RequestError(f"style: {str(style)[:MAX_NAME]!r} is not a style of the model "
+                               f"({known})")  # fmt: skip
+        settings["style"] = style
+        meter = request.get("meter") or model.restored.config.sample.meter
+        if not isinstance(meter, str) or not (
+            meter.strip() in config_lib.METER_RULES or config_lib.parse_meter(meter)
+        ):
+            raise RequestError(f"meter: {str(meter)[:40]!r}: expected hold, free or a time "
+                               "signature such as 3/4")  # fmt: skip
+        settings["meter"] = meter.strip()
         primer, primer_name, tracks = self._primer(request.get("primer"), model)
         job = Job(secrets.token_hex(8), model, settings, primer, primer_name, tracks)
         with self._lock:
@@ -423,7 +446,10 @@ class Studio:
         out_dir = os.path.join(self.results_dir, job.id)  # an id we made: never request text
         os.makedirs(out_dir)
         s = job.settings
-        overrides: dict = {"decoder": "temperature", "key": s["key"], "scale": s["scale"]}
+        overrides: dict = {"decoder": "temperature", "key": s["key"], "scale": s["scale"],
+                           "style": s.get("style", "")}  # fmt: skip
+        if "meter" in s:
+            overrides["meter"] = s["meter"]
         for field, name in (("num_bars", "bars"), ("num_samples", "num_samples"),
                             ("temperature", "temperature"), ("top_p", "top_p"),
                             ("scale_penalty", "scale_penalty")):  # fmt: skip
@@ -445,7 +471,7 @@ class Studio:
         for info in paths["samples"]:
             shown = {
                 k: info.get(k)
-                for k in ("name", "title", "key", "requested_key", "key_source", "notes",
+                for k in ("name", "title", "key", "requested_key", "key_source", "style", "notes",
                           "bars", "beats", "qpm", "time_signature", "synthesizer",
                           "scale_mass_removed")
                 if info.get(k) is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxcomposer.config_lib import TokenizerConfig
+from jaxcomposer.config_lib import CHOICES, TokenizerConfig
 from jaxcomposer.tokenizers.base import (
     Decoded,
     EncodingError,
@@ -11,7 +11,7 @@ from jaxcomposer.tokenizers.base import (
 )
 from jaxcomposer.tokenizers.vocab import BOS, EOS, PAD, Vocab
 
-NAMES = ("chord", "frame", "event", "performance", "voices")
+NAMES = CHOICES["tokenizer.name"]
 
 
 def get_tokenizer(config: TokenizerConfig) -> Tokenizer:

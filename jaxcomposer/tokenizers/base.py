@@ -54,6 +54,27 @@ class Decoded:
     time_signatures: tuple[TimeSignature, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class VoiceTables:
+    """How tokens written voice by voice (one token per voice per grid step, top voice first)
+    move each voice, for rules that follow voices while sampling.
+
+    voice_S: int32 (S,), the voice (0 = top) whose token the grammar state s expects next, -1
+    in states that expect no voice's token (bar lines, meters, start and end);
+    kind_V: int32 (V,), what token v does to that voice: 0 nothing (not a voice token), 1 an
+    onset of pitch_V[v], 2 it holds its pitch, 3 it rests;
+    pitch_V: int32 (V,), the MIDI pitch of onset tokens, -1 for the others;
+    num_voices: the number of voices.
+    """
+
+    voice_S: np.ndarray
+    kind_V: np.ndarray
+    pitch_V: np.ndarray
+    num_voices: int
+
+    ONSET, HOLD, REST = 1, 2, 3
+
+
 class Tokenizer(abc.ABC):
     """Declared vocabulary + grammar + encode/decode. Subclasses build both in __init__."""
 
@@ -111,6 +132,19 @@ class Tokenizer(abc.ABC):
         """ "beat" (score tokens: token times are quarter-note beats) or "second" (performance
         tokens: token times are seconds of playing, decoded as beats of `decoded_qpm`)."""
 
+    @property
+    def meter_choices(self) -> tuple[tuple[int, int], ...]:
+        """The (numerator, denominator) time signatures the vocabulary can hold: the keys of
+        `meter_tokens` (its TIMESIG tokens), in table order; () when the tokens hold no meter."""
+        return tuple(self.meter_tokens())
+
+    @property
+    @abc.abstractmethod
+    def keeps_note_count(self) -> bool:
+        """True when decode(encode_counted(piece)) gives one note for every note of the piece
+        that the counts do not report lost (LOST_NOTE_COUNTS); False when decoding can make
+        more or fewer notes than the tokens were made from."""
+
     @abc.abstractmethod
     def bar_counter(self) -> BarCounter:
         """The bar number of every token from the tokens alone (key schedules while sampling)."""
@@ -143,6 +177,11 @@ class Tokenizer(abc.ABC):
         """{(numerator, denominator): token id} of the tokens that state a meter (TIMESIG), so
         that sampling can hold the meter in force (sample.meter); empty when the tokens state
         none (their bars come from a primer file's meter, else 4/4)."""
+
+    @abc.abstractmethod
+    def voice_tables(self) -> VoiceTables | None:
+        """The tables with which sampling follows each voice (sample.parallels), or None when
+        the tokens are not written voice by voice (their notes carry no voice to lead)."""
 
     def token_time(self, piece: Piece, beats: np.ndarray) -> np.ndarray:
         """float64: the token clock (the beats `token_beats` reports) at the piece's `beats`.

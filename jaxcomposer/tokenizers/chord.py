@@ -235,6 +235,9 @@ class ChordTokenizer(Tokenizer):
 
     # --- geometry: onset groups chord_step_beats apart, no bars (nominal 4/4 bars) ----------
     time_unit = "beat"
+    # A CHORD token decodes to its pitch classes in one octave (a one-class set to two notes),
+    # whatever the octaves and doublings it was made from.
+    keeps_note_count = False
 
     def bar_counter(self) -> BarCounter:
         """Each onset group takes chord_step_beats, counted at the token that completes it (its
@@ -272,6 +275,10 @@ class ChordTokenizer(Tokenizer):
     def meter_tokens(self) -> dict[tuple[int, int], int]:
         """Onset groups state no meter: none."""
         return {}
+
+    def voice_tables(self) -> None:
+        """Onset groups carry no voices: None."""
+        return None
 
     def describe_chord(self, index: int) -> str:
         """A CHORD index as the original's token text, its normal order joined by '.'."""

@@ -229,6 +229,7 @@ class EventTokenizer(Tokenizer):
 
     # --- geometry --------------------------------------------------------------------------
     time_unit = "beat"
+    keeps_note_count = True  # one PITCH token per note
 
     def bar_counter(self) -> BarCounter:
         """Bars follow the meter: each BAR token opens the next bar (inclusive)."""
@@ -290,6 +291,10 @@ class EventTokenizer(Tokenizer):
         """The TIMESIG range, one token per meter of the meter table."""
         lo = self.vocab.offset("TIMESIG")
         return {tuple(m): lo + i for i, m in enumerate(self.meter_table)}
+
+    def voice_tables(self) -> None:
+        """Event tokens write the notes of an onset in pitch order, with no voices: None."""
+        return None
 
     def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
         """The TIMESIG tokens' meters where they change; 4/4 at beat 0 when the tokens hold

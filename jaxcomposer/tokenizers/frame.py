@@ -171,6 +171,7 @@ class FrameTokenizer(Tokenizer):
 
     # --- geometry: frames of 1/steps_per_beat beats, no bars (nominal 4/4 bars) -------------
     time_unit = "beat"
+    keeps_note_count = True  # each note not merged in the roll is one run of frames
 
     def bar_counter(self) -> BarCounter:
         """A FRAME_END closes its frame (not inclusive); 4 beats of frames make a bar."""
@@ -201,6 +202,10 @@ class FrameTokenizer(Tokenizer):
     def meter_tokens(self) -> dict[tuple[int, int], int]:
         """Frames state no meter: none."""
         return {}
+
+    def voice_tables(self) -> None:
+        """Frames carry no voices: None."""
+        return None
 
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in self.pitch_ranges:

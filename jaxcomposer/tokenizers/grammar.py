@@ -12,8 +12,8 @@ Optionally a grammar also tracks held keys, which no finite table can (the set o
 pitches has 2^88 values): `press[t]` / `release[t]` name the key (e.g. a pitch index) that token
 `t` starts / stops holding, -1 for tokens that do neither. A release of a key not held, or a press
 of a key already held, is then forbidden on top of the table. `walk` (hence decoding) and the
-sampler apply it; training and evaluation masks use the table alone, a superset of what is
-allowed, since real data never breaks the rule.
+sampler and fine-tuning's policy (`walk_batch`) apply it; training and evaluation masks use the
+table alone, a superset of what is allowed, since real data never breaks the rule.
 """
 
 from __future__ import annotations
@@ -89,6 +89,54 @@ class Grammar:
             elif self.press[t] >= 0:
                 held[self.press[t]] = True
         return held
+
+
+# --- batch forms: numpy, or jax.numpy as `xp` (the jitted sampler and fine-tuning) ------------
+def held_allows(held_BxK, press_V, release_V, xp=np):
+    """bool (B, V): the tokens the held-key rule allows in rows holding `held_BxK` (bool (B, K)):
+    a press of a key not held, a release of a key held, and every token that does neither
+    (`Grammar.walk`'s check, for a batch)."""
+    batch, keys = held_BxK.shape
+    padded = xp.concatenate([held_BxK, xp.zeros((batch, 1), bool)], axis=1)  # K: "no key"
+    released_ok = padded[:, xp.where(release_V >= 0, release_V, keys)] | (release_V < 0)
+    pressed_ok = ~padded[:, xp.where(press_V >= 0, press_V, keys)] | (press_V < 0)
+    return released_ok & pressed_ok
+
+
+def held_after_tokens(held_BxK, token_B, press_V, release_V, xp=np):
+    """bool (B, K): the keys held after each row's token `token_B` (int (B,)): its release, else
+    its press, as `Grammar.walk` applies them."""
+    keys = xp.arange(held_BxK.shape[1])
+    released_B = release_V[token_B]
+    pressed_B = xp.where(released_B >= 0, -1, press_V[token_B])
+    return (held_BxK & (released_B[:, None] != keys[None])) | (pressed_B[:, None] == keys[None])
+
+
+def walk_batch(next_state_SxV, tokens_BxT, start_B, held=None):
+    """`Grammar.walk` for a batch, in jax (a scan): (states_BxT int32, held_ok_BxTxV bool or
+    None): the state before each token and, with `held = (press_V, release_V, held_BxK)` (the
+    held-key rule and the keys held at the start), the tokens that rule allows before each
+    token. A token the table or the held-key rule forbids is skipped: state and keys stay."""
+    import jax
+    import jax.numpy as jnp
+
+    table = jnp.asarray(next_state_SxV)
+    rows = jnp.arange(tokens_BxT.shape[0])
+
+    def body(loop, token_B):
+        state_B, held_BxK = loop
+        nxt_B = table[state_B, token_B]
+        if held is None:
+            return (jnp.where(nxt_B >= 0, nxt_B, state_B), None), (state_B, None)
+        ok_BxV = held_allows(held_BxK, held[0], held[1], xp=jnp)
+        accept_B = (nxt_B >= 0) & ok_BxV[rows, token_B]
+        after = held_after_tokens(held_BxK, token_B, held[0], held[1], xp=jnp)
+        new = (jnp.where(accept_B, nxt_B, state_B), jnp.where(accept_B[:, None], after, held_BxK))
+        return new, (state_B, ok_BxV)
+
+    init = (jnp.asarray(start_B, jnp.int32), None if held is None else jnp.asarray(held[2]))
+    _, (states_TxB, ok_TxBxV) = jax.lax.scan(body, init, jnp.asarray(tokens_BxT).T)
+    return states_TxB.T, None if held is None else jnp.swapaxes(ok_TxBxV, 0, 1)
 
 
 class GrammarBuilder:

@@ -271,6 +271,7 @@ class PerformanceTokenizer(Tokenizer):
 
     # --- geometry: time in seconds; nominal bars of 4 beats at decoded_qpm (2 s) -------------
     time_unit = "second"
+    keeps_note_count = True  # one NOTE_ON ... NOTE_OFF pair per note
 
     def bar_counter(self) -> BarCounter:
         """TIME_SHIFT(k) advances k steps (1/perf_steps_per_second s each) and leads out of its
@@ -317,6 +318,10 @@ class PerformanceTokenizer(Tokenizer):
     def meter_tokens(self) -> dict[tuple[int, int], int]:
         """Performance tokens state no meter: none."""
         return {}
+
+    def voice_tables(self) -> None:
+        """Performance tokens carry no voices: None."""
+        return None
 
     def _shift_token(self, name: str, index: int, shift: int) -> tuple[str, int] | None:
         if name in ("NOTE_ON", "NOTE_OFF"):

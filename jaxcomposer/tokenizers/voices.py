@@ -46,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxcomposer.music.notes import Notes, Piece, TimeSignature
-from jaxcomposer.tokenizers.base import Decoded, Tokenizer
+from jaxcomposer.tokenizers.base import Decoded, Tokenizer, VoiceTables
 from jaxcomposer.tokenizers.common import checked_grid, notes_from_steps, shift_pitch_index
 from jaxcomposer.tokenizers.event import bar_grid, time_signature_table
 from jaxcomposer.tokenizers.geometry import BarCounter
@@ -263,6 +263,8 @@ class VoicesTokenizer(Tokenizer):
         r_, voice_, mask_ = r_.ravel(), voice_.ravel(), mask_.ravel()
         here = step(r_, voice_, mask_)
         bit = 1 << voice_
+        self._voice_S = np.full(num_states, -1, np.int32)
+        self._voice_S[here] = voice_
 
         def after(new_mask):
             last = voice_ == voices - 1
@@ -406,6 +408,10 @@ class VoicesTokenizer(Tokenizer):
     def time_unit(self) -> str:
         return "beat"
 
+    @property
+    def keeps_note_count(self) -> bool:
+        return True  # one NOTE token per note kept in a voice (the rest counted lost)
+
     def bar_counter(self) -> BarCounter:
         """Bars are counted by BAR tokens (inclusive: a BAR opens its bar), bar 1 = the first."""
         advance_V = np.zeros(self.vocab.size, np.float32)
@@ -454,6 +460,16 @@ class VoicesTokenizer(Tokenizer):
         """The TIMESIG range, one token per meter of the meter table."""
         lo = self.vocab.offset("TIMESIG")
         return {tuple(m): lo + i for i, m in enumerate(self.meter_table)}
+
+    def voice_tables(self) -> VoiceTables:
+        """Each STEP state expects the token of its voice v; NOTE tokens are onsets, HOLD and
+        REST hold and rest (per voice with per_voice_tokens, shared otherwise)."""
+        return VoiceTables(
+            voice_S=self._voice_S,
+            kind_V=self._kind_V.astype(np.int32),
+            pitch_V=self._pitch_V.astype(np.int32),
+            num_voices=self.config.num_voices,
+        )
 
     def meters(self, tokens: np.ndarray) -> tuple[TimeSignature, ...]:
         """The time signatures the tokens set (one where the meter is first set or changes)."""

@@ -102,6 +102,7 @@ def fit(
     spec = spec or Spec(config.model.condition)
     model = model or build_model(config.model, tokenizer.vocab.size, spec.dim)
     manager = checkpoints.make_manager(workdir_lib.checkpoint_dir(workdir), tcfg.keep_best)
+    run = None
     try:
         latest = manager.latest_step()
         config, plan = _budget_plan(config, workdir, resuming=latest is not None)
@@ -148,6 +149,8 @@ def fit(
         summary = run.loop(state, progress=sys.stderr.isatty() if progress is None else progress)
     finally:
         checkpoints.close_manager(manager)  # waits for asynchronous saves
+        if run is not None and run.tensorboard is not None:
+            run.tensorboard.close()  # flushes the event file, also after an error
     if not distributed.is_primary():
         return summary
     reporting.plot_learning_curve(
@@ -170,6 +173,9 @@ class _Run:
         self.config, self.workdir, self.mesh, self.manager = config, workdir, mesh, manager
         self.metrics_path = workdir_lib.metrics_path(workdir)
         self.primary = distributed.is_primary()  # the one process that writes metrics.jsonl
+        self.tensorboard = None  # event files beside metrics.jsonl (train.tensorboard)
+        if tcfg.tensorboard and self.primary:
+            self.tensorboard = reporting.TensorBoardLog.open(workdir)
         self.train_tokens = np.asarray(train_split.tokens)
         self.train_offsets = np.asarray(train_split.offsets, np.int64)
         grammar = tokenizer.grammar if tcfg.grammar_mask_loss else None
@@ -329,6 +335,8 @@ class _Run:
     def log(self, record: dict) -> None:
         if self.primary:
             reporting.append_metrics(self.metrics_path, record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def save(self, state: TrainState, step: int, val_loss: float | None) -> None:
         meta = {

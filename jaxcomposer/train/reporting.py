@@ -24,6 +24,62 @@ def append_metrics(path: str, record: dict) -> None:
     atomic.append_line(path, json.dumps(atomic.to_jsonable(record)))
 
 
+class TensorBoardLog:
+    """TensorBoard event files (tensorboardX) in `folder`, beside metrics.jsonl: every numeric
+    field of a "train" or "valid" record becomes the scalar `kind/field` at its step (loss and
+    accuracy in nats/token and fraction, as in metrics.jsonl), so `tensorboard --logdir runs/`
+    shows each workdir's curves. A resumed run (a "start" record at step S > 0: the checkpoint
+    it restored) opens a new event file with purge_step=S+1: TensorBoard then hides the earlier
+    attempt's events after S, as read_metrics drops its records. `open` returns None (after a
+    one-line warning on stderr) where tensorboardX is not installed."""
+
+    KINDS = ("train", "valid")
+
+    def __init__(self, folder: str, writer_class):
+        self.folder, self.writer_class, self.writer = folder, writer_class, None
+
+    @classmethod
+    def open(cls, folder: str) -> TensorBoardLog | None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            print(
+                "warning: train.tensorboard: tensorboardX is not installed (pip install "
+                "'jaxcomposer[tensorboard]'); writing metrics.jsonl only",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+            return None
+        return cls(folder, SummaryWriter)
+
+    def write(self, record: dict) -> None:
+        kind, step = record.get("kind"), record.get("step")
+        if kind == "start":
+            self.close()
+            purge = int(step) + 1 if step else None
+            self.writer = self._writer(purge)
+            return
+        if kind not in self.KINDS or step is None:
+            return
+        if self.writer is None:
+            self.writer = self._writer(None)
+        for name, value in record.items():
+            if name in ("kind", "step") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float | np.integer | np.floating) and np.isfinite(value):
+                self.writer.add_scalar(f"{kind}/{name}", float(value), int(step))
+
+    def _writer(self, purge_step: int | None):
+        # The file name holds the second it was opened in; the suffix keeps two attempts in the
+        # same second apart (and in order: TensorBoard reads a folder's files by name).
+        suffix = f".{time.time_ns()}"
+        return self.writer_class(logdir=self.folder, purge_step=purge_step, filename_suffix=suffix)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # flushes
+            self.writer = None
+
+
 def read_metrics(path: str) -> list[dict]:
     """Records in step order as the final run history sees them (see the module docstring)."""
     records: list[dict] = []

@@ -27,7 +27,13 @@ function showModel() {
   if (!model) return;
   factsTable($("facts"), model.facts);
   const d = model.defaults;
-  for (const name of ["key", "scale", "temperature", "top_p", "bars", "seed", "num_samples"]) {
+  // Style: key+style models only; "" lets the sampler draw one per sample.
+  const style = $("style");
+  style.replaceChildren(el("option", { value: "" }, "(drawn for each sample)"));
+  for (const name of model.styles) style.append(el("option", { value: name }, name));
+  $("style-field").hidden = model.styles.length === 0;
+  for (const name of ["key", "scale", "style", "meter", "temperature", "top_p", "bars", "seed",
+                      "num_samples"]) {
     $(name).value = d[name];
   }
 }
@@ -188,7 +194,8 @@ async function poll(id) {
 async function generate(event) {
   event.preventDefault();
   $("error").textContent = "";
-  const body = { model: $("model").value, key: $("key").value, scale: $("scale").value };
+  const body = { model: $("model").value, key: $("key").value, scale: $("scale").value,
+                 style: $("style").value, meter: $("meter").value };
   for (const name of ["temperature", "top_p", "bars", "seed", "num_samples", "qpm"]) {
     if ($(name).value !== "") body[name] = Number($(name).value);
   }
