@@ -1,21 +1,21 @@
-"""Issue 24: nothing a user owns is lost. One small reproduction per fault of the issue:
+"""What a user owns survives faults, one small reproduction each:
 
-1. generate renders into a staging folder and swaps the set in; it replaces only files the
-   previous samples.json lists, and an interrupt (or a kill in the middle of the swap) leaves
-   the old set or the new one;
-2. a damaged checkpoint (truncated, emptied, bit-flipped, missing file) is named in one warning
-   and the newest readable one is used, for inference and for a resumed training run;
-3. a full disk is one line naming the path (atomic writes, the checkpoint space check, orbax's
-   errors, a render stage), and generate keeps the old set;
-4. music21 never reads or writes its pickle cache for our parses (a planted pickle does not
-   run, a render leaves none);
-5. a symbolic link planted as a lock or as the samples folder is refused;
-6. a MIDI bomb is refused while it is parsed, in well under a second and a few MB, and a file
-   over data.max_file_mb unread; format-2 files warn;
-7. MusicXML octaves stay >= 0, the audio of a 3.58-qpm primer is bounded (audio.MAX_SECONDS),
-   and evaluate on a workdir it cannot write prints its result and names the file.
-(8, the meter hold, is tested in test_sampler.py.) launch/fault_campaign.py makes the same
-faults with real signals, a real 3 MB tmpfs and a read-only mount.
+- generate renders into a staging folder and swaps the set in; it replaces only files the
+  previous samples.json lists, and an interrupt (or a kill in the middle of the swap) leaves
+  the old set or the new one;
+- a damaged checkpoint (truncated, emptied, bit-flipped, missing file) is named in one warning
+  and the newest readable one is used, for inference and for a resumed training run;
+- a full disk is one line naming the path (atomic writes, the checkpoint space check, orbax's
+  errors, a render stage), and generate keeps the old set;
+- music21 never reads or writes its pickle cache for our parses (a planted pickle does not
+  run, a render leaves none);
+- a symbolic link planted as a lock or as the samples folder is refused;
+- a MIDI bomb is refused while it is parsed, in well under a second of CPU and a few MB, a file
+  over data.max_file_mb unread; format-2 files warn;
+- MusicXML octaves stay >= 0, the audio of a 3.58-qpm primer is bounded (audio.MAX_SECONDS),
+  and evaluate on a workdir it cannot write prints its result and names the file.
+The meter hold is tested in test_sampler.py; launch/fault_campaign.py makes the same faults
+with real signals, a real 3 MB tmpfs and a read-only mount (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def plant(folder, files=FOREIGN) -> None:
             f.write(data)
 
 
-# --- 1: generate stages the set and replaces only its own files ---------------------------------
+# --- generate stages the set and replaces only its own files ---------------------------------
 def test_generate_replaces_only_the_files_of_the_previous_set(trained, tmp_path):
     workdir, _ = trained
     out = tmp_path / "out"
@@ -213,7 +213,7 @@ def test_a_kill_before_the_journal_leaves_the_old_set(tmp_path):
     assert listing(out) == before and not os.path.exists(new.staging)
 
 
-# --- 2: damaged checkpoints fall back to the newest readable one --------------------------------
+# --- damaged checkpoints fall back to the newest readable one --------------------------------
 def _largest_file(folder: str) -> str:
     files = [p for p in glob.glob(f"{folder}/**/*", recursive=True) if os.path.isfile(p)]
     return max((p for p in files if checkpoints.SUMS_FILE not in p), key=os.path.getsize)
@@ -287,7 +287,7 @@ def test_train_resumes_from_the_newest_readable_step_and_moves_the_damaged_one_a
     assert workdir_lib.checkpoint_steps(workdir)[-1] == 6
 
 
-# --- 3: a full disk is one line naming the path -----------------------------------------------
+# --- a full disk is one line naming the path -----------------------------------------------
 def test_a_write_failing_for_space_names_the_file_not_its_temporary(tmp_path):
     path = str(tmp_path / "report.json")
 
@@ -335,7 +335,7 @@ def test_orbax_write_errors_become_one_workdir_error(trained, raised, why):
         raise KeyError("a bug keeps its traceback")
 
 
-# --- 4: no pickle from music21's shared scratch folder ------------------------------------------
+# --- no pickle from music21's shared scratch folder ------------------------------------------
 class Planted:
     def __reduce__(self):
         return exec, (f"open({str(MARKER)!r}, 'w').write('ran')",)
@@ -366,7 +366,7 @@ def test_a_planted_music21_pickle_is_never_loaded_and_renders_leave_none(tmp_pat
     assert MARKER.exists()
 
 
-# --- 5: symbolic links are not followed --------------------------------------------------------
+# --- symbolic links are not followed --------------------------------------------------------
 def test_a_symlinked_training_lock_is_refused_and_its_target_kept(tmp_path):
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
@@ -393,7 +393,7 @@ def test_a_symlinked_samples_folder_or_lock_is_refused(tmp_path):
     assert listing(elsewhere) == FOREIGN
 
 
-# --- 6: MIDI bombs, large files and format 2 ---------------------------------------------------
+# --- MIDI bombs, large files and format 2 ---------------------------------------------------
 BOMB = """
 import resource, struct, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB of address space in all
@@ -467,7 +467,7 @@ def test_a_format_2_file_warns_that_its_patterns_are_overlaid(tmp_path, caplog):
     assert not any("format-2" in r.getMessage() for r in caplog.records)
 
 
-# --- 7: octaves, slow tempos, read-only workdirs -----------------------------------------------
+# --- octaves, slow tempos, read-only workdirs -----------------------------------------------
 def test_pitches_below_c0_are_engraved_in_octave_0_or_above(tmp_path, caplog):
     notes = make_notes([0, 5, 11, 12, 60], [0, 1, 2, 3, 4], [1, 2, 3, 4, 5])
     path = str(tmp_path / "low.musicxml")

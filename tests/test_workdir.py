@@ -107,7 +107,7 @@ def test_generate_twice_compiles_once_and_evaluate_reads_the_workdir(trained, tm
     (tmp_path / "b" / "notes.txt").write_text("the user's own file")
     with count_compiles() as compiled_second:
         second = generate.generate(workdir, out_dir=str(tmp_path / "b"), seed=1)
-    # Only files an earlier samples.json lists are replaced (issue 24; tests/test_safety.py).
+    # Only files an earlier samples.json lists are replaced (tests/test_safety.py).
     assert (tmp_path / "b" / "sample_07.mid").read_bytes() == b"not listed in a samples.json"
     assert (tmp_path / "b" / "notes.txt").exists()
     assert compiled_first.count("jit(sample)") == 1
