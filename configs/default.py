@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 0  # processes; 0 = one per core (at most 8)
     c.data.max_tracks = 256  # tracks; more marks a file as absurd
     c.data.max_notes = 200_000  # notes
+    c.data.max_file_mb = 32.0  # MB (10^6 bytes): a larger file is refused unread
     c.data.max_beats = 50_000.0  # quarter-note beats
     c.data.min_qpm = 1.0  # quarter notes per minute
     c.data.max_qpm = 2_000.0

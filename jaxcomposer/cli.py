@@ -11,7 +11,9 @@ usable, is a warning.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 from absl import flags
 
@@ -277,9 +279,13 @@ def _resume_hint() -> str:
 
 def main_reporting_errors(main, argv: list[str]) -> None:
     """Runs `main(argv)`; a known error ends in one line and its exit code, Ctrl-C in a line
-    saying how to resume (exit 130); anything else keeps its traceback."""
+    saying how to resume (exit 130); anything else keeps its traceback. Once `main` has
+    returned, Ctrl-C is ignored: the work is done and written, and an interrupt during the
+    interpreter's teardown only printed a traceback (1 of 20 runs of launch/fault_campaign.py)."""
     try:
         main(argv)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:
         print(f"error: interrupted{_resume_hint()}", file=sys.stderr, flush=True)
         sys.stdout.flush()

@@ -34,6 +34,7 @@ class DataConfig:
     max_qpm: float
     max_pieces: int  # 0 = all; otherwise the first N files by sorted name (smoke runs)
     key_labels_csv: str = ""  # CSV of `file name, key[, style]` overriding the key labels
+    max_file_mb: float = 32.0  # a larger file is refused unread (MB = 10^6 bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,9 +325,9 @@ _AT_LEAST = {  # field: smallest allowed value
     "finetune.log_every": 1, "finetune.max_wall_seconds": 0,
 }  # fmt: skip
 _ABOVE = (  # fields that must be > 0
-    "data.max_beats", "data.min_qpm", "tokenizer.chord_step_beats", "sample.temperature",
-    "sample.repetition_penalty", "finetune.learning_rate", "finetune.phrase_beats",
-    "finetune.match_clip",
+    "data.max_beats", "data.max_file_mb", "data.min_qpm", "tokenizer.chord_step_beats",
+    "sample.temperature", "sample.repetition_penalty", "finetune.learning_rate",
+    "finetune.phrase_beats", "finetune.match_clip",
 )  # fmt: skip
 _FRACTIONS = ("data.valid_fraction", "model.dropout", "model.recurrent_dropout")  # in [0, 1)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -125,11 +126,19 @@ def train_lock(workdir: str) -> Iterator[dict]:
     by SIGKILL, so a killed run never leaves the workdir stuck. The holder writes its pid, host
     and start time into the file for the refusal message. On a network filesystem without
     flock support the lock is skipped with a warning. Raises WorkdirBusyError when another live
-    process holds it. Yields the holder record written.
+    process holds it, WorkdirError when the lock file is a symbolic link (it is opened with
+    O_NOFOLLOW). Yields the holder record written.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # O_NOFOLLOW: a symbolic link planted as the lock would have us truncate its target
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise WorkdirError(
+                f"{path}: is a symbolic link; the training lock must be a plain file (remove it)"
+            ) from None
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -371,11 +380,12 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
         raise WorkdirError(f"{directory}: no fine-tuned checkpoints (run --mode=finetune)")
     directory = directory or checkpoint_dir(workdir)
     manager = checkpoints.make_manager(directory, config.train.keep_best, read_only=True)
-    try:
-        step = checkpoints.choose_step(manager, which)
+    expected = checkpoints.abstract_variables(model, config.train.seq_len)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def restore_step(step: int) -> dict:
         stored = manager.item_metadata(step)["state"]
         stored = getattr(stored, "tree", stored)
-        expected = checkpoints.abstract_variables(model, config.train.seq_len)
         where = os.path.join(str(manager.directory), str(step))
         checkpoints.check_shapes(
             expected.get("params", {}), stored["params"], f"checkpoint {where} params"
@@ -385,11 +395,15 @@ def restore_for_inference(workdir: str, which: str | int = "best") -> Restored:
             stored.get("batch_stats", {}),
             f"checkpoint {where} batch_stats",
         )
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored
         )
-        state, _ = checkpoints.restore(manager, step, target)
+        return checkpoints.restore(manager, step, target)[0]
+
+    try:
+        # A damaged checkpoint (checkpoints.verify, or a restore that raises) falls back to the
+        # newest readable one, with a warning naming both steps.
+        step, state = checkpoints.restore_readable(manager, which, restore_step)
     finally:
         manager.close()
     variables = {"params": state["params"]}

@@ -103,11 +103,12 @@ def test_generate_twice_compiles_once_and_evaluate_reads_the_workdir(trained, tm
     with count_compiles() as compiled_first:
         first = generate.generate(workdir, out_dir=str(tmp_path / "a"), seed=1)
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "sample_07.mid").write_bytes(b"an earlier run's sample")
+    (tmp_path / "b" / "sample_07.mid").write_bytes(b"not listed in a samples.json")
     (tmp_path / "b" / "notes.txt").write_text("the user's own file")
     with count_compiles() as compiled_second:
         second = generate.generate(workdir, out_dir=str(tmp_path / "b"), seed=1)
-    assert not (tmp_path / "b" / "sample_07.mid").exists()  # never two runs in one folder
+    # Only files an earlier samples.json lists are replaced (tests/test_safety.py).
+    assert (tmp_path / "b" / "sample_07.mid").read_bytes() == b"not listed in a samples.json"
     assert (tmp_path / "b" / "notes.txt").exists()
     assert compiled_first.count("jit(sample)") == 1
     assert compiled_second.count("jit(sample)") == 0

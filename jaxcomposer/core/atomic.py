@@ -23,12 +23,32 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def named(error: BaseException, path: str) -> None:
+    """Raises `error` again naming `path` when it is an OSError that names no file (a write or
+    fsync failing with ENOSPC names none), so the one-line report says which file; returns
+    otherwise."""
+    if isinstance(error, OSError) and error.errno and not error.filename:
+        raise OSError(error.errno, error.strerror or os.strerror(error.errno), path) from error
+    if (
+        isinstance(error, OSError)
+        and error.filename
+        and os.path.basename(str(error.filename)).startswith(f".{os.path.basename(path)}.")
+    ):  # our temporary file: name the real one
+        raise OSError(error.errno, error.strerror, path) from error
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as e:  # a read-only or full folder: name `path`, not the temporary file
+        named(e, path)
+        raise
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; user files get the usual permissions
     try:
@@ -36,9 +56,10 @@ def atomic_path(path: str) -> Iterator[str]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        named(e, path)
         raise
 
 
@@ -61,14 +82,18 @@ def append_line(path: str, line: str) -> None:
 
     A line torn by a crash (no final newline) is ended first, so the torn part stays a line of
     its own and never swallows the next record."""
-    with open(path, "a+b") as f:
-        torn = False
-        if f.seek(0, os.SEEK_END) > 0:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-        f.write((b"\n" if torn else b"") + line.rstrip("\n").encode("utf-8") + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a+b") as f:
+            torn = False
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+            f.write((b"\n" if torn else b"") + line.rstrip("\n").encode("utf-8") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        named(e, path)
+        raise
 
 
 @contextlib.contextmanager

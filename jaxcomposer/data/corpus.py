@@ -78,7 +78,9 @@ def read_score(path: str, data: DataConfig, name: str) -> tuple[Piece, dict]:
     from music21 import converter, key, meter, tempo
 
     try:
-        score = converter.parse(path)
+        # Never music21's pickle cache (its scratch folder, shared by every user of the
+        # machine): a planted pickle there would run code on thaw, and a stale one would be read.
+        score = converter.parse(path, forceSource=True, storePickle=False)
         # Parts in score order are the voices (part 0 = the top staff's soprano); a score
         # without parts names no voices (-1).
         parts = list(getattr(score, "parts", ()))

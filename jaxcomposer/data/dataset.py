@@ -286,11 +286,15 @@ def _save_split(path: str, results: list[Encoded], styles: tuple[str, ...]) -> N
         [r.keys for r in results],
         [index.get(r.stats.get("style"), -1) for r in results],
     )
-    with open(path, "wb") as f:
-        np.savez(
-            f, tokens=split.tokens, offsets=split.offsets, names=split.names, keys=split.keys,
-            styles=split.styles,
-        )  # fmt: skip
+    try:
+        with open(path, "wb") as f:
+            np.savez(
+                f, tokens=split.tokens, offsets=split.offsets, names=split.names,
+                keys=split.keys, styles=split.styles,
+            )  # fmt: skip
+    except OSError as e:  # ENOSPC from the final flush names no file
+        atomic.named(e, path)
+        raise
 
 
 def _manifest(config, root, usable, splits, skipped, run, vocab_json) -> dict:

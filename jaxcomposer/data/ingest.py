@@ -142,7 +142,7 @@ def read_and_encode(
     `tokenizer` is the one `config.tokenizer` describes, built once by the caller."""
     try:
         if source.kind == "midi":
-            raw = raw if raw is not None else _read_bytes(source.path)
+            raw = raw if raw is not None else midi_io.read_file(source.path, config.data)
             piece, stats = midi_io.read_midi_bytes(
                 raw, config.data, path=source.path, name=source.name
             )
@@ -182,14 +182,6 @@ def read_and_encode(
     return Encoded(source.name, tokens.astype(np.int32), stats, "", False, key_labels), True
 
 
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise MidiReadError(path, f"cannot read the file ({e.strerror or e})") from e
-
-
 def encode_sources(
     config: Config, sources: list[Source], tokenizer: Tokenizer, *, progress: bool = True
 ) -> EncodeRun:
@@ -203,7 +195,7 @@ def encode_sources(
     bar = _progress_bar(len(sources), progress)
     for i, source in enumerate(sources):
         try:
-            raw = _read_bytes(source.path)
+            raw = midi_io.read_file(source.path, config.data)
         except MidiReadError as e:
             results[i] = Encoded(source.name, None, {}, e.reason, False)
             bar.update()

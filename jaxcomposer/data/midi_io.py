@@ -12,6 +12,7 @@ Writing goes through pretty_midi.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 
@@ -27,13 +28,41 @@ __all__ = ["MidiReadError", "read_midi", "read_midi_bytes", "finish_piece", "wri
 DRUM_CHANNEL = 9  # General MIDI percussion (channel 10, 0-based 9)
 
 
-def read_midi(path: str, data: DataConfig, name: str | None = None) -> tuple[Piece, dict]:
-    """MIDI file -> (Piece in beats, stats). Raises MidiReadError naming the file and problem."""
+def read_file(path: str, data: DataConfig) -> bytes:
+    """The bytes of a MIDI or score file, refused unread (MidiReadError) when larger than
+    data.max_file_mb: the size is checked on the open file, and no more than its size or the
+    cap, whichever is smaller, plus one byte (a file that grows) is ever read (f.read(n) takes
+    n bytes of memory at once). Running out of memory is a MidiReadError with that reason."""
+    limit = int(data.max_file_mb * 1e6)
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise MidiReadError(path, _too_large(size, data))
+            raw = f.read(min(size, limit) + 1)
     except OSError as e:
         raise MidiReadError(path, f"cannot read the file ({e.strerror or e})") from e
+    except MemoryError:
+        raise MidiReadError(path, _no_memory(size, data)) from None
+    if len(raw) > limit:
+        raise MidiReadError(path, _too_large(len(raw), data))
+    return raw
+
+
+def _too_large(size: int, data: DataConfig) -> str:
+    return f"absurd: {size / 1e6:.1f} MB (max_file_mb={data.max_file_mb:g})"
+
+
+def _no_memory(size: int, data: DataConfig) -> str:
+    return (
+        f"out of memory reading its {size / 1e6:.1f} MB (lower data.max_file_mb="
+        f"{data.max_file_mb:g} or data.max_notes={data.max_notes})"
+    )
+
+
+def read_midi(path: str, data: DataConfig, name: str | None = None) -> tuple[Piece, dict]:
+    """MIDI file -> (Piece in beats, stats). Raises MidiReadError naming the file and problem."""
+    raw = read_file(path, data)
     return read_midi_bytes(raw, data, path=path, name=name or os.path.basename(path))
 
 
@@ -42,7 +71,17 @@ def read_midi_bytes(
 ) -> tuple[Piece, dict]:
     """As `read_midi`, from bytes already read (`path` is only used in messages). A
     `track_names` list gets the file's track names appended (text from the file: escape it)."""
-    smf = parse_smf(raw, path, max_tracks=data.max_tracks, max_notes=data.max_notes)
+    if len(raw) > data.max_file_mb * 1e6:
+        raise MidiReadError(path, _too_large(len(raw), data))
+    try:
+        smf = parse_smf(raw, path, max_tracks=data.max_tracks, max_notes=data.max_notes)
+    except MemoryError:  # a memory limit below what max_notes allows
+        raise MidiReadError(path, _no_memory(len(raw), data)) from None
+    if smf.format == 2:
+        logging.getLogger(__name__).warning(
+            "%s: a format-2 MIDI file (%d independent patterns): its tracks are read as one "
+            "piece played at once, not one after another", path, smf.num_tracks,
+        )  # fmt: skip
     if track_names is not None:
         track_names.extend(smf.track_names)
     _check_absurd(smf, data, path)
@@ -59,6 +98,7 @@ def read_midi_bytes(
     )
     stats = {
         "tracks": smf.num_tracks,
+        "midi_format": smf.format,
         "resolution": smf.resolution,
         "drum_notes": int(is_drum.sum()),
         "zero_length_notes": smf.zero_length,

@@ -31,6 +31,10 @@ class _Corrupt(Exception):
     """Raised inside the parser; turned into MidiReadError with the file name."""
 
 
+class _Absurd(Exception):
+    """Raised inside the parser when a file holds more notes than max_notes allows."""
+
+
 @dataclasses.dataclass
 class SmfFile:
     resolution: int  # ticks per quarter note
@@ -51,6 +55,8 @@ class SmfFile:
     # Sustain pedal (controller 64) changes: (tick, channel, value); value >= 64 = down.
     sustain: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
     last_tick: int = 0  # the latest event tick in any track (where an unreleased pedal ends)
+    format: int = 1  # 0 (one track), 1 (tracks played together), 2 (independent patterns)
+    budget: int = 0  # note-ons and pedal changes the parser may still store (max_notes)
     # int64 (N,): index of the MTrk chunk each row of `notes` came from (voices in tracks)
     note_tracks: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     # Track-name meta events (0x03) in file order, as UTF-8 with undecodable bytes replaced:
@@ -80,12 +86,16 @@ def read_header(raw: bytes, path: str) -> tuple[int, int, int]:
 
 def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfFile:
     """Parses the whole file; raises MidiReadError (empty, not MIDI, corrupt, truncated, absurd)."""
-    _, num_tracks, resolution = read_header(raw, path)
+    fmt, num_tracks, resolution = read_header(raw, path)
     if num_tracks > max_tracks:
         raise MidiReadError(path, f"absurd: {num_tracks} tracks (max_tracks={max_tracks})")
     if num_tracks == 0:
         raise MidiReadError(path, "the MIDI header declares no tracks")
     smf = SmfFile(resolution, num_tracks, np.zeros((0, 6), np.int64), [], [], [])
+    # Every stored note-on and pedal change spends one of max_notes while parsing, so a file
+    # of running-status note-ons (3 bytes each) is refused after max_notes of them, not after
+    # filling memory with its tens of millions of events.
+    smf.format, smf.budget = fmt, max_notes
     notes: list[tuple[int, int, int, int, int, int]] = []
     per_track: list[int] = []  # notes read from each track
     pos = 8 + struct.unpack(">I", raw[4:8])[0]
@@ -105,6 +115,10 @@ def parse_smf(raw: bytes, path: str, *, max_tracks: int, max_notes: int) -> SmfF
             continue  # unknown chunk types are skipped, as the standard asks
         try:
             _parse_track(raw, start, end, smf, notes)
+        except _Absurd as e:
+            raise MidiReadError(
+                path, f"absurd: more than {max_notes} notes (max_notes; refused at {e})"
+            ) from None
         except (_Corrupt, IndexError) as e:
             reason = (
                 str(e) if isinstance(e, _Corrupt) else "an event runs past the end of its track"
@@ -189,8 +203,14 @@ def _parse_track(d: bytes, i: int, end: int, smf: SmfFile, notes: list) -> None:
             raise _Corrupt(f"data byte out of range at tick {tick}")
         if kind == 0xB0:
             if pitch == 64:  # (pitch, velocity) are (controller, value) for 0xB0
+                smf.budget -= 1
+                if smf.budget < 0:
+                    raise _Absurd(f"a pedal change at tick {tick}, pedal changes counted")
                 smf.sustain.append((tick, channel, velocity))
         elif kind == 0x90 and velocity:
+            smf.budget -= 1
+            if smf.budget < 0:
+                raise _Absurd(f"a note-on at tick {tick}")
             open_notes.setdefault(channel << 7 | pitch, []).append((tick, velocity))
         elif kind == 0x80 or kind == 0x90:
             key = channel << 7 | pitch

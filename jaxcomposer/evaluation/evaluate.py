@@ -11,6 +11,7 @@ tokenizer on the same pieces (absent for datasets prepared before it was recorde
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from jaxcomposer import workdir_lib
 from jaxcomposer.core import atomic
-from jaxcomposer.core.errors import UsageError
+from jaxcomposer.core.errors import Failure, UsageError
 from jaxcomposer.data import dataset, midi_io
 from jaxcomposer.data.ingest import find_midi_files
 from jaxcomposer.evaluation import compare, likelihood, musicstats, two_sample
@@ -306,15 +307,33 @@ def evaluate(
     if eval_dir:
         result["also_in_training"] = in_training
     path = os.path.join(workdir, f"evaluation_{label}.json")
-    atomic.write_json(path, result)
+    # Printed first: a workdir that cannot be written (read-only, full) still shows the result.
     print(format_table(result), flush=True)
     for i, member in enumerate(result.get("members", ())):
         print(f"member {i}: {member['workdir']} (step {member['checkpoint_step']}): "
               f"{_headline(member['overall'])}", flush=True)  # fmt: skip
     for item in skipped:
         print(f"skipped {item.get('name')}: {item.get('reason')}", flush=True)
+    with _saving(path, "the evaluation above"):
+        atomic.write_json(path, result)
     print(f"evaluation written to {path}", flush=True)
     return result
+
+
+class NotSavedError(Failure):
+    """A result was computed and printed but its file could not be written."""
+
+
+@contextlib.contextmanager
+def _saving(path: str, what: str):
+    """Turns an OSError writing `path` into one NotSavedError line that names the path, the
+    reason and that `what` was printed but not saved."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        where = e.filename or path
+        raise NotSavedError(f"{where}: {reason}; {what} was printed but not saved") from None
 
 
 def _headline(overall: dict) -> str:
@@ -427,16 +446,17 @@ def compare_samples(
     comparison["skipped"] = skipped
     label = os.path.basename(os.path.normpath(samples_dir))
     out_dir = os.path.join(workdir, "reports", label)
-    compare.write_report(
-        out_dir, comparison,
-        title=f"{label} vs held-out pieces" + (f" (first {real_tokens} tokens)" if cut else ""),
-        generated_name=label, real_name="held-out",
-    )  # fmt: skip
     for name, s in comparison["statistics"].items():
         print(f"{name:<22} generated {s['generated']['mean']:9.3f}  real {s['real']['mean']:9.3f}"
               f"  overlap {s['overlap_area']:.3f}", flush=True)  # fmt: skip
     print(f"vertical interval overlap {comparison['vertical_interval_histogram']['overlap']:.3f}"
           f"  classifier {two_sample.describe(c2st['test'])}"
           f"  control {two_sample.describe(c2st['control'])}", flush=True)  # fmt: skip
+    with _saving(out_dir, "the comparison above"):
+        compare.write_report(
+            out_dir, comparison,
+            title=f"{label} vs held-out pieces" + (f" (first {real_tokens} tokens)" if cut else ""),
+            generated_name=label, real_name="held-out",
+        )  # fmt: skip
     print(f"report written to {out_dir}/report.md", flush=True)
     return comparison

@@ -278,7 +278,10 @@ def finetune(flags_config: Config, workdir: str, *, progress: bool | None = None
             abstract = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_device()), state
             )
-            state, meta = checkpoints.restore(manager, latest, abstract)
+            latest, (state, meta) = checkpoints.restore_readable(
+                manager, latest, lambda step: checkpoints.restore(manager, step, abstract),
+                quarantine=True,
+            )  # fmt: skip
             logging.info("resumed fine-tuning from %s at step %d", manager.directory, latest)
         run = _Run(config, workdir, folder, manager, base, train_split, context, user)
         run.update = make_update(model, optimizer, tokenizer.grammar, fcfg, real_table)

@@ -8,6 +8,7 @@ The name of the one used is returned, and samples.json and the gallery show it."
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -24,6 +25,11 @@ from jaxcomposer.data import midi_io
 from jaxcomposer.music.notes import Notes
 
 TAIL_SECONDS = 1.0  # silence/release kept after the last note ends
+# The longest WAV written (seconds; 5 minutes, 13.2 MB of 16-bit mono at 22,050 Hz and about
+# 150 MB of memory while synthesising): a primer at 3.58 quarter notes per minute (the slowest
+# tempo MIDI can state) made 47 beats into a 35 MB WAV and 830 MB of memory, and a few hundred
+# beats into hours. Longer music is cut here, with a warning; the MIDI and the score keep it all.
+MAX_SECONDS = 300.0
 PEAK = 0.9  # normalised peak amplitude: headroom against clipping in players
 SOUNDFONT, FLUIDSYNTH, SINE = "soundfont", "fluidsynth", "sine"
 
@@ -93,9 +99,11 @@ def synthesize(
     soundfont: str | None = None,
 ) -> tuple[np.ndarray, str]:
     """(float32 mono waveform peaking at PEAK, synthesiser name). The length is exactly the last
-    note's end plus TAIL_SECONDS, whichever synthesiser made it. `soundfont`: an .sf2 file
-    (preset bank 0, program 0) for the first two synthesisers instead of pretty_midi's; one
-    that cannot be read raises SoundFontError."""
+    note's end plus TAIL_SECONDS, whichever synthesiser made it, but at most MAX_SECONDS: notes
+    starting later are dropped and the rest cut there, with a warning. `soundfont`: an .sf2
+    file (preset bank 0, program 0) for the first two synthesisers instead of pretty_midi's;
+    one that cannot be read raises SoundFontError."""
+    notes = _bounded(notes, qpm)
     end_seconds = float(notes.end.max(initial=0.0)) * 60.0 / qpm
     num_samples = int(round((end_seconds + TAIL_SECONDS) * sample_rate))
     problem = fluidsynth_problem() if use_fluidsynth else "not requested"
@@ -129,6 +137,20 @@ def synthesize(
         logging.getLogger(__name__).info("audio by the sine synthesiser: %s", problem)
         waveform, used = pm.synthesize(fs=sample_rate), SINE
     return _normalised(waveform, num_samples), used
+
+
+def _bounded(notes: Notes, qpm: float) -> Notes:
+    """Notes that fit in MAX_SECONDS - TAIL_SECONDS at `qpm` (later ones dropped, the others
+    cut at that time); warns when anything was cut."""
+    last_beat = (MAX_SECONDS - TAIL_SECONDS) * qpm / 60.0
+    if float(notes.end.max(initial=0.0)) <= last_beat:
+        return notes
+    logging.getLogger(__name__).warning(
+        "the audio is cut at %.0f s: the music lasts %.0f s at %g quarter notes per minute",
+        MAX_SECONDS, float(notes.end.max()) * 60.0 / qpm, qpm,
+    )  # fmt: skip
+    kept = notes[notes.start < last_beat]
+    return dataclasses.replace(kept, end=np.minimum(kept.end, last_beat))
 
 
 def _normalised(waveform: np.ndarray, num_samples: int) -> np.ndarray:

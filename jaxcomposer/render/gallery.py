@@ -126,13 +126,20 @@ def _relative_paths(out_dir: str, settings: dict) -> dict:
     }
 
 
-def write_gallery(out_dir: str, samples: list[dict], *, title: str, settings: dict) -> str:
+GENERATOR_MARK = '<meta name="generator" content="jaxcomposer">'  # marks our index.html
+
+
+def write_gallery(
+    out_dir: str, samples: list[dict], *, title: str, settings: dict, home: str | None = None
+) -> str:
     """Writes out_dir/index.html (atomically) for `render.render_sample` dicts (plus any extra
-    scalar fields, shown as facts); returns its path. File paths are relative to out_dir."""
+    scalar fields, shown as facts); returns its path. File paths are relative to out_dir;
+    absolute paths of `settings` are shown relative to `home` (default out_dir: the folder
+    the page will live in, when it is written into a staging folder first)."""
     sections = [_sample_html(out_dir, sample) for sample in samples]
     contents = "".join(
         f'<li><a href="#{html.escape(anchor, quote=True)}">'
-        f'{_e(s.get("title") or s.get("name") or s.get("stem"))}</a>'
+        f"{_e(s.get('title') or s.get('name') or s.get('stem'))}</a>"
         f" ({_e(s.get('key') or '?')})</li>"
         for (anchor, _), s in zip(sections, samples, strict=True)
     )
@@ -140,6 +147,7 @@ def write_gallery(out_dir: str, samples: list[dict], *, title: str, settings: di
 <html lang="en">
 <head>
 <meta charset="utf-8">
+{GENERATOR_MARK}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)}</title>
 <style>{_CSS}</style>
@@ -150,7 +158,7 @@ def write_gallery(out_dir: str, samples: list[dict], *, title: str, settings: di
 <ul>{contents}</ul>
 {"".join(body for _, body in sections)}
 <section><h3>Settings</h3>
-{_table(_relative_paths(out_dir, settings))}</section>
+{_table(_relative_paths(home or out_dir, settings))}</section>
 </body>
 </html>
 """

@@ -3,11 +3,19 @@ a piano-roll PNG. Each stage runs on its own: a failure is recorded and the othe
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
 import io
+import json
 import logging
 import os
+import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,9 +25,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, MultipleLocator
 
 from jaxcomposer.core import atomic
+from jaxcomposer.core.errors import Failure
 from jaxcomposer.data import midi_io
 from jaxcomposer.music.notes import KeySignature, Notes, TimeSignature
-from jaxcomposer.render import audio, score
+from jaxcomposer.render import audio, gallery, score
 from jaxcomposer.tokenizers.geometry import bar_lines_of
 
 estimate_key = score.estimate_key
@@ -197,6 +206,7 @@ def render_sample(
         try:
             result = fn()
         except Exception as e:  # any stage failure is reported, not fatal
+            reraise_environment(e)  # ... but no space or permission: the set cannot complete
             skipped = isinstance(e, _Skipped)  # an earlier stage failed; its traceback was logged
             logging.getLogger(__name__).warning("%s: %s failed", base, name, exc_info=not skipped)
             info["errors"][name] = str(e) if skipped else f"{type(e).__name__}: {e}"
@@ -269,3 +279,304 @@ def render_sample(
     if "roll" not in skip:
         info["roll"] = stage("roll", [f"{base}-roll.png"], write_roll)
     return info
+
+
+# --- a folder's sample set: staged, then swapped in (issue 24) ---------------------------------
+SET_INDEX = "samples.json"  # lists every file of the set ("files"); written by generate
+GALLERY = "index.html"
+GENERATOR_MARK = gallery.GENERATOR_MARK
+JOURNAL = ".jaxcomposer-swap.json"  # inside the output folder while a new set is swapped in
+LOCK = ".jaxcomposer.lock"  # inside the output folder: one writer of a sample set at a time
+# Errors of the environment, not of one stage: a sample set cannot be completed with them.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+class OutputError(Failure):
+    """An output folder that cannot receive a sample set (a symbolic link, locked by another
+    run, a file of someone else's in the way, no space, no permission)."""
+
+
+def _set_files(out_dir: str) -> list[str]:
+    """Names of the files the set now in `out_dir` owns: the `files` of its samples.json (or,
+    for a samples.json of an older version, every path its samples name, and index.html when
+    it carries the generator mark or the default title), then samples.json itself. [] without
+    a readable samples.json: then nothing in the folder is ours."""
+    path = os.path.join(out_dir, SET_INDEX)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+        if not isinstance(index, dict) or not isinstance(index.get("samples"), list):
+            return []
+    except (OSError, ValueError):
+        return []
+    if isinstance(index.get("files"), list):
+        names = [n for n in index["files"] if isinstance(n, str)]
+    else:
+        names = []
+        for sample in index["samples"]:
+            if isinstance(sample, dict):
+                for key in ("midi", "musicxml", "png", "wav", "roll"):
+                    names.append(sample.get(key))
+                names.extend(sample.get("svg") or [])
+        gallery_path = os.path.join(out_dir, GALLERY)
+        with contextlib.suppress(OSError), open(gallery_path, encoding="utf-8") as f:
+            head = f.read(4096)
+            if GENERATOR_MARK in head or "<title>jaxcomposer samples</title>" in head:
+                names.append(GALLERY)
+    names = [n for n in names if isinstance(n, str) and n and os.path.basename(n) == n]
+    return sorted(set(names) - {SET_INDEX}) + [SET_INDEX]
+
+
+def staging_dir(out_dir: str) -> str:
+    """Where a new set is rendered: `.<name>.staging` beside `out_dir` (the same depth, so
+    relative paths do not change), or `out_dir/.jaxcomposer-staging` when the parent is on
+    another filesystem (a mount point: a rename cannot cross it) or not writable."""
+    out_dir = os.path.abspath(out_dir)
+    parent, base = os.path.split(out_dir)
+    beside = os.path.join(parent, f".{base}.staging")
+    try:
+        same_device = os.stat(parent).st_dev == os.stat(out_dir).st_dev
+    except OSError:
+        same_device = False
+    if same_device and os.access(parent, os.W_OK | os.X_OK):
+        return beside
+    return os.path.join(out_dir, ".jaxcomposer-staging")
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_folder(out_dir: str) -> str:
+    """`out_dir` made absolute and created; raises OutputError when it (or, for WORKDIR/samples,
+    any folder named) is a symbolic link: a link planted there would send the set, and the
+    deletion of the previous one, into a folder of someone else's."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.islink(out_dir):
+        raise OutputError(
+            f"{out_dir}: is a symbolic link (to {os.path.realpath(out_dir)}); samples are "
+            "written only into a real folder: give that folder itself as --out_dir"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir
+
+
+@contextlib.contextmanager
+def set_lock(out_dir: str) -> Iterator[None]:
+    """An exclusive flock on `out_dir/.jaxcomposer.lock` (opened with O_NOFOLLOW: a planted
+    symbolic link is refused) for one writer of the folder's sample set; raises OutputError."""
+    path = os.path.join(out_dir, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{path}: is a symbolic link; refusing to open it") from None
+        raise
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{out_dir}: another generate is writing samples here; wait for it or use "
+                "another --out_dir"
+            ) from None
+        except OSError as e:  # e.g. ENOLCK on a network filesystem
+            logging.getLogger(__name__).warning("%s: cannot lock (%s)", path, e)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recover(out_dir: str) -> str | None:
+    """Finishes or discards an interrupted swap in `out_dir`; returns what was done ('rolled
+    forward' / 'discarded staging') or None. A journal means the new set was complete before
+    the swap began: it is rolled forward. Without one, a staging folder is an unfinished
+    render and is deleted (the old set was never touched)."""
+    journal = os.path.join(out_dir, JOURNAL)
+    if os.path.exists(journal):
+        with open(journal, encoding="utf-8") as f:
+            plan = json.load(f)
+        _roll_forward(out_dir, plan)
+        return "rolled forward"
+    for staging in (staging_dir(out_dir), os.path.join(out_dir, ".jaxcomposer-staging")):
+        if os.path.lexists(staging):
+            _remove_tree(staging)
+            return "discarded staging"
+    return None
+
+
+def _roll_forward(out_dir: str, plan: dict) -> None:
+    """Applies a journal: removes the old set's files the new one does not replace, moves the
+    new files in (samples.json last), then deletes the journal and the staging folder. Every
+    step may run again after an interruption."""
+    staging = plan["staging"]
+    for name in plan["remove"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+    for name in plan["move"]:
+        source = os.path.join(staging, name)
+        if os.path.lexists(source):
+            os.replace(source, os.path.join(out_dir, name))
+        elif not os.path.exists(os.path.join(out_dir, name)):
+            raise OutputError(f"{out_dir}: {name} of the new sample set is lost ({JOURNAL})")
+    _fsync_dir(out_dir)
+    os.remove(os.path.join(out_dir, JOURNAL))
+    if os.path.lexists(staging):
+        _remove_tree(staging)
+
+
+def swap_in(out_dir: str, staging: str) -> dict:
+    """Replaces the sample set in `out_dir` by the complete one in `staging` (samples.json
+    there lists its files); returns {'removed': [...], 'added': [...]} (names).
+
+    Only files the old samples.json lists are removed; any other file (a user's sample_1.jpg,
+    a foreign index.html) stays, and one whose name a new file would take raises OutputError
+    before anything changes. The journal (written atomically) makes the swap all or nothing:
+    an interruption before it leaves the old set, after it `recover` completes the new one.
+    SIGINT is held back during the swap.
+    """
+    new = _set_files(staging)
+    if new[-1:] != [SET_INDEX] or not os.path.exists(os.path.join(staging, SET_INDEX)):
+        raise OutputError(f"{staging}: the new sample set has no {SET_INDEX}")
+    old = _set_files(out_dir)
+    in_the_way = sorted(
+        n for n in new if n not in old and os.path.lexists(os.path.join(out_dir, n))
+    )
+    if in_the_way:
+        raise OutputError(
+            f"{out_dir}: {', '.join(in_the_way[:3])} {'is' if len(in_the_way) == 1 else 'are'} "
+            f"not from an earlier generate (not in {SET_INDEX}) and would be overwritten; move "
+            "them or use another --out_dir"
+        )
+    for name in new:
+        if not os.path.isfile(os.path.join(staging, name)):
+            raise OutputError(f"{staging}: {name}, listed in {SET_INDEX}, was not written")
+    _fsync_dir(staging)
+    plan = {"staging": os.path.abspath(staging), "remove": [n for n in old if n not in new],
+            "move": new}  # fmt: skip
+    with _sigint_deferred():
+        atomic.write_json(os.path.join(out_dir, JOURNAL), plan)
+        _roll_forward(out_dir, plan)
+    return {"removed": plan["remove"], "added": new}
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Holds a Ctrl-C back until the block ends (then raises it). Only the main thread can
+    set signal handlers; elsewhere (a server calling generate) the journal alone protects."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(*caught[0])
+    elif caught and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
+def reraise_environment(error: BaseException) -> None:
+    """Re-raises an OSError of the environment (no space, no permission, read-only): a stage
+    failing with it cannot be recorded and passed over, since the set could not be completed."""
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+        raise error
+
+
+_OPEN_SETS = threading.local()  # per thread: the sets each `closes_sample_sets` call opened
+
+
+class SampleSet:
+    """A new sample set for `out_dir`: holds the folder's lock, completes or discards what an
+    interrupted run left (`recover`), and gives a fresh `staging` folder to render into;
+    `commit(index)` writes samples.json there (with the list of files) and swaps the set in.
+
+    Raises OutputError for a symbolic link, a folder another run is writing, or a file of
+    someone else's that a new file would replace. A set neither committed nor closed is closed
+    by the `closes_sample_sets` call it was opened under.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = check_folder(out_dir)
+        self.staging = staging_dir(self.out_dir)
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(set_lock(self.out_dir))
+        try:
+            if recover(self.out_dir) == "rolled forward":
+                logging.getLogger(__name__).warning(
+                    "%s: completed the swap of an interrupted generate", self.out_dir
+                )
+            os.makedirs(self.staging)
+        except BaseException:
+            self._lock.close()
+            raise
+        stack = getattr(_OPEN_SETS, "stack", None)
+        if stack:
+            stack[-1].append(self)
+
+    def commit(self, index: dict) -> dict:
+        """Writes `index` plus "files" (every file in staging) as samples.json, swaps the set
+        in (`swap_in`) and releases the folder; returns swap_in's answer."""
+        try:
+            files = sorted(n for n in os.listdir(self.staging) if n != SET_INDEX)
+            atomic.write_json(os.path.join(self.staging, SET_INDEX), {**index, "files": files})
+            swapped = swap_in(self.out_dir, self.staging)
+        finally:
+            self.close()
+        if swapped["removed"]:
+            removed = len(swapped["removed"])
+            logging.getLogger(__name__).info(
+                "%s: replaced %d files of the earlier samples", self.out_dir, removed
+            )
+        return swapped
+
+    def close(self) -> None:
+        """Deletes the staging folder unless a journal still needs it; releases the lock."""
+        try:
+            if not os.path.exists(os.path.join(self.out_dir, JOURNAL)):
+                with contextlib.suppress(FileNotFoundError):
+                    _remove_tree(self.staging)
+        finally:
+            self._lock.close()
+
+
+def closes_sample_sets(fn: Callable) -> Callable:
+    """Decorator: every SampleSet opened during the call and not committed is closed when the
+    call ends (its staging folder removed, its lock released), whatever it raised. An OSError
+    of the environment (no space, no permission) raised while a set is open becomes one
+    OutputError naming the output folder and the file that could not be written."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not hasattr(_OPEN_SETS, "stack"):
+            _OPEN_SETS.stack = []
+        _OPEN_SETS.stack.append(opened := [])
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            if not opened or e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            raise OutputError(  # the disk filled (or was made read-only) while rendering
+                f"{opened[-1].out_dir}: cannot write the new samples ({e.strerror or e}: "
+                f"{os.path.basename(str(e.filename or '?'))}); the files there are unchanged"
+            ) from None
+        finally:
+            _OPEN_SETS.stack.pop()
+            for sample_set in opened:
+                sample_set.close()
+
+    return wrapper

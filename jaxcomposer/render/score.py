@@ -12,6 +12,7 @@ import bisect
 import copy
 import dataclasses
 import itertools
+import logging
 import os
 import re
 import tempfile
@@ -299,9 +300,11 @@ def _parse_quantized(notes: Notes, *, qpm: float, meters, keys, **midi_options):
         midi_io.write_midi(
             midi_path, notes, qpm=qpm, time_signatures=meters, key_signatures=keys, **midi_options
         )
+        # forceSource/storePickle: never music21's pickle cache (see data/corpus.read_score).
         return converter.parse(
-            midi_path, format="midi", quantizePost=True, quarterLengthDivisors=(4, 3)
-        )
+            midi_path, format="midi", quantizePost=True, quarterLengthDivisors=(4, 3),
+            forceSource=True, storePickle=False,
+        )  # fmt: skip
 
 
 def _strip(score) -> None:
@@ -444,6 +447,24 @@ def _share_rests(measure) -> None:
             rest.style.hideObjectOnPrint = True
 
 
+LOWEST_NOTATABLE = 12  # C0: MusicXML has no octave -1 (MIDI 0-11)
+
+
+def notatable(notes: Notes) -> Notes:
+    """`notes` with every pitch below C0 (MIDI 0-11) raised an octave (to MIDI 12-23), and a
+    warning saying how many; the MIDI and audio keep the pitches as played."""
+    low = notes.pitch < LOWEST_NOTATABLE
+    if not low.any():
+        return notes
+    raised = notes.pitch.astype(np.int64)
+    raised[low] += 12
+    logging.getLogger(__name__).warning(
+        "%d notes below C0 (MIDI %d) are engraved an octave higher: MusicXML has no "
+        "octave -1", int(low.sum()), LOWEST_NOTATABLE,
+    )  # fmt: skip
+    return dataclasses.replace(notes, pitch=raised.astype(notes.pitch.dtype))
+
+
 def build_score(
     notes: Notes,
     *,
@@ -470,7 +491,10 @@ def build_score(
     `time_signature` and `key_number` hold from beat 0 until the first of `time_signatures` /
     `key_signatures` (beats); each change is engraved at the first bar line at or after it, on
     both staves. `given`: notes fixed in advance (a melody harmonized, the kept bars of an
-    infill; beats), whose noteheads are engraved in GIVEN_COLOUR (`mark_given`)."""
+    infill; beats), whose noteheads are engraved in GIVEN_COLOUR (`mark_given`). Notes below C0
+    (MIDI 12) are engraved an octave or more higher, with a warning: MusicXML's <octave> runs
+    from 0 to 9 (`notatable`)."""
+    notes = notatable(notes)
     voiced = four_voices(notes, guess=guess_voices) if voices else None
     if voiced is not None:
         notes = voice_lines(voiced)

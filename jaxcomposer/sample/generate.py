@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Callable
 
@@ -21,7 +20,6 @@ from absl import logging
 
 from jaxcomposer import config_lib, workdir_lib
 from jaxcomposer.config_lib import SampleConfig
-from jaxcomposer.core import atomic
 from jaxcomposer.data import dataset
 from jaxcomposer.model import StepFunction
 from jaxcomposer.music.notes import Notes
@@ -43,20 +41,11 @@ def decoder_settings(sample: SampleConfig) -> sampler.DecoderSettings:
     )
 
 
-SAMPLE_FILE = re.compile(r"^sample_\d+([-.].*)?$")  # the files render_sample writes
-
-
-def remove_earlier_samples(out_dir: str) -> int:
-    """Removes an earlier run's samples (sample_NN*, samples.json, index.html) from out_dir, so
-    the folder never mixes two runs (a later `--samples` evaluation would score them all);
-    other files stay. Returns how many files were removed, and says so."""
-    names = [n for n in os.listdir(out_dir) if SAMPLE_FILE.match(n)]
-    names += [n for n in ("samples.json", "index.html") if os.path.exists(os.path.join(out_dir, n))]
-    for name in names:
-        os.remove(os.path.join(out_dir, name))
-    if names:
-        logging.warning("replaced the earlier samples in %s (%d files)", out_dir, len(names))
-    return len(names)
+def _stop(futures: list[concurrent.futures.Future]) -> None:
+    """Cancels the renders not started and waits for the running ones to end."""
+    for future in futures:
+        future.cancel()
+    concurrent.futures.wait(futures)
 
 
 def performance_score(notes: Notes, decoded_qpm: float, score_qpm: float | None) -> dict:
@@ -85,6 +74,7 @@ def _training_meter(workdir: str, tokenizer) -> tuple[int, int] | None:
     return bar_lib.corpus_meter(tokenizer, split.tokens)
 
 
+@outputs.closes_sample_sets  # an unfinished set's staging folder and lock go on any error
 def generate(
     workdir: str,
     *,
@@ -136,9 +126,10 @@ def generate(
     default_out = os.path.join(workdir, "samples")
     if restored.source == "finetuned":  # never overwrite the pretrained model's samples
         default_out = os.path.join(workdir_lib.finetune_dir(workdir), "samples")
-    out_dir = os.path.abspath(out_dir or default_out)
-    os.makedirs(out_dir, exist_ok=True)
-    remove_earlier_samples(out_dir)
+    # The new set is rendered into a staging folder and swapped in whole at the end; only the
+    # files the previous samples.json lists are replaced (render/outputs.py).
+    sample_set = outputs.SampleSet(out_dir or default_out)
+    out_dir, staging = sample_set.out_dir, sample_set.staging
     primer_notes = [None] * sample.num_samples
     if request is not None:
         primers = request.primers(sample.num_samples)
@@ -227,7 +218,7 @@ def generate(
             given=request.given if request is not None else None,
             **grid,
         )
-        jobs.append((row, decoded, notes, end, bars, (out_dir, stem, notes), render_kwargs))
+        jobs.append((row, decoded, notes, end, bars, (staging, stem, notes), render_kwargs))
     # With an executor (e.g. a process pool) the samples render in parallel, in any order.
     futures = [
         executor.submit(outputs.render_sample, *args, **kwargs) if executor else None
@@ -237,7 +228,12 @@ def generate(
     for i, (row, decoded, notes, end, bars, args, kwargs) in enumerate(jobs):
         report("rendering", i, len(jobs))
         stem = args[1]
-        info = futures[i].result() if executor else outputs.render_sample(*args, **kwargs)
+        try:
+            info = futures[i].result() if executor else outputs.render_sample(*args, **kwargs)
+        except BaseException:
+            # No render may still write into the staging folder once it is removed.
+            _stop([f for f in futures if f is not None])
+            raise
         info.update(
             name=stem,
             model=model_label,
@@ -291,10 +287,9 @@ def generate(
         qpm=qpm,
     )
     report("rendered", len(results), len(results))
-    atomic.write_json(
-        os.path.join(out_dir, "samples.json"), {"settings": settings_info, "samples": results}
-    )
     index = gallery.write_gallery(
-        out_dir, results, title="jaxcomposer samples", settings=settings_info
+        staging, results, title="jaxcomposer samples", settings=settings_info, home=out_dir
     )
+    sample_set.commit({"settings": settings_info, "samples": results})
+    index = os.path.join(out_dir, os.path.basename(index))
     return {"out_dir": out_dir, "index": index, "samples": results, "settings": settings_info}

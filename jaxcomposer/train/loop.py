@@ -128,7 +128,10 @@ def fit(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                 jax.eval_shape(init, run_key(config)).to_tree(),
             )
-            tree, meta = checkpoints.restore(manager, latest, abstract)
+            latest, (tree, meta) = checkpoints.restore_readable(
+                manager, latest, lambda step: checkpoints.restore(manager, step, abstract),
+                quarantine=distributed.is_primary(),
+            )  # fmt: skip
             state = TrainState(**tree)
             logging.info("resumed from %s at step %d", manager.directory, latest)
         run = _Run(config, workdir, mesh, manager, train_split, valid_split, tokenizer, meta, spec)
