@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import pathlib
 import re
@@ -124,7 +125,7 @@ def test_paths_in_request_fields_never_reach_the_file_system(studio, workdir, tm
     # A primer named like a path is only a name: the job writes its own primer.mid.
     job = generate(url, {"primer": primer(midi_bytes(tmp_path), name=f"../../{outside}/x.mid")})
     status = studio_.wait(job["job"], 300)
-    assert status["state"] == "done", status
+    assert status["state"] == "done", status["message"]
     assert files_under(str(outside)) == set() and files_under(workdir) == before
     job_dir = os.path.join(studio_.results_dir, job["job"])
     assert "primer.mid" in os.listdir(job_dir)
@@ -143,7 +144,7 @@ def test_html_in_a_midi_track_name_stays_text(studio, tmp_path):
     studio_, url = studio
     job = generate(url, {"primer": primer(midi_bytes(tmp_path, EVIL), name=EVIL + ".mid")})
     status = studio_.wait(job["job"], 300)
-    assert status["state"] == "done", status
+    assert status["state"] == "done", status["message"]
     assert status["primer"]["tracks"] == [EVIL]  # data in JSON; the page sets it as text
     assert status["primer"]["name"].startswith("<script>")
     # The page never turns data into markup: no innerHTML, no document.write, no inline script.
@@ -256,7 +257,7 @@ def test_musicxml_is_one_piano_part_on_two_staves_with_the_tempo(studio):
     studio_, url = studio
     job = generate(url, {"qpm": 72, "bars": 4})
     status = studio_.wait(job["job"], 300)
-    assert status["state"] == "done", status
+    assert status["state"] == "done", status["message"]
     name = os.path.basename(status["samples"][0]["files"]["musicxml"])
     path = studio_.file(job["job"], name)
     root = ET.parse(path).getroot()
@@ -356,3 +357,97 @@ def test_serve_mode_prints_its_address_and_warns_off_loopback(workdir, tmp_path)
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+# --- the constraint modes: a melody to harmonize, bars of a primer to regenerate -------------
+MELODY = [(72, 0, 1), (74, 1, 2), (76, 2, 3), (77, 3, 4), (79, 4, 6), (77, 6, 7), (76, 7, 8)]
+FOUR_BARS = [(60 + (i * 5) % 12, i, i + 1) for i in range(16)]  # 4 bars of 4/4 in quarters
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """A studio on a tiny voices model (as tests/test_constraints.py's): its SMC meets the
+    constraints with a few particles even untrained; the event model of `workdir`, four steps
+    from uniform, rarely closes an open stretch."""
+    corpus = melody_corpus(tmp_path_factory.mktemp("midi"))
+    config = small_run_config(corpus, tmp_path_factory.mktemp("cache"),
+                              tokenizer={"name": "voices", "steps_per_beat": 2})  # fmt: skip
+    folder = str(tmp_path_factory.mktemp("voices"))
+    loop.train(config, folder, progress=False)
+    studio = app.Studio([folder], str(tmp_path_factory.mktemp("results")), render_processes=0)
+    httpd = server.make_server(studio, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield studio, httpd.url
+    httpd.shutdown()
+    httpd.server_close()
+    studio.close()
+
+
+def spec_bytes(tmp_path: pathlib.Path, spec, name: str = "m.mid") -> bytes:
+    return pathlib.Path(mf.simple_file(tmp_path / name, spec, qpm=90)).read_bytes()
+
+
+def test_a_melody_upload_is_harmonized_note_for_note(voices, tmp_path):
+    studio_, url = voices
+    job = generate(url, {"melody": primer(spec_bytes(tmp_path, MELODY), name=EVIL + ".mid"),
+                         "particles": 8, "bars": 8})  # fmt: skip
+    status = studio_.wait(job["job"], 300)
+    assert status["state"] == "done", status["message"]
+    assert status["melody"]["name"].startswith("<script>") and status["primer"] is None
+    (sample,) = status["samples"]
+    assert sample["constraint"] == "melody" and sample["constraints_met"] is True
+    assert sample["given_kept"] == 1.0
+    assert math.isfinite(sample["log_evidence"]) and 0 < sample["final_ess"] <= 8
+    written = json.loads(pathlib.Path(studio_.file(job["job"], "samples.json")).read_text())
+    assert written["samples"][0]["constraints_met"] is True
+    assert written["settings"]["particles"] == 8
+    # The melody is the top voice: at each of its onsets the highest note is the melody's.
+    notes = sample["roll"]["notes"]
+    for pitch, start, _ in MELODY:
+        assert max(n[0] for n in notes if abs(n[1] - start) < 1e-3) == pitch, (start, notes)
+    # The roll marks exactly the melody's notes as given (the score colours them).
+    given = sorted((n[0], n[1]) for n in notes if n[4])
+    assert given == sorted((p, float(a)) for p, a, _ in MELODY)
+    assert "melody.mid" in os.listdir(os.path.join(studio_.results_dir, job["job"]))
+
+
+def test_infill_regenerates_bars_of_an_uploaded_primer(voices, tmp_path):
+    studio_, url = voices
+    job = generate(url, {"primer": primer(spec_bytes(tmp_path, FOUR_BARS)), "infill": "2-3",
+                         "particles": 8})  # fmt: skip
+    status = studio_.wait(job["job"], 300)
+    assert status["state"] == "done", status["message"]
+    assert status["settings"]["infill"] == "2-3"
+    (sample,) = status["samples"]
+    assert sample["constraint"] == "infill" and sample["constraints_met"] is True
+    assert sample["given_kept"] == 1.0 and "log_evidence" in sample and "min_ess" in sample
+    notes = sample["roll"]["notes"]
+    kept = {(p, float(a)) for p, a, _ in FOUR_BARS if a < 4 or a >= 12}  # bars 1 and 4
+    assert kept <= {(n[0], n[1]) for n in notes if n[4]}
+    assert not [n for n in notes if n[4] and 4 <= n[1] < 12]  # nothing given inside the gap
+
+
+def test_bad_ranges_and_melodies_get_a_message_and_write_nothing(studio, workdir, tmp_path):
+    studio_, url = studio
+    before = files_under(studio_.results_dir), files_under(workdir)
+    four = primer(spec_bytes(tmp_path, FOUR_BARS))
+    melody = primer(spec_bytes(tmp_path, MELODY, "tune.mid"), name="tune.mid")
+    for body, expected in (
+        ({"primer": four, "infill": "9-2"}, "bars 9-2 are not a range of bars"),
+        ({"primer": four, "infill": "x"}, "'x' is not a bar range like 5-8"),
+        ({"primer": four, "infill": "3-4"}, "lie outside the piece or reach its end"),
+        ({"primer": four, "infill": ["5-8"]}, "infill: expected a text"),
+        ({"infill": "2-3"}, "needs a primer MIDI"),
+        ({"melody": primer(b"hello world", name="tune.mid")}, "not a MIDI file"),
+        ({"melody": melody, "primer": four}, "the melody is the whole piece"),
+        ({"melody": melody, "melody_track": 2}, "melody_track=2, but the file's tracks are not"),
+        ({"melody_track": 0}, "melody_track: needs a melody"),
+        ({"melody": {"name": "x.mid", "path": "/etc/passwd"}}, "melody: expected"),
+    ):
+        status, reply = call(url + "api/generate", {"model": "0", **body})
+        assert status == 400 and expected in reply["error"], (body, reply)
+        assert "\n" not in reply["error"] and "Traceback" not in reply["error"]
+        if "melody" in body and "primer" not in body and "data" in body["melody"]:
+            assert "tune.mid" in reply["error"], reply
+    assert (files_under(studio_.results_dir), files_under(workdir)) == before

@@ -9,8 +9,11 @@ Nothing a request sends becomes a path: jobs are addressed by random ids (`secre
 files by the names render_sample gave them (a whitelist kept per job), models by their index
 in the list the server was started with. An uploaded primer is capped in size, read by the
 project's lenient MIDI reader (data/midi_io.py) and written as `primer.mid` in the job's own
-folder. Text from a MIDI file (track names) or a folder name is returned as JSON data; the page
-only ever sets it as text (studio.js never assigns innerHTML).
+folder; a melody to harmonize likewise as `melody.mid`. The constraint modes (a melody, bars
+of the primer to regenerate) are checked when the request arrives by the same functions the
+command line uses (sample/constraints.py), so a bad file or range is a message, not a job.
+Text from a MIDI file (track names) or a folder name is returned as JSON data; the page only
+ever sets it as text (studio.js never assigns innerHTML).
 """
 
 from __future__ import annotations
@@ -52,9 +55,16 @@ LIMITS: dict[str, tuple[float, float]] = {
     "seed": (0, 2**31 - 1),
     "qpm": (20, 300),
     "scale_penalty": (0.0, 20.0),
+    "particles": (1, 256),  # SMC particles per sample (melody / infill)
+    "melody_track": (0, 63),  # the melody's voice part (0 = highest); empty = the top voice
 }
-_INTEGER = {"bars", "num_samples", "seed"}
-FIELDS = {"model", "key", "scale", "style", "meter", "primer", *LIMITS}
+_INTEGER = {"bars", "num_samples", "seed", "particles", "melody_track"}
+FIELDS = {"model", "key", "scale", "style", "meter", "primer", "melody", "infill", *LIMITS}
+# Facts of a sample shown on the page (from generate's per-sample info = samples.json's).
+SHOWN = ("name", "title", "key", "requested_key", "key_source", "style", "notes", "bars", "beats",
+         "qpm", "time_signature", "synthesizer", "scale_mass_removed", "constraint",
+         "constraints_met", "given_kept", "log_evidence", "final_ess", "min_ess", "resamples",
+         "finished_particles")  # fmt: skip
 # Files of a job the server serves: render_sample's, plus the run's index and JSON.
 _RUN_FILES = ("index.html", "samples.json")
 _SAMPLE_FILE_KEYS = ("midi", "musicxml", "wav", "roll", "png")
@@ -86,6 +96,16 @@ class RequestError(UsageError):
     """A request the studio cannot do as sent (the message says which field and why)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """A MIDI file sent with a request, read and checked (never written before the job runs)."""
+
+    raw: bytes
+    name: str  # the name the browser sent (text only: never a path; escaped where shown)
+    tracks: list[str]  # its track names (cut to MAX_NAME, at most MAX_SHOWN_NAMES)
+    piece: Any  # music.notes.Piece, as the lenient reader read it
+
+
 @dataclasses.dataclass
 class Model:
     """One workdir's model, restored once when the studio starts."""
@@ -101,10 +121,9 @@ class Model:
 class Job:
     id: str
     model: Model
-    settings: dict  # the checked request (no primer bytes)
-    primer: bytes | None
-    primer_name: str
-    primer_tracks: list[str]
+    settings: dict  # the checked request (no file bytes)
+    primer: Upload | None
+    melody: Upload | None = None
     state: str = "queued"  # queued | running | done | error
     stage: str = "queued"
     done: int = 0
@@ -257,6 +276,7 @@ class Studio:
                         seed=0,
                         num_samples=min(sample.num_samples, int(LIMITS["num_samples"][1])),
                         scale_penalty=sample.scale_penalty,
+                        particles=min(sample.particles, int(LIMITS["particles"][1])),
                     ),
                 )  # fmt: skip
             )
@@ -307,8 +327,10 @@ class Studio:
             raise RequestError(f"meter: {str(meter)[:40]!r}: expected hold, free or a time "
                                "signature such as 3/4")  # fmt: skip
         settings["meter"] = meter.strip()
-        primer, primer_name, tracks = self._primer(request.get("primer"), model)
-        job = Job(secrets.token_hex(8), model, settings, primer, primer_name, tracks)
+        primer = self._upload("primer", request.get("primer"), model)
+        melody = self._upload("melody", request.get("melody"), model)
+        self._constraint(request, settings, model, primer, melody)
+        job = Job(secrets.token_hex(8), model, settings, primer, melody)
         with self._lock:
             waiting = sum(j.state == "queued" for j in self.jobs.values())
             if waiting >= MAX_QUEUE:
@@ -317,40 +339,87 @@ class Studio:
         self._queue.put(job)
         return job
 
-    def _primer(self, primer: Any, model: Model) -> tuple[bytes | None, str, list[str]]:
-        """(bytes, display name, track names) of an uploaded primer, or (None, "", [])."""
-        if primer is None:
-            return None, "", []
-        if not isinstance(primer, dict) or not isinstance(primer.get("data"), str):
-            raise RequestError("primer: expected {name, data (base64)}")
-        name = primer.get("name")
-        name = name[:MAX_NAME] if isinstance(name, str) and name else "primer.mid"
-        if len(primer["data"]) > MAX_PRIMER_BYTES * 4 // 3 + 4:
-            raise RequestError(
-                f"primer {name}: larger than the limit of {MAX_PRIMER_BYTES // 1024} KiB"
-            )
+    def _upload(self, field: str, upload: Any, model: Model) -> Upload | None:
+        """The checked upload of `field` ("primer" or "melody": {name, data (base64)}), or
+        None; RequestError (naming the field and the file) for one over MAX_PRIMER_BYTES, bad
+        base64, a file the lenient reader refuses, or one without (pitched) notes."""
+        if upload is None:
+            return None
+        if not isinstance(upload, dict) or not isinstance(upload.get("data"), str):
+            raise RequestError(f"{field}: expected {{name, data (base64)}}")
+        name = upload.get("name")
+        name = name[:MAX_NAME] if isinstance(name, str) and name else f"{field}.mid"
+        too_large = f"{field} {name}: larger than the limit of {MAX_PRIMER_BYTES // 1024} KiB"
+        if len(upload["data"]) > MAX_PRIMER_BYTES * 4 // 3 + 4:
+            raise RequestError(too_large)
         try:
-            raw = base64.b64decode(primer["data"], validate=True)
+            raw = base64.b64decode(upload["data"], validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError(f"primer {name}: the upload is not valid base64") from None
+            raise RequestError(f"{field} {name}: the upload is not valid base64") from None
         if len(raw) > MAX_PRIMER_BYTES:
-            raise RequestError(
-                f"primer {name}: larger than the limit of {MAX_PRIMER_BYTES // 1024} KiB"
-            )
+            raise RequestError(too_large)
         from jaxcomposer.data import midi_io
 
         tracks: list[str] = []
         try:  # the same lenient reader as prepare; `path` only names the file in messages
-            piece, _ = midi_io.read_midi_bytes(
-                raw, model.restored.config.data, path=f"primer {name}", name="primer.mid",
+            piece, stats = midi_io.read_midi_bytes(
+                raw, model.restored.config.data, path=f"{field} {name}", name=f"{field}.mid",
                 track_names=tracks,
             )  # fmt: skip
         except midi_io.MidiReadError as e:
-            raise RequestError(f"primer {name}: {e.reason}") from None
+            raise RequestError(f"{field} {name}: {e.reason}") from None
         if len(piece.notes) == 0:
-            raise RequestError(f"primer {name}: no notes")
+            drums = " (only drum notes)" if stats.get("drum_notes") else ""
+            raise RequestError(f"{field} {name}: no notes{drums}")
         shown = [t[:MAX_NAME] for t in tracks if t.strip()][:MAX_SHOWN_NAMES]
-        return raw, name, shown
+        return Upload(raw, name, shown, piece)
+
+    def _constraint(
+        self, request: dict, settings: dict, model: Model, primer: Upload | None,
+        melody: Upload | None,
+    ) -> None:  # fmt: skip
+        """Checks the constraint modes as the command line does (cli.check_flags, then
+        constraints.prepare's checks on the file read): `melody` (harmonize it, voice part
+        `melody_track` or the top voice) or `infill` (bar ranges of the primer to regenerate,
+        "5-8" or "3-4,9-12"). Adds `infill` to `settings`; RequestError says what is wrong."""
+        from jaxcomposer.sample import constraints
+
+        infill = request.get("infill") or ""
+        if not isinstance(infill, str) or len(infill) > MAX_TEXT:
+            raise RequestError(f"infill: expected a text of at most {MAX_TEXT} characters")
+        infill = infill.strip()
+        if infill and primer is None:
+            raise RequestError(f"infill {infill[:40]!r}: needs a primer MIDI (the piece to "
+                               "rewrite)")  # fmt: skip
+        if melody is not None and (primer is not None or infill):
+            raise RequestError("melody: the melody is the whole piece: leave out the primer and "
+                               "the bars to regenerate")  # fmt: skip
+        if "melody_track" in settings and melody is None:
+            raise RequestError("melody_track: needs a melody MIDI")
+        config, tokenizer = model.restored.config, model.restored.tokenizer
+        try:
+            if melody is not None:
+                track = settings.get("melody_track", -1)
+                part = f"part {track}" if track >= 0 else "top voice"
+                constraints.melody_request_for_piece(
+                    config, tokenizer, melody.piece, track, f"melody {melody.name}",
+                    f"melody {melody.name} ({part}",
+                )  # fmt: skip
+            if infill:
+                ranges = constraints.parse_ranges(infill)
+                if tokenizer.time_unit != "beat" or tokenizer.grammar.press is not None:
+                    raise RequestError(
+                        f"infill: the {tokenizer.name} tokenizer's tokens cannot be cut at bar "
+                        "lines (tokens in seconds or held keys): pick a model with a score "
+                        "tokenizer such as voices or event"
+                    )
+                constraints.infill_request_for_piece(config, tokenizer, primer.piece, ranges,
+                                                     primer.name)  # fmt: skip
+        except (UsageError, Failure) as e:
+            if isinstance(e, RequestError):
+                raise
+            raise RequestError(str(e).replace("--primer_midi ", "primer ")) from None
+        settings["infill"] = infill
 
     def status(self, job_id: str) -> dict | None:
         """The job's state for the page (None: no such job): state, stage, progress, queue
@@ -366,7 +435,8 @@ class Studio:
         out = dict(
             id=job.id, state=job.state, stage=job.stage, done=job.done, total=job.total,
             message=job.message, model=job.model.name, settings=job.settings,
-            primer=dict(name=job.primer_name, tracks=job.primer_tracks) if job.primer else None,
+            primer=dict(name=job.primer.name, tracks=job.primer.tracks) if job.primer else None,
+            melody=dict(name=job.melody.name, tracks=job.melody.tracks) if job.melody else None,
         )  # fmt: skip
         if job.state == "queued":
             out["ahead"] = ahead
@@ -427,9 +497,13 @@ class Studio:
             message = f"internal error ({type(e).__name__}); the server's log has the details"
         else:
             message = described[1]
-        primer_path = os.path.join(self.results_dir, job.id, "primer.mid")
-        message = message.replace(f"--primer_midi {primer_path}", f"primer {job.primer_name}")
+        for field, upload in (("primer", job.primer), ("melody", job.melody)):
+            if upload is not None:
+                path = os.path.join(self.results_dir, job.id, f"{field}.mid")
+                flag = "--primer_midi" if field == "primer" else "--melody"
+                message = message.replace(f"{flag} {path}", f"{field} {upload.name}")
         message = message.replace(self.results_dir, "(results)")
+        message = message.replace("(raise --particles)", "(raise the particles)")
         with self._lock:
             job.state, job.stage, job.message = "error", "error", message
             job.finished = time.time()
@@ -455,11 +529,20 @@ class Studio:
                             ("scale_penalty", "scale_penalty")):  # fmt: skip
             if name in s:
                 overrides[field] = s[name]
+        if "particles" in s:
+            overrides["particles"] = s["particles"]
+        # Uploads are written under names we chose, in the job's own folder, and passed to
+        # generate() as the command line's --primer_midi / --melody / --infill would be.
         overrides["primer"] = "none"
-        if job.primer is not None:
-            overrides["primer"] = os.path.join(out_dir, "primer.mid")
-            with open(overrides["primer"], "wb") as f:
-                f.write(job.primer)
+        for field, upload in (("primer", job.primer), ("melody", job.melody)):
+            if upload is not None:
+                overrides[field] = os.path.join(out_dir, f"{field}.mid")
+                with open(overrides[field], "wb") as f:
+                    f.write(upload.raw)
+        if job.melody is not None and "melody_track" in s:
+            overrides["melody_track"] = s["melody_track"]
+        if s.get("infill"):
+            overrides["infill"] = s["infill"]
         paths = generate.generate(
             job.model.workdir, out_dir=out_dir, seed=s.get("seed", 0), overrides=overrides,
             restored=job.model.restored, qpm=s.get("qpm"), soundfont=self.soundfont,
@@ -469,13 +552,7 @@ class Studio:
         files = {name: os.path.join(out_dir, name) for name in _RUN_FILES}
         samples = []
         for info in paths["samples"]:
-            shown = {
-                k: info.get(k)
-                for k in ("name", "title", "key", "requested_key", "key_source", "style", "notes",
-                          "bars", "beats", "qpm", "time_signature", "synthesizer",
-                          "scale_mass_removed")
-                if info.get(k) is not None
-            }  # fmt: skip
+            shown = {k: info[k] for k in SHOWN if info.get(k) is not None}
             urls: dict = {}
             for key in _SAMPLE_FILE_KEYS:
                 if info.get(key):
@@ -485,16 +562,21 @@ class Studio:
             for page in info.get("svg") or []:
                 files[page] = os.path.join(out_dir, page)
                 urls["svg"].append(self._url(job, page))
-            roll = self._roll_notes(job, out_dir, info.get("midi"))
+            roll = self._roll_notes(job, out_dir, info.get("midi"), info.get("given_notes"))
             samples.append(dict(shown, files=urls, errors=info.get("errors") or {}, roll=roll))
         files = {k: v for k, v in files.items() if os.path.isfile(v)}
         with self._lock:
             job.samples, job.files = samples, files
             job.state, job.stage, job.finished = "done", "done", time.time()
 
-    def _roll_notes(self, job: Job, out_dir: str, midi: str | None) -> dict | None:
+    def _roll_notes(
+        self, job: Job, out_dir: str, midi: str | None, given: list | None = None
+    ) -> dict | None:
         """The sample's notes for the page's piano roll, read back from its MIDI file:
-        {notes: [[pitch, start beat, end beat, velocity], ...], bar_beats}; None without MIDI."""
+        {notes: [[pitch, start beat, end beat, velocity, given], ...], bar_beats}; None without
+        MIDI. `given`: samples.json's given_notes ([pitch, start, end] in beats): a note with
+        their pitch and onset (to 1e-3 beat) has given 1 (the page draws it in the score's
+        colour for given notes), else 0."""
         if not midi:
             return None
         from jaxcomposer.data import midi_io
@@ -510,9 +592,10 @@ class Studio:
                    strict=True)  # fmt: skip
         meters = piece.time_signatures
         bar_beats = meters[0].bar_beats if meters else 4.0
-        return dict(
-            notes=[[p, round(a, 4), round(b, 4), v] for p, a, b, v in rows], bar_beats=bar_beats
-        )
+        fixed = {(int(p), round(float(a), 3)) for p, a, *_ in given or ()}
+        notes = [[p, round(a, 4), round(b, 4), v, int((p, round(a, 3)) in fixed)]
+                 for p, a, b, v in rows]  # fmt: skip
+        return dict(notes=notes, bar_beats=bar_beats)
 
     def _prune(self) -> None:
         """Keeps the files of the last `keep_jobs` finished jobs; older jobs are forgotten and

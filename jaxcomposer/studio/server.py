@@ -4,7 +4,7 @@ Routes (everything else is 404):
   GET  /                          the page (package data: static/index.html)
   GET  /static/studio.js|.css     its script and style (a fixed list, nothing from a CDN)
   GET  /api/models                the models, their facts and the form's limits (JSON)
-  POST /api/generate              JSON settings (+ primer MIDI in base64) -> 202 {job}
+  POST /api/generate              JSON settings (+ primer or melody MIDI in base64) -> 202 {job}
   GET  /api/jobs/<id>             a job's state, progress and results (JSON)
   GET  /results/<id>/<name>       a file the job wrote (?download=1: as an attachment)
 
@@ -130,7 +130,9 @@ def make_handler(studio: app.Studio) -> type[http.server.BaseHTTPRequestHandler]
                 else:
                     self.close_connection = True
                 limit = app.MAX_PRIMER_BYTES // 1024
-                return self._error(413, f"the upload is too large (a primer may have {limit} KiB)")
+                return self._error(
+                    413, f"the upload is too large (a primer or melody may have {limit} KiB)"
+                )
             try:
                 request = json.loads(self.rfile.read(size) or b"null")
             except (ValueError, UnicodeDecodeError):

@@ -33,7 +33,7 @@ function showModel() {
   for (const name of model.styles) style.append(el("option", { value: name }, name));
   $("style-field").hidden = model.styles.length === 0;
   for (const name of ["key", "scale", "style", "meter", "temperature", "top_p", "bars", "seed",
-                      "num_samples"]) {
+                      "num_samples", "particles"]) {
     $(name).value = d[name];
   }
 }
@@ -88,8 +88,8 @@ function progressValue(job) {
   return job.state === "done" ? 1 : 0.95;
 }
 
-// Pitch against beats: one bar per note (right hand >= C4 blue, left hand orange, more opaque
-// when louder), grey bar lines, C of each octave labelled, black-key rows shaded.
+// Pitch against beats: one bar per note (right hand >= C4 blue, left hand orange, given notes
+// red, more opaque when louder), grey bar lines, C of each octave labelled, black-key rows shaded.
 function pianoRoll(roll) {
   const notes = roll.notes;
   const canvas = el("canvas", { class: "roll", role: "img", "aria-label": "piano roll" });
@@ -120,9 +120,10 @@ function pianoRoll(roll) {
     g.beginPath(); g.moveTo(x(beat), 0); g.lineTo(x(beat), height - bottom); g.stroke();
     g.fillStyle = "#666"; g.fillText(String(bar), x(beat) + 2, height - 4);
   }
-  for (const [pitch, start, stop, velocity] of notes) {
+  for (const [pitch, start, stop, velocity, given] of notes) {
     g.globalAlpha = 0.45 + 0.55 * Math.min(Math.max(velocity, 1), 127) / 127;
-    g.fillStyle = pitch >= 60 ? "#1f5fa8" : "#d9822b";
+    // Given notes (a melody harmonized, the bars kept) in the score's colour for them.
+    g.fillStyle = given ? "#c0392b" : pitch >= 60 ? "#1f5fa8" : "#d9822b";
     g.fillRect(x(start), y(pitch) + 0.1 * row, Math.max(1, x(stop) - x(start)), 0.8 * row);
   }
   g.globalAlpha = 1;
@@ -172,6 +173,13 @@ function showResults(job) {
     const tracks = job.primer.tracks.length ? ` (tracks: ${job.primer.tracks.join(", ")})` : "";
     head.append(el("span", { class: "primer" }, `Primer: ${job.primer.name}${tracks}. `));
   }
+  if (job.melody) {
+    const tracks = job.melody.tracks.length ? ` (tracks: ${job.melody.tracks.join(", ")})` : "";
+    head.append(el("span", { class: "primer" }, `Melody: ${job.melody.name}${tracks}. `));
+  }
+  if (job.settings.infill) {
+    head.append(el("span", {}, `Bars regenerated: ${job.settings.infill} (given notes in red). `));
+  }
   if (job.gallery) head.append(el("a", { href: job.gallery }, "gallery page"));
   results.append(head);
   job.samples.forEach((s, i) => results.append(sampleSection(s, i)));
@@ -195,19 +203,21 @@ async function generate(event) {
   event.preventDefault();
   $("error").textContent = "";
   const body = { model: $("model").value, key: $("key").value, scale: $("scale").value,
-                 style: $("style").value, meter: $("meter").value };
-  for (const name of ["temperature", "top_p", "bars", "seed", "num_samples", "qpm"]) {
+                 style: $("style").value, meter: $("meter").value, infill: $("infill").value };
+  for (const name of ["temperature", "top_p", "bars", "seed", "num_samples", "qpm", "particles",
+                      "melody_track"]) {
     if ($(name).value !== "") body[name] = Number($(name).value);
   }
   setBusy(true);
   try {
-    const file = $("primer").files[0];
-    if (file) {
+    for (const field of ["primer", "melody"]) {
+      const file = $(field).files[0];
+      if (!file) continue;
       if (file.size > catalogue.max_primer_bytes) {
-        throw new Error(`primer ${file.name}: larger than the limit of ` +
+        throw new Error(`${field} ${file.name}: larger than the limit of ` +
           `${Math.floor(catalogue.max_primer_bytes / 1024)} KiB`);
       }
-      body.primer = { name: file.name, data: await readFile(file) };
+      body[field] = { name: file.name, data: await readFile(file) };
     }
     $("status").textContent = "sending...";
     const answer = await fetch("/api/generate", {
