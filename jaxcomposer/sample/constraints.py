@@ -30,9 +30,10 @@ from absl import logging
 
 from jaxcomposer.config_lib import PRIMER_SOURCES, Config, SampleConfig
 from jaxcomposer.core.errors import Failure, UsageError
-from jaxcomposer.data import dataset, midi_io
+from jaxcomposer.data import dataset
 from jaxcomposer.model import StepFunction, conditioning
 from jaxcomposer.music.notes import Notes, Piece
+from jaxcomposer.sample import primers as primer_lib
 from jaxcomposer.sample import sampler, smc
 from jaxcomposer.tokenizers import BOS, PAD, EncodingError, Tokenizer
 from jaxcomposer.tokenizers.common import grid_steps
@@ -95,21 +96,6 @@ def prepare(config: Config, tokenizer: Tokenizer, sample: SampleConfig) -> Reque
     return infill_request(config, tokenizer, sample.primer, parse_ranges(sample.infill))
 
 
-def read_piece(config: Config, path: str, flag: str) -> Piece:
-    """The MIDI file a flag names; UsageError (one line) when it is missing, not MIDI, empty or
-    holds only drums."""
-    where = f"--{flag} {path}"
-    if not os.path.isfile(path):
-        raise UsageError(f"{where}: no such file")
-    try:
-        piece, stats = midi_io.read_midi(path, config.data)
-    except midi_io.MidiReadError as e:
-        raise UsageError(f"{where}: {e.reason}") from None
-    if stats.get("drum_notes") and not len(piece.notes):
-        raise UsageError(f"{where}: only drum notes, no melody")
-    return piece
-
-
 # --- melody ------------------------------------------------------------------------------------
 def melody_notes(config: Config, piece: Piece, track: int, where: str) -> Notes:
     """The melody of a file: voice part `track` (0 = the highest, for files whose tracks are
@@ -167,7 +153,7 @@ def program_from_template(template) -> smc.Program:
 def melody_request(config: Config, tokenizer: Tokenizer, path: str, track: int = -1) -> Request:
     """Harmonization of the melody in MIDI file `path` (see `melody_notes`)."""
     where = f"--melody {path}"
-    piece = read_piece(config, path, "melody")
+    piece = primer_lib.read_midi_flag(config, path, "melody")
     part = f"part {track}" if track >= 0 else "top voice"
     return melody_request_for_piece(
         config, tokenizer, piece, track, where, f"melody {os.path.basename(path)} ({part}"
@@ -240,8 +226,8 @@ def infill_request(
             f"{where}: the {tokenizer.name} tokenizer's tokens cannot be cut at bar lines "
             "(tokens in seconds or held keys); use a score tokenizer such as voices or event"
         )
-    return infill_request_for_piece(config, tokenizer, read_piece(config, path, "primer_midi"),
-                                    ranges, path)  # fmt: skip
+    piece = primer_lib.read_midi_flag(config, path, "primer_midi")
+    return infill_request_for_piece(config, tokenizer, piece, ranges, path)
 
 
 def infill_request_for_piece(

@@ -10,6 +10,7 @@ from absl import logging
 from jaxcomposer.config_lib import Config, SampleConfig
 from jaxcomposer.core.errors import UsageError
 from jaxcomposer.data import dataset, midi_io
+from jaxcomposer.music.notes import Piece
 from jaxcomposer.tokenizers import BOS, EncodingError, Tokenizer
 
 
@@ -43,17 +44,28 @@ def primers_from_valid(
     return np.stack(rows).astype(np.int32)
 
 
+def read_midi_flag(config: Config, path: str, flag: str) -> Piece:
+    """The MIDI file a flag names (`--primer_midi`, `--melody`), read by the lenient reader;
+    UsageError (one line naming the flag and file) when it is missing, not MIDI, empty or holds
+    only drums."""
+    where = f"--{flag} {path}"
+    if not os.path.isfile(path):
+        raise UsageError(f"{where}: no such file")
+    try:
+        piece, stats = midi_io.read_midi(path, config.data)
+    except midi_io.MidiReadError as e:
+        raise UsageError(f"{where}: {e.reason}") from None
+    if stats.get("drum_notes") and not len(piece.notes):
+        raise UsageError(f"{where}: only drum notes, no {flag.split('_')[0]}")
+    return piece
+
+
 def primer_from_midi(config: Config, tokenizer: Tokenizer, path: str) -> tuple[np.ndarray, object]:
     """The first `primer_tokens - 1` tokens of a MIDI file after BOS, tiled per sample, and the
     piece as read. Raises UsageError naming the file when it yields no primer (missing, not
     MIDI, empty, drum-only, every note out of range); warns when notes had to be dropped."""
     where = f"--primer_midi {path}"
-    if not os.path.isfile(path):
-        raise UsageError(f"{where}: no such file")
-    try:
-        piece, _ = midi_io.read_midi(path, config.data)
-    except midi_io.MidiReadError as e:
-        raise UsageError(f"{where}: {e.reason}") from None
+    piece = read_midi_flag(config, path, "primer_midi")
     kept = dataset.fit_pitch_range(piece, config)
     lost, tok = len(piece.notes) - len(kept.notes), config.tokenizer
     pitch_range = f"the pitch range [{tok.pitch_min}, {tok.pitch_max}]"
