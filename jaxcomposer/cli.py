@@ -57,6 +57,10 @@ def sample_overrides() -> dict:
     out = {name: getattr(FLAGS, name) for name in _SAMPLE_FLAGS if getattr(FLAGS, name) is not None}
     if FLAGS.primer_midi:
         out["primer"] = FLAGS.primer_midi
+    # The workdir's saved keys (quick.py's four) are for unprimed samples: music of the user's
+    # own, a primer or a melody, keeps its key (as read or estimated) unless --key says one.
+    if (FLAGS.primer_midi or FLAGS.melody) and FLAGS.key is None:
+        out["key"] = ""
     return out
 
 

@@ -142,6 +142,11 @@ def main(argv: list[str]) -> None:
         extra = " ".join(argv[1:])
         raise UsageError(f"unexpected arguments: {extra} (flags look like --name=value)")
     mode = FLAGS.mode
+    # jax's backend probe reports each platform it cannot open (libtpu.so on every CPU
+    # machine) at INFO: noise to a musician, and the devices in use are logged by training.
+    import logging as std_logging
+
+    std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     for line in cli.check_flags(mode):
         cli.warn(line)
     # Each mode imports its stage here, not at the top: jax alone costs ~0.7 s of start-up

@@ -250,3 +250,17 @@ def test_a_flag_is_ignored_only_by_the_modes_that_do_not_read_it(tmp_path):
             assert ignored == expected, mode
     finally:
         main.FLAGS.unparse_flags()
+
+
+def test_music_of_your_own_keeps_its_key_over_the_workdirs_saved_keys(tmp_path):
+    """quick.py saves four keys for unprimed samples; a --primer_midi or --melody without --key
+    sets sample.key to "" (the primer's key, as read or estimated); an explicit --key wins."""
+    cases = (([], None), (["--primer_midi=a.mid"], ""), (["--melody=m.mid"], ""),
+             (["--primer_midi=a.mid", "--key=D minor"], "D minor"))  # fmt: skip
+    try:
+        for extra, expected in cases:
+            main.FLAGS.unparse_flags()
+            main.FLAGS(["jaxcomposer", "--mode=generate", f"--workdir={tmp_path}", *extra])
+            assert cli.sample_overrides().get("key") == expected, extra
+    finally:
+        main.FLAGS.unparse_flags()

@@ -281,10 +281,12 @@ def generate(
         key=sample.key,
         scale=sample.scale,
         scale_penalty=sample.scale_penalty,
+        meter=sample.meter,
+        parallels_penalty=sample.parallels_penalty if tokenizer.voice_tables() else None,
         bar_counting=tokenizer.bar_counter().note,
         sample_seconds=round(sample_seconds, 3),
         **(constraint_settings if request is not None else {}),
-        qpm=qpm,
+        qpm=round(float(qpm), 2),
     )
     report("rendered", len(results), len(results))
     index = gallery.write_gallery(

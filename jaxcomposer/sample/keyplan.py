@@ -68,6 +68,9 @@ def plan_keys(
                 schedules.append([(1, keys.parse_key(drawn))])
                 sources.append("drawn")
     styles = [-1] * n
+    if sample.style and not spec.uses_style:
+        logging.warning("--style=%s is ignored: this model is not conditioned on a style "
+                        "(model.condition=%s)", sample.style, spec.condition)  # fmt: skip
     if spec.uses_style:
         if sample.style and sample.style not in spec.styles:
             raise UsageError(f"unknown style {sample.style!r}; the model knows {list(spec.styles)}")

@@ -266,7 +266,7 @@ class Studio:
                     keyed=bool(model.restored.spec is not None and model.restored.spec.dim > 0),
                     styles=_styles(model),  # key+style models: the training set's style names
                     defaults=dict(
-                        key=sample.key.split(";")[0].strip(),
+                        key=sample.key,  # one key per sample in turn, as the command line
                         style=sample.style if sample.style in _styles(model) else "",
                         meter=sample.meter,
                         scale=sample.scale,
@@ -534,6 +534,9 @@ class Studio:
         # Uploads are written under names we chose, in the job's own folder, and passed to
         # generate() as the command line's --primer_midi / --melody / --infill would be.
         overrides["primer"] = "none"
+        given = job.primer is not None or job.melody is not None
+        if given and s["key"] == job.model.restored.config.sample.key.strip():
+            overrides["key"] = ""  # the saved keys are for unprimed samples: keep the upload's
         for field, upload in (("primer", job.primer), ("melody", job.melody)):
             if upload is not None:
                 overrides[field] = os.path.join(out_dir, f"{field}.mid")
