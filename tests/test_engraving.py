@@ -5,6 +5,7 @@ music21 / pretty_midi and compared with the notes that went in."""
 from __future__ import annotations
 
 import os
+import tempfile
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -249,3 +250,18 @@ def test_a_sample_at_the_default_written_tempo_is_marked_100(tmp_path):
     assert [s.get("tempo") for s in root.iter("sound") if s.get("tempo")] == ["100"]
     assert root.findtext(".//direction-type/metronome/per-minute") == "100"
     assert root.findtext("part/measure/attributes/staves") == "2"
+
+
+def test_a_score_engraves_from_a_thread_other_than_the_one_that_imported_verovio():
+    """verovio 6 loads its fonts per thread: the studio's worker thread must engrave too."""
+    import threading
+
+    xml = os.path.join(tempfile.mkdtemp(), "t.musicxml")
+    score.write_musicxml(xml, make_notes([60, 64, 67], [0, 1, 2], [1, 2, 4]), title="t")
+    with open(xml, encoding="utf-8") as f:
+        text = f.read()
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(pages=score.engrave(text)))
+    worker.start()
+    worker.join()
+    assert len(out["pages"]) == 1 and "<svg" in out["pages"][0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import importlib.resources
 import itertools
 import logging
 import os
@@ -577,9 +578,18 @@ def write_musicxml(
     return key_number
 
 
+VEROVIO_DATA = str(importlib.resources.files("verovio") / "data")
+
+
 def engrave(musicxml: str, options: dict | None = None) -> list[str]:
-    """MusicXML text -> one SVG document per page (verovio)."""
-    toolkit = verovio.toolkit()
+    """MusicXML text -> one SVG document per page (verovio). ValueError when verovio cannot
+    load its fonts or the MusicXML, or engraves no pages."""
+    # verovio 6 loads its fonts per thread from the resource path set at import: a toolkit made
+    # in another thread (the studio's worker) finds none, so every toolkit is pointed at the
+    # package's data itself.
+    toolkit = verovio.toolkit(False)
+    if not toolkit.setResourcePath(VEROVIO_DATA):
+        raise ValueError(f"verovio could not load its fonts from {VEROVIO_DATA}")
     toolkit.setOptions(dict(VEROVIO_OPTIONS, **(options or {})))
     if not toolkit.loadData(musicxml):
         raise ValueError("verovio could not load the MusicXML")
