@@ -325,7 +325,10 @@ def test_bad_requests_and_routes(studio):
         assert call(url + "static/" + name)[0] == 200
 
 
-def test_serve_mode_prints_its_address_and_warns_off_loopback(workdir, tmp_path):
+def test_serve_mode_prints_its_address_warns_off_loopback_and_cleans_up_on_sigterm(workdir):
+    """Without --out_dir the results go to a temporary folder, removed when the studio stops:
+    on SIGTERM too (a service manager's stop)."""
+    import re
     import subprocess
     import sys
     import time
@@ -336,8 +339,7 @@ def test_serve_mode_prints_its_address_and_warns_off_loopback(workdir, tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     process = subprocess.Popen(
         [sys.executable, "-m", "jaxcomposer.main", "--mode=serve", f"--workdir={workdir}",
-         f"--workdir={workdir}", f"--port={port}", "--host=0.0.0.0",
-         f"--out_dir={tmp_path / 'results'}"],
+         f"--workdir={workdir}", f"--port={port}", "--host=0.0.0.0"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines = []
@@ -354,9 +356,12 @@ def test_serve_mode_prints_its_address_and_warns_off_loopback(workdir, tmp_path)
         assert any(x.startswith(f"studio: http://0.0.0.0:{port}/") for x in lines), lines
         status, models = call(f"http://127.0.0.1:{port}/api/models")
         assert status == 200 and len(models["models"]) == 1  # the same workdir twice: once
+        results = re.search(r"results in (\S+);", lines[-1]).group(1)
+        assert os.path.isdir(results)
     finally:
         process.terminate()
         process.wait(timeout=60)
+    assert not os.path.exists(results)
 
 
 # --- the constraint modes: a melody to harmonize, bars of a primer to regenerate -------------

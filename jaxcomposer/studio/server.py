@@ -206,9 +206,18 @@ def serve(
     names = ", ".join(m.name for m in studio.models.values())
     print(f"studio: {server.url} (models: {names}; results in {results_dir}; Ctrl-C stops)",
           flush=True)  # fmt: skip
+    # SIGTERM (a service manager's stop, `kill`) ends the loop like Ctrl-C, so the temporary
+    # results folder is removed either way.
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.server_close()
         studio.close()
         if temporary:
