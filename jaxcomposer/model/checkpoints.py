@@ -321,12 +321,13 @@ def _digest(path: str) -> str:
 
 
 def _files(folder: str) -> list[str]:
-    """Paths relative to `folder` of every regular file below it (the sums file excluded)."""
+    """Paths relative to `folder` of every regular file below it (the sums file and atomic
+    writes' temporaries, `.NAME.XXXX.tmp`, excluded)."""
     out = []
     for root, _, names in os.walk(folder):
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), folder)
-            if rel != SUMS_FILE:
+            if rel != SUMS_FILE and not (name.startswith(".") and name.endswith(".tmp")):
                 out.append(rel)
     return sorted(out)
 
@@ -334,7 +335,13 @@ def _files(folder: str) -> list[str]:
 def seal(directory: str) -> list[int]:
     """Writes `<step>/jaxcomposer_sums.json` (size and sha256 of each file) into every finished
     checkpoint of `directory` that has none; returns the steps sealed. Only for checkpoints
-    orbax has finished (`save` and `close_manager` call it after waiting for the saves)."""
+    orbax has finished (`save` and `close_manager` call it after waiting for the saves). Only
+    the primary process writes (every process of a multi-host run calls it: a second writer
+    would race the first and could list its temporary file)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return []
     sealed = []
     for step in _finished_steps(directory):
         folder = os.path.join(directory, str(step))
