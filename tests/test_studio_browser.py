@@ -120,7 +120,10 @@ def test_page_generates_shows_score_and_audio_and_downloads_midi(tmp_path):
         )
         assert pathlib.Path(done[0]).read_bytes()[:4] == b"MThd"
         assert not [p for p in os.listdir(downloads) if p.endswith(".crdownload")]
-        # The page sends the bars to regenerate; a bad range is a message on the page.
+        # A result becomes the primer (its MIDI fetched back from the studio); the page sends
+        # the bars to regenerate; a bad range is a message on the page.
+        driver.find_element(By.CSS_SELECTOR, "#results button.again").click()
+        assert "sample_00" in driver.find_element(By.ID, "result-primer").text
         driver.find_element(By.ID, "infill").send_keys("9-2")
         driver.find_element(By.ID, "generate").click()
         error = _wait(lambda: driver.find_element(By.ID, "error").text, 30, "the range's message")

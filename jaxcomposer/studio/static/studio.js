@@ -52,6 +52,26 @@ async function loadModels() {
   showModel();
 }
 
+// A result chosen as the primer ("Regenerate bars of this sample"): its MIDI, fetched from the
+// studio, is sent as the primer upload (the same checks as a file from the disk).
+let resultPrimer = null;
+
+function bytesToBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+function useAsPrimer(sample, midiUrl) {
+  resultPrimer = { name: `${sample.name}.mid`, url: midiUrl };
+  $("primer").value = "";
+  $("result-primer").textContent = `Primer: ${sample.name} of the last result ` +
+    "(type the bars to regenerate, then Generate).";
+  $("infill").focus();
+}
+
 function readFile(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -149,6 +169,11 @@ function sampleSection(sample, index) {
   for (const [key, label] of [["midi", "MIDI"], ["musicxml", "MusicXML"], ["wav", "WAV"]]) {
     if (f[key]) links.append(el("a", { href: f[key] + "?download=1", "data-kind": key }, label));
   }
+  if (f.midi) {
+    const again = el("button", { type: "button", class: "again" }, "Regenerate bars of this sample");
+    again.addEventListener("click", () => useAsPrimer(sample, f.midi));
+    links.append(again);
+  }
   section.append(links);
   for (const [stage, message] of Object.entries(sample.errors || {})) {
     section.append(el("p", { class: "error" }, `${stage} failed: ${message}`));
@@ -210,6 +235,12 @@ async function generate(event) {
   }
   setBusy(true);
   try {
+    if (resultPrimer && !$("primer").files[0] && !$("melody").files[0]) {
+      const answer = await fetch(resultPrimer.url);
+      if (!answer.ok) throw new Error(`${resultPrimer.name}: the result is no longer there`);
+      const data = bytesToBase64(new Uint8Array(await answer.arrayBuffer()));
+      body.primer = { name: resultPrimer.name, data: data };
+    }
     for (const field of ["primer", "melody"]) {
       const file = $(field).files[0];
       if (!file) continue;
@@ -237,5 +268,9 @@ async function generate(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("form").addEventListener("submit", generate);
+  $("primer").addEventListener("change", () => {
+    resultPrimer = null;
+    $("result-primer").textContent = "";
+  });
   loadModels().catch((e) => { $("error").textContent = `cannot load the models: ${e.message}`; });
 });
