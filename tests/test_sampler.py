@@ -235,24 +235,33 @@ def test_sliding_window_sampler_equals_rereading_loop(tiny_model):
     assert np.asarray(out)[0].tolist() == history[-steps:]
 
 
-def sampled_meters(tok_overrides: dict, rows_meter, batch: int, num_steps: int):
-    """Samples an untrained tiny model from BOS with the meter-hold rule for `rows_meter`
-    (None: meters free); returns (the distinct meters each row's tokens state, skips per row)."""
+def sample_untrained(tok_overrides: dict, batch: int, num_steps: int, temperature: float,
+                     seed: int, rules) -> tuple:
+    """(tokenizer, rows int (B, 1 + num_steps)): an untrained tiny model sampled from BOS with
+    `rules(tokenizer, primers) -> dict` of sampler.sample's rule arguments."""
     config = config_lib.freeze(tiny.get_config())
     tokenizer = get_tokenizer(dataclasses.replace(config.tokenizer, **tok_overrides))
     model = build_model(config.model, tokenizer.vocab.size)
     variables = {"params": model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]}
     primers = np.full((batch, 1), BOS, np.int32)
-    meter = None if rows_meter is None else sampler.meter_hold(tokenizer, rows_meter, primers)
     tokens = sampler.sample(
         variables, jnp.asarray(primers),
         jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
-        jnp.asarray(tokenizer.grammar.next_state), jax.random.key(3),
+        jnp.asarray(tokenizer.grammar.next_state), jax.random.key(seed),
         step_fn=StepFunction(model), num_steps=num_steps,
-        settings=sampler.DecoderSettings(temperature=2.0),
-        held=sampler.held_keys(tokenizer.grammar, primers), meter=meter,
+        settings=sampler.DecoderSettings(temperature=temperature), **rules(tokenizer, primers),
     )  # fmt: skip
-    rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
+    return tokenizer, np.concatenate([primers, np.asarray(tokens)], axis=1)
+
+
+def sampled_meters(tok_overrides: dict, rows_meter, batch: int, num_steps: int):
+    """Samples an untrained tiny model from BOS with the meter-hold rule for `rows_meter`
+    (None: meters free); returns (the distinct meters each row's tokens state, skips per row)."""
+    def rules(tokenizer, primers):
+        meter = None if rows_meter is None else sampler.meter_hold(tokenizer, rows_meter, primers)
+        return dict(held=sampler.held_keys(tokenizer.grammar, primers), meter=meter)
+
+    tokenizer, rows = sample_untrained(tok_overrides, batch, num_steps, 2.0, 3, rules)
     # Read back independently of the sampler: the TIMESIG tokens each row holds, by id.
     by_token = {t: m for m, t in tokenizer.meter_tokens().items()}
     meters = [sorted({by_token[t] for t in row.tolist() if t in by_token}) for row in rows]
@@ -325,23 +334,12 @@ def count_parallels(steps_SxU: np.ndarray) -> int:
 
 
 def sample_voices(penalty: float, batch: int = 16, num_steps: int = 200, per_voice=True):
-    config = config_lib.freeze(tiny.get_config())
-    tok = dataclasses.replace(config.tokenizer, name="voices", per_voice_tokens=per_voice,
-                              pitch_min=55, pitch_max=67)  # fmt: skip
-    tokenizer = get_tokenizer(tok)
-    model = build_model(config.model, tokenizer.vocab.size)
-    variables = {"params": model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]}
-    primers = np.full((batch, 1), BOS, np.int32)
-    tokens = sampler.sample(
-        variables, jnp.asarray(primers),
-        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primers)),
-        jnp.asarray(tokenizer.grammar.next_state), jax.random.key(5),
-        step_fn=StepFunction(model), num_steps=num_steps,
-        settings=sampler.DecoderSettings(temperature=1.5),
-        voices=sampler.parallels_rule(tokenizer, primers, penalty),
-    )  # fmt: skip
-    rows = np.concatenate([primers, np.asarray(tokens)], axis=1)
-    return tokenizer, rows
+    tok = dict(name="voices", per_voice_tokens=per_voice, pitch_min=55, pitch_max=67)
+
+    def rules(tokenizer, primers):
+        return dict(voices=sampler.parallels_rule(tokenizer, primers, penalty))
+
+    return sample_untrained(tok, batch, num_steps, 1.5, 5, rules)
 
 
 @pytest.mark.parametrize("per_voice", [True, False])

@@ -5,6 +5,7 @@ restored once and its sampler compiled once, the MusicXML a score program opens.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import os
@@ -34,17 +35,25 @@ def workdir(tmp_path_factory):
     return str(folder)
 
 
-@pytest.fixture(scope="module")
-def studio(workdir, tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    studio = app.Studio([workdir], str(results), render_processes=0)
+@contextlib.contextmanager
+def serving(workdir: str, results: str):
+    """(studio, url) of a studio on `workdir` served on a free loopback port in a thread."""
+    studio = app.Studio([workdir], results, render_processes=0)
     httpd = server.make_server(studio, "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield studio, httpd.url
-    httpd.shutdown()
-    httpd.server_close()
-    studio.close()
+    try:
+        yield studio, httpd.url
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        studio.close()
+
+
+@pytest.fixture(scope="module")
+def studio(workdir, tmp_path_factory):
+    with serving(workdir, str(tmp_path_factory.mktemp("results"))) as served:
+        yield served
 
 
 def call(url: str, body=None, *, raw: bytes | None = None):
@@ -379,14 +388,8 @@ def voices(tmp_path_factory):
                               tokenizer={"name": "voices", "steps_per_beat": 2})  # fmt: skip
     folder = str(tmp_path_factory.mktemp("voices"))
     loop.train(config, folder, progress=False)
-    studio = app.Studio([folder], str(tmp_path_factory.mktemp("results")), render_processes=0)
-    httpd = server.make_server(studio, "127.0.0.1", 0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield studio, httpd.url
-    httpd.shutdown()
-    httpd.server_close()
-    studio.close()
+    with serving(folder, str(tmp_path_factory.mktemp("results"))) as served:
+        yield served
 
 
 def spec_bytes(tmp_path: pathlib.Path, spec, name: str = "m.mid") -> bytes:
