@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.model.condition = "none"  # none | key | key+style: [X; M] vector at every step
     c.model.condition_logits = False  # conditioned: M also biases the logits (learned M @ W)
+    c.model.constraint_encoder_size = 0  # > 0: Anticipation-RNN encoder units (docs/constraints.md)
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
@@ -84,6 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.max_wall_seconds = 0.0  # seconds; 0 = no limit
     c.train.budget_minutes = 0.0  # > 0: num_steps chosen to fit this many minutes (measured)
     c.train.tensorboard = False  # True: TensorBoard event files too (pip install .[tensorboard])
+    # constraint-encoder models: shares of the random constraint rows drawn per training window
+    c.train.constraint_mix = ml_collections.ConfigDict(
+        {"none": 0.25, "voices": 0.4, "bars": 0.25, "tokens": 0.1}
+    )
 
     c.sample = ml_collections.ConfigDict()
     c.sample.decoder = "temperature"  # argmax | temperature

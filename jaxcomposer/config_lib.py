@@ -75,6 +75,20 @@ class ModelConfig:
     # Conditioned models: the vector also adds a learned bias to the logits (M @ W, W zero at
     # init), so each key's pitch profile need not pass through the LSTM.
     condition_logits: bool = False
+    # > 0: an Anticipation-RNN constraint encoder (model/anticipation.py) of this many units
+    # reads the given tokens from the end; its output joins M. 0 = none.
+    constraint_encoder_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstraintMix:
+    """How often each kind of random constraint row is drawn per training window for a model
+    with a constraint encoder (train/constraint_masks.py); shares, normalised to sum 1."""
+
+    none: float = 0.25  # nothing given: the plain language model
+    voices: float = 0.4  # whole voices given (the top voice alone in half of them)
+    bars: float = 0.25  # everything given but a span of 1-4 bars (infilling)
+    tokens: float = 0.1  # each voice token given with a probability drawn per window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +119,7 @@ class TrainConfig:
     # True: TensorBoard event files beside metrics.jsonl (needs the tensorboard extra,
     # tensorboardX; without it a one-line warning and metrics.jsonl alone).
     tensorboard: bool = False
+    constraint_mix: ConstraintMix = dataclasses.field(default_factory=ConstraintMix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +328,7 @@ _AT_LEAST = {  # field: smallest allowed value
     "train.eval_every": 1, "train.eval_batches": 1, "train.early_stop_patience": 0,
     "train.checkpoint_every": 1, "train.keep_best": 0, "train.log_every": 1,
     "train.max_wall_seconds": 0, "train.learning_rate": 0, "sample.top_k": 0,
-    "train.budget_minutes": 0,
+    "train.budget_minutes": 0, "model.constraint_encoder_size": 0,
     "sample.num_steps": 0,
     "sample.num_bars": 0, "sample.num_samples": 1, "sample.primer_tokens": 1,
     "sample.scale_penalty": 0, "sample.particles": 1, "sample.melody_track": -1,
@@ -416,6 +431,14 @@ def validate(config: Config) -> None:
     for field, ok, why in checks:
         if not ok:
             raise bad(field, why)
+    mix = dataclasses.asdict(config.train.constraint_mix)
+    if not all(w >= 0 for w in mix.values()) or not sum(mix.values()) > 0:
+        raise ConfigError(f"config train.constraint_mix={mix}: shares must be >= 0, not all 0")
+    if config.model.constraint_encoder_size and config.model.kind != "lstm":
+        raise ConfigError(
+            f"config model.constraint_encoder_size={config.model.constraint_encoder_size}: "
+            f"needs model.kind 'lstm', got {config.model.kind!r}"
+        )
     for name, weight in dataclasses.asdict(config.finetune.match).items():
         if not weight >= 0:  # a negative weight would push the music away from the data
             raise ConfigError(f"config finetune.match.{name}={weight!r}: must be >= 0")

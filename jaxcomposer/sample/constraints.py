@@ -31,7 +31,7 @@ from absl import logging
 from jaxcomposer.config_lib import PRIMER_SOURCES, Config, SampleConfig
 from jaxcomposer.core.errors import Failure, UsageError
 from jaxcomposer.data import dataset
-from jaxcomposer.model import StepFunction, conditioning
+from jaxcomposer.model import StepFunction, anticipation, conditioning
 from jaxcomposer.music.notes import Notes, Piece
 from jaxcomposer.sample import primers as primer_lib
 from jaxcomposer.sample import sampler, smc
@@ -260,7 +260,17 @@ def infill_request_for_piece(
     rows = [np.ones(tokenizer.vocab.size, bool)]
     ops: list = []
     slack = 0
-    for k, (a, b) in enumerate(ranges):
+    tables = tokenizer.voice_tables()
+    if config.model.constraint_encoder_size and tables is not None:
+        # A constraint encoder reads one token per position: on a voice grid the gap keeps its
+        # length (its bar lines and meters are forced), and each voice token in it is free.
+        in_gap = np.zeros(tokens.size, bool)
+        for a, b in ranges:
+            in_gap |= (bars >= a) & (bars <= b)
+        free_T = in_gap & (tables.voice_S[states] >= 0)
+        body = np.flatnonzero(bars >= ranges[0][0])
+        ops = [smc.free(1)[0] if free_T[t] else smc.forced([tokens[t]])[0] for t in body]
+    for k, (a, b) in enumerate(ranges if not ops else ()):
         gap = tokens[(bars >= a) & (bars <= b)]
         allowed = ~meter_V  # the gap keeps the original's meters
         allowed[gap[meter_V[gap]]] = True
@@ -362,11 +372,15 @@ def run(
         pad_closes_to=_round_up(program.close_RxS.shape[0], 16),
     )
     num_steps = _round_up(request.num_steps, pad_steps)
+    step_fn = StepFunction(restored.model)
+    ahead = (None, None)
+    if step_fn.reads_constraints:
+        ahead = encoded_constraints(step_fn, restored.variables, request, g, arrays.op_K.size)
     result = smc.run_smc(
         restored.variables, primers, states, tokenizer.grammar.next_state, request.unit_V,
         units, arrays, jax.random.key(seed), cond_GxPxC, cond_GxC,
-        sampler.parallels_rule(tokenizer, primers, parallels_penalty),
-        step_fn=StepFunction(restored.model), num_steps=num_steps, settings=settings,
+        sampler.parallels_rule(tokenizer, primers, parallels_penalty), *ahead,
+        step_fn=step_fn, num_steps=num_steps, settings=settings,
     )  # fmt: skip
     result = jax.device_get(result)
     rows, picks = smc.choose_particles(result, np.random.default_rng(seed))
@@ -377,6 +391,39 @@ def run(
             if body.size:
                 row[body[-request.drop_last :]] = PAD
     return rows, result, picks
+
+
+def constraint_row(request: Request) -> np.ndarray | None:
+    """int32 (P - 1 + K,): the request as a constraint-encoder row aligned with the targets
+    (model/anticipation.py): the primer's tokens after BOS, then per op its FORCE token or FREE;
+    None when the program is not one token per op (a FREE_UNTIL: infill, event melodies)."""
+    program = request.program
+    ops = program.op_K[program.op_K != smc.END]
+    if not np.isin(ops, (smc.FREE, smc.FORCE)).all():
+        return None
+    row = np.where(ops == smc.FORCE, program.token_K[: ops.size], anticipation.FREE)
+    return np.concatenate([request.primer[1:], row]).astype(np.int32)
+
+
+def encoded_constraints(step_fn, variables, request: Request, groups: int, num_ops: int):
+    """(ahead_GxPxE, ahead_GxKxE) float32 for smc.run_smc: the encoder's output at the primer's
+    inputs and at each of `num_ops` ops (zeros past the program's end). A program the encoder
+    cannot read (`constraint_row` None) gets zeros: the model's unconstrained reading, so SMC
+    alone meets the constraint."""
+    p = request.primer.size
+    row = constraint_row(request)
+    if row is None:
+        logging.info("%s: the constraint encoder reads one-token-per-position constraints only; "
+                     "SMC alone meets this one", request.describe)  # fmt: skip
+        width = step_fn.model.ahead_dim
+        return np.zeros((groups, p, width), np.float32), np.zeros((groups, num_ops, width),
+                                                                   np.float32)  # fmt: skip
+    ahead_RxE = np.asarray(step_fn.encode(variables, row[None]))[0]
+    ops_KxE = np.zeros((num_ops, ahead_RxE.shape[1]), np.float32)
+    real = min(num_ops, ahead_RxE.shape[0] - (p - 1))
+    ops_KxE[:real] = ahead_RxE[p - 1 : p - 1 + real]
+    tile = lambda a: np.repeat(a[None], groups, axis=0)
+    return tile(ahead_RxE[:p]), tile(ops_KxE)
 
 
 def given_kept(request: Request, notes: Notes, steps_per_beat: int) -> float:
@@ -453,6 +500,7 @@ def sample_for_generate(restored, request: Request, sample: SampleConfig, plan, 
     settings_info = dict(
         constraint=request.describe,
         constraint_decoder="forced greedy" if settings.proposal == "argmax" else "smc",
+        constraint_encoder=StepFunction(restored.model).reads_constraints,
         particles=settings.num_particles,
         ess_threshold=settings.ess_threshold,
         constraint_steps=int(tokens.shape[1]),

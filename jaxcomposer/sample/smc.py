@@ -285,6 +285,8 @@ def run_smc(
     cond_GxPxC: jax.Array | None = None,
     cond_GxC: jax.Array | None = None,
     voices: tuple | None = None,
+    ahead_GxPxE: jax.Array | None = None,
+    ahead_GxKxE: jax.Array | None = None,
     *,
     step_fn: Callable,
     num_steps: int,
@@ -304,20 +306,32 @@ def run_smc(
     target (module docstring); with `voices` (`sampler.parallels_rule` for the G primers) the
     target is that model with the soft parallels rule's penalty subtracted from the logits of
     onsets that move a voice in parallel fifths/octaves (`sampler.parallel_motion`), then
-    renormalised: still a token-by-token model, so the weights stay proper. Returns an
-    SMCResult; units: log weights in nats."""
+    renormalised: still a token-by-token model, so the weights stay proper. For a model with a
+    constraint encoder (model/anticipation.py), ahead_GxPxE / ahead_GxKxE float32 are the
+    encoder's output for the primer's inputs and for each op of a position-aligned program
+    (one token per op: FREE and FORCE only); the input that predicts op k reads row k. Returns
+    an SMCResult; units: log weights in nats."""
     n = settings.num_particles
     g = primer_GxP.shape[0]
     b = g * n
     rep = lambda x: jnp.repeat(x, n, axis=0)
     primer_BxP = rep(primer_GxP)
     cond_BxC = None if cond_GxC is None else rep(cond_GxC)
-    call = lambda tokens, carry, cond: (
-        step_fn(variables, tokens, carry)
-        if cond is None
-        else step_fn(variables, tokens, carry, cond)
-    )
-    logits_BxPxV, carry = call(primer_BxP, None, None if cond_GxPxC is None else rep(cond_GxPxC))
+    if (ahead_GxPxE is None) != (ahead_GxKxE is None):
+        raise ValueError("give both ahead_GxPxE and ahead_GxKxE, or neither")
+
+    def call(tokens, carry, cond, ahead=None):
+        if ahead is not None:
+            return step_fn(variables, tokens, carry, cond, ahead)
+        if cond is None:
+            return step_fn(variables, tokens, carry)
+        return step_fn(variables, tokens, carry, cond)
+
+    logits_BxPxV, carry = call(
+        primer_BxP, None, None if cond_GxPxC is None else rep(cond_GxPxC),
+        None if ahead_GxPxE is None else rep(ahead_GxPxE),
+    )  # fmt: skip
+    group_B = jnp.arange(b) // n
     vocab = next_state_SxV.shape[1]
     eos_ok = jnp.arange(vocab) != EOS if not settings.allow_eos else jnp.ones(vocab, bool)
     op_K, token_K, target_K, skip_K, need_K, state_K, mask_K, allow_MxV, close_RxS, budget_K = (
@@ -390,8 +404,13 @@ def run_smc(
         )
         since_B = jnp.where(pc_B == old_pc_B, since_B + 1, 0)
         lw_B = lw_B + inc_B
+        ahead_Bx1xE = None
+        if ahead_GxKxE is not None:  # what lies ahead of the op the next token fills
+            ahead_Bx1xE = ahead_GxKxE[group_B, jnp.minimum(pc_B, ahead_GxKxE.shape[1] - 1)][
+                :, None
+            ]
         logits_Bx1xV, carry = call(
-            token_B[:, None], carry, None if cond_BxC is None else cond_BxC[:, None]
+            token_B[:, None], carry, None if cond_BxC is None else cond_BxC[:, None], ahead_Bx1xE
         )
         logits_BxV = logits_Bx1xV[:, -1]
 

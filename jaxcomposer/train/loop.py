@@ -25,7 +25,7 @@ from jaxcomposer.data import dataset
 from jaxcomposer.model import build_model, checkpoints
 from jaxcomposer.model.conditioning import Spec
 from jaxcomposer.tokenizers import Tokenizer, get_tokenizer
-from jaxcomposer.train import batching, budget, distributed, reporting
+from jaxcomposer.train import batching, budget, constraint_masks, distributed, reporting
 from jaxcomposer.train.optimizer import make_optimizer
 from jaxcomposer.train.train_step import (
     TrainState,
@@ -181,6 +181,12 @@ class _Run:
         grammar = tokenizer.grammar if tcfg.grammar_mask_loss else None
         k = tcfg.transpose_semitones
         self.tables = tokenizer.transposition_tables(k) if k > 0 else None
+        # A constraint-encoder model trains on random constraint rows; drawing them needs each
+        # target's grammar state (its voice), whether or not the loss is masked by the grammar.
+        self.masker = None
+        if config.model.constraint_encoder_size:
+            self.masker = constraint_masks.Masker.for_tokenizer(tokenizer, tcfg.constraint_mix)
+            grammar = tokenizer.grammar
         self.train_states = None
         if grammar is not None:
             self.train_states = batching.grammar_states(
@@ -191,8 +197,9 @@ class _Run:
         valid_states = None
         if grammar is not None:
             valid_states = batching.grammar_states(valid_tokens, valid_offsets, grammar)
+        valid_rng = np.random.default_rng([config.seed, 7])  # the same rows at every pass
         self.valid_batches = [
-            shard_batch(b, mesh)
+            shard_batch(self.constrained(b, valid_rng), mesh)
             for b in batching.validation_batches(
                 valid_tokens, valid_offsets, batch_size=tcfg.batch_size, seq_len=tcfg.seq_len,
                 num_batches=tcfg.eval_batches, loss_on_last_only=tcfg.loss_on_last_only,
@@ -211,17 +218,26 @@ class _Run:
         self.rng = dropout_key(config)
         self.seeds = (config.seed, tcfg.seed)  # batches fold in the root and the train seed
 
+    def constrained(self, batch: dict, rng: np.random.Generator) -> dict:
+        """The batch with random constraint rows (constraint-encoder models), else as it is;
+        grammar states stay only where the loss is masked by the grammar."""
+        if self.masker is not None:
+            batch = self.masker(batch, rng)
+        if not self.tcfg.grammar_mask_loss:
+            batch.pop("states_BxL", None)
+        return batch
+
     def batch(self, step: int) -> dict:
         tcfg = self.tcfg
-        return shard_batch(
-            batching.sample_windows(
-                self.train_tokens, self.train_offsets, seed=self.seeds, step=step,
-                batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, transpose_tables=self.tables,
-                loss_on_last_only=tcfg.loss_on_last_only, states=self.train_states,
-                labels=self.train_labels, spec=self.spec,
-            ),
-            self.mesh,
+        windows = batching.sample_windows(
+            self.train_tokens, self.train_offsets, seed=self.seeds, step=step,
+            batch_size=tcfg.batch_size, seq_len=tcfg.seq_len, transpose_tables=self.tables,
+            loss_on_last_only=tcfg.loss_on_last_only, states=self.train_states,
+            labels=self.train_labels, spec=self.spec,
         )  # fmt: skip
+        # a pure function of (seeds, step), as the windows are: a resumed run draws the same rows
+        rng = np.random.default_rng([*self.seeds, step, 11])
+        return shard_batch(self.constrained(windows, rng), self.mesh)
 
     def wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.started

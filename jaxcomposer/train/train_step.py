@@ -66,6 +66,11 @@ def _variables(params, batch_stats) -> dict:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def _constraints(batch: dict) -> dict:
+    """The constraint rows of a constraint-encoder model's batch (train/constraint_masks.py)."""
+    return {"constraints_BxL": batch["constraints_BxL"]} if "constraints_BxL" in batch else {}
+
+
 def run_key(config: Config) -> jax.Array:
     """The run's root key: the root seed with the train seed folded in."""
     return jax.random.fold_in(jax.random.key(config.seed), config.train.seed)
@@ -106,6 +111,7 @@ def make_train_step(model, optimizer, schedule, mesh: Mesh, next_state_SxV=None)
             out = model.apply(
                 _variables(params, state.batch_stats), batch["inputs_BxL"], train=True,
                 rngs={"dropout": rng}, mutable=mutable, cond_BxLxC=batch.get("cond_BxLxC"),
+                **_constraints(batch),
             )  # fmt: skip
             (logits, _), updates = out if mutable else (out, {})
             sums = token_loss_sums(
@@ -148,7 +154,7 @@ def make_eval_step(model, mesh: Mesh, next_state_SxV=None):
     def eval_step(params, batch_stats, batch):
         logits, _ = model.apply(
             _variables(params, batch_stats), batch["inputs_BxL"], train=False,
-            cond_BxLxC=batch.get("cond_BxLxC"),
+            cond_BxLxC=batch.get("cond_BxLxC"), **_constraints(batch),
         )  # fmt: skip
         loss_sum, correct_sum, tokens = token_loss_sums(
             logits,
