@@ -15,6 +15,8 @@ under it twice:
             ESS < N/2; one particle drawn by its final weight
   smc_parallels  the same, the target being the model under the sampler's soft parallels
             rule (3 nats off onsets moving two voices in parallel fifths/octaves)
+  smcfree[_parallels]  SMC whose forced tokens weigh only the grammar (for a model with a
+            constraint encoder, whose own distribution of the free tokens is the target)
 
 and each set of harmonizations is scored against the real chorales (the same validation
 pieces, same bars), with the measures of launch/harmony_bench.py (evaluation/musicstats.py,
@@ -93,12 +95,14 @@ PARALLELS_PENALTY = 3.0  # nats, the sampler's default (docs/harmony.md)
 
 
 def decoder_settings(name: str, particles: int) -> tuple[smc.SMCSettings, float]:
-    """(SMC settings, parallels penalty) of a decoder: forced, smc, or either + "_parallels"
-    (the target is the model under the soft parallels rule)."""
+    """(SMC settings, parallels penalty) of a decoder: forced, smc, smcfree (forced tokens weigh
+    only the grammar: smc.SMCSettings.forced_weight, for constraint-encoder models), or any +
+    "_parallels" (the target is the model under the soft parallels rule)."""
     penalty = PARALLELS_PENALTY if name.endswith("_parallels") else 0.0
     if name.startswith("forced"):  # force the given tokens, sample the others: one particle
         return smc.SMCSettings(num_particles=1, resample=False), penalty
-    return smc.SMCSettings(num_particles=particles), penalty
+    weight = "grammar" if name.startswith("smcfree") else "model"
+    return smc.SMCSettings(num_particles=particles, forced_weight=weight), penalty
 
 
 def harmonize(restored, requests, keys, decoder, seed: int, pad_ops: int, pad_steps: int):

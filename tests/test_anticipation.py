@@ -196,6 +196,19 @@ def test_smc_weight_under_the_encoder_is_the_models_constrained_likelihood(train
     expected = float(lp[np.arange(row.size), row].sum())
     assert float(np.asarray(result.log_evidence_G)[0]) == pytest.approx(expected, rel=1e-4,
                                                                          abs=1e-2)  # fmt: skip
+    # A model that reads the constraint is its own target: forced tokens weigh nothing (only
+    # the grammar), so the evidence is the likelihood of the free tokens alone.
+    own = smc.run_smc(
+        restored.variables, jnp.asarray(primer),
+        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primer)),
+        jnp.asarray(tokenizer.grammar.next_state), jnp.zeros(tokenizer.vocab.size, jnp.float32),
+        jnp.zeros(1, jnp.float32), arrays, jax.random.key(0), cond[:, None], cond, None, *ahead,
+        step_fn=step, num_steps=row.size,
+        settings=smc.SMCSettings(num_particles=4, forced_weight="grammar"),
+    )  # fmt: skip
+    free_only = float(lp[np.arange(row.size), row][free].sum())
+    assert float(np.asarray(own.log_evidence_G)[0]) == pytest.approx(free_only, rel=1e-4,
+                                                                      abs=1e-2)  # fmt: skip
     # The same run without the row reads "no constraint": a different likelihood.
     plain = smc.run_smc(
         restored.variables, jnp.asarray(primer),

@@ -375,6 +375,8 @@ def run(
     step_fn = StepFunction(restored.model)
     ahead = (None, None)
     if step_fn.reads_constraints:
+        # The forced tokens keep the model's weight (SMCSettings.forced_weight="model"): measured
+        # better joins out of an infill gap than weighing only the free tokens (constraints.md).
         ahead = encoded_constraints(step_fn, restored.variables, request, g, arrays.op_K.size)
     result = smc.run_smc(
         restored.variables, primers, states, tokenizer.grammar.next_state, request.unit_V,

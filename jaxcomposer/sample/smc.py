@@ -227,6 +227,11 @@ class SMCSettings:
     proposal: str = "sample"
     resample: bool = True
     allow_eos: bool = False
+    # What a FORCE op weighs: "model", log p(v | x_<t) (the target is the model conditioned on
+    # the constraint); "grammar", 0 where the grammar allows v (-inf where not): for a model that
+    # already reads the constraint (a constraint encoder), whose own distribution at the free
+    # positions is the target and whose given tokens were never scored in training.
+    forced_weight: str = "model"
 
     def __post_init__(self):
         if self.num_particles < 1:
@@ -237,6 +242,8 @@ class SMCSettings:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
+        if self.forced_weight not in ("model", "grammar"):
+            raise ValueError(f"forced_weight must be model or grammar, got {self.forced_weight!r}")
 
 
 class SMCResult(NamedTuple):
@@ -354,7 +361,8 @@ def run_smc(
         lp_BxV = jax.nn.log_softmax(logits_BxV, -1)
         op_B = op_K[pc_B]
         allowed_BxV = (next_state_SxV[state_B] >= 0) & eos_ok[None]
-        forced_lp_B = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)[rows, token_K[pc_B]]
+        forced_score_BxV = lp_BxV if settings.forced_weight == "model" else jnp.zeros_like(lp_BxV)
+        forced_lp_B = jnp.where(allowed_BxV, forced_score_BxV, -jnp.inf)[rows, token_K[pc_B]]
         if allow_MxV.shape[-1]:  # FORCE and END ops use row 0 (every token)
             allowed_BxV = allowed_BxV & allow_MxV[mask_K[pc_B]]
         masked_BxV = jnp.where(allowed_BxV, lp_BxV, -jnp.inf)
