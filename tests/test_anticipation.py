@@ -241,6 +241,10 @@ def test_the_encoder_needs_voices_and_the_lstm(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="voice by voice"):
         constraint_masks.Masker.for_tokenizer(get_tokenizer(config.tokenizer),
                                               config.train.constraint_mix)  # fmt: skip
+    workdir = tmp_path / "run"
+    with pytest.raises(config_lib.ConfigError, match="voice by voice"):
+        loop.train(config, str(workdir), progress=False)  # refused before any prepare
+    assert not workdir.exists()
     with pytest.raises(config_lib.ConfigError, match="model.kind"):
         config_lib.validate(tiny_config(model={"constraint_encoder_size": 4,
                                                "kind": "seed_replica"}))  # fmt: skip

@@ -172,6 +172,13 @@ def melody_request_for_piece(
         template = tokenizer.melody_template(melody_piece)
     except EncodingError as e:
         raise UsageError(f"{where}: {e}") from None
+    if len(template.melody) < len(top):  # e.g. a triplet on an eighth-note grid
+        logging.warning(
+            "%s: %d of the melody's %d notes do not fit the tokenizer's grid (%d steps per "
+            "beat) and are merged; the samples keep the %d that do", where,
+            len(top) - len(template.melody), len(top), tokenizer.config.steps_per_beat,
+            len(template.melody),
+        )  # fmt: skip
     program = program_from_template(template)
     opens = int((template.kind_K == OPEN).sum())
     slack = OPEN_SLACK_PER_NOTE * len(template.melody) + 64 if opens else 0
@@ -501,7 +508,8 @@ def sample_for_generate(restored, request: Request, sample: SampleConfig, plan, 
     infos = [sample_info(request, result, picks, i) for i in range(g)]
     settings_info = dict(
         constraint=request.describe,
-        constraint_decoder="forced greedy" if settings.proposal == "argmax" else "smc",
+        constraint_decoder=("forced greedy" if settings.proposal == "argmax" else "smc"
+                            if settings.num_particles > 1 else "forced sampling (1 particle)"),
         constraint_encoder=StepFunction(restored.model).reads_constraints,
         particles=settings.num_particles,
         ess_threshold=settings.ess_threshold,

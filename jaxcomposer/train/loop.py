@@ -51,6 +51,9 @@ def train(config: Config, workdir: str, *, progress: bool | None = None) -> dict
     workdir_lib.WorkdirBusyError when another live process is training this workdir.
     """
     workdir = os.path.abspath(workdir)
+    if config.model.constraint_encoder_size:  # before any prepare: a refusal leaves nothing
+        constraint_masks.Masker.for_tokenizer(get_tokenizer(config.tokenizer),
+                                              config.train.constraint_mix)  # fmt: skip
     # One process trains a workdir at a time; in a multi-host run only process 0 writes it.
     lock = workdir_lib.train_lock(workdir) if jax.process_index() == 0 else nullcontext()
     with lock:
