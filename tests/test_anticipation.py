@@ -176,13 +176,18 @@ def test_smc_weight_under_the_encoder_is_the_models_constrained_likelihood(train
                                             arrays.op_K.size)  # fmt: skip
     primer = request.primers(1)
     cond = conditioning.vector(restored.spec, np.array([2])).astype(np.float32)  # D major
-    result = smc.run_smc(
-        restored.variables, jnp.asarray(primer),
-        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primer)),
-        jnp.asarray(tokenizer.grammar.next_state), jnp.zeros(tokenizer.vocab.size, jnp.float32),
-        jnp.zeros(1, jnp.float32), arrays, jax.random.key(0), cond[:, None], cond, None, *ahead,
-        step_fn=step, num_steps=row.size, settings=smc.SMCSettings(num_particles=4),
-    )  # fmt: skip
+    def filter_with(ahead_arrays, forced_weight="model"):
+        return smc.run_smc(
+            restored.variables, jnp.asarray(primer),
+            jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primer)),
+            jnp.asarray(tokenizer.grammar.next_state),
+            jnp.zeros(tokenizer.vocab.size, jnp.float32), jnp.zeros(1, jnp.float32), arrays,
+            jax.random.key(0), cond[:, None], cond, None, *ahead_arrays, step_fn=step,
+            num_steps=row.size,
+            settings=smc.SMCSettings(num_particles=4, forced_weight=forced_weight),
+        )  # fmt: skip
+
+    result = filter_with(ahead)
     assert np.asarray(result.finished_GxN).all()
     assert (np.asarray(result.tokens_GxNxT)[0] == row).all()
     inputs = np.r_[BOS, row[:-1]][None]
@@ -198,25 +203,12 @@ def test_smc_weight_under_the_encoder_is_the_models_constrained_likelihood(train
                                                                          abs=1e-2)  # fmt: skip
     # A model that reads the constraint is its own target: forced tokens weigh nothing (only
     # the grammar), so the evidence is the likelihood of the free tokens alone.
-    own = smc.run_smc(
-        restored.variables, jnp.asarray(primer),
-        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primer)),
-        jnp.asarray(tokenizer.grammar.next_state), jnp.zeros(tokenizer.vocab.size, jnp.float32),
-        jnp.zeros(1, jnp.float32), arrays, jax.random.key(0), cond[:, None], cond, None, *ahead,
-        step_fn=step, num_steps=row.size,
-        settings=smc.SMCSettings(num_particles=4, forced_weight="grammar"),
-    )  # fmt: skip
+    own = filter_with(ahead, forced_weight="grammar")
     free_only = float(lp[np.arange(row.size), row][free].sum())
     assert float(np.asarray(own.log_evidence_G)[0]) == pytest.approx(free_only, rel=1e-4,
                                                                       abs=1e-2)  # fmt: skip
     # The same run without the row reads "no constraint": a different likelihood.
-    plain = smc.run_smc(
-        restored.variables, jnp.asarray(primer),
-        jnp.asarray(sampler.grammar_states_after(tokenizer.grammar, primer)),
-        jnp.asarray(tokenizer.grammar.next_state), jnp.zeros(tokenizer.vocab.size, jnp.float32),
-        jnp.zeros(1, jnp.float32), arrays, jax.random.key(0), cond[:, None], cond,
-        step_fn=step, num_steps=row.size, settings=smc.SMCSettings(num_particles=4),
-    )  # fmt: skip
+    plain = filter_with((None, None))
     assert abs(float(np.asarray(plain.log_evidence_G)[0]) - expected) > 1e-3
 
 
