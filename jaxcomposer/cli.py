@@ -144,6 +144,8 @@ def check_flags(mode: str) -> list[str]:
         )
     if FLAGS.num_bars and FLAGS.num_steps:
         warnings.append("--num_steps is only a minimum when --num_bars is given (bars decide)")
+    if mode == "generate" and FLAGS.particles is not None and not (FLAGS.melody or FLAGS.infill):
+        warnings.append("--particles is ignored without --melody or --infill (nothing to keep)")
     for name, modes in _FLAG_MODES.items():
         # On the command line (--host and --port have defaults: their values alone say nothing).
         given = FLAGS[name].present and getattr(FLAGS, name) not in (None, False)

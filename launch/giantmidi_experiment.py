@@ -5,14 +5,23 @@ and Liszt (../shared/data/giantmidi_piano), three ways:
                       files' nominal 120 qpm)
   default_performance jaxcomposer's default model on `performance` tokens (10 ms, velocities,
                       pedal)
-Every run trains on the same pieces for the same wall-clock budget (--minutes, default 5; the
-stated CPU budget is <= 10 minutes per model on this 2-core machine; run under `nice -n 5`), is
+  piano_performance   the "folder of piano MIDI files" recipe (configs/piano.py: its model, key
+                      conditioning, time budget and early stopping) on `performance` tokens,
+                      windows of 256 tokens (a few seconds of playing)
+Every run trains on the same pieces for the same wall-clock budget (--minutes, default 5; pin one
+run per core with `taskset -c N` and one XLA thread for a budget that is CPU time; the CPU
+seconds of each training are read from the kernel and written beside the wall time), is
 evaluated on the same held-out pieces (by file-name hash, valid_fraction 0.2) with its own
 nats_per_token and the comparable nats_per_second (NLL / seconds of music), and writes one sample
 (MIDI, score, WAV). Prints JSON lines and a markdown table; writes ROOT/giantmidi.{json,md}.
 
-usage: nice -n 5 python launch/giantmidi_experiment.py [--root runs/giantmidi] [--minutes 5]
-       [--stage train|sample|table]   (default: all three in order)
+usage: python launch/giantmidi_experiment.py [--root runs/giantmidi] [--minutes 5]
+       [--only seed_replica,piano_performance] [--stage train|sample|table]   (default: all)
+
+The one core-hour runs of docs/giantmidi.md, one per core:
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    taskset -c 0 python launch/giantmidi_experiment.py --minutes 60 --only piano_performance &
+  XLA_FLAGS=... taskset -c 1 python launch/giantmidi_experiment.py --minutes 60 --only seed_replica
 """
 
 from __future__ import annotations
@@ -20,12 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default, seed_replica  # noqa: E402
+from configs import default, piano, seed_replica  # noqa: E402
 from jaxcomposer import config_lib  # noqa: E402
 from jaxcomposer.core import atomic  # noqa: E402
 
@@ -33,7 +43,8 @@ CORPUS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "giantmidi_piano"
 )
 COMPOSERS = ("Chopin", "Debussy", "Liszt")
-SAMPLE_TOKENS = {"seed_replica": 400, "default_event": 1500, "default_performance": 3000}  # by run
+SAMPLE_TOKENS = {"seed_replica": 400, "default_event": 1500, "default_performance": 3000,
+                 "piano_performance": 3000}  # by run
 
 
 def composer_folder(root: str, corpus: str) -> str:
@@ -50,17 +61,32 @@ def composer_folder(root: str, corpus: str) -> str:
 def run_configs(minutes: float, midi_dir: str) -> dict[str, config_lib.Config]:
     budget = {"max_wall_seconds": 60.0 * minutes, "num_steps": 10**6}
     data = {"midi_dir": midi_dir, "valid_fraction": 0.2}
+    # the original evaluates once per epoch; a short run needs more often, an hour about 20 times
+    every = 50 if minutes <= 10 else 200
     seed = config_lib.replace(
         config_lib.freeze(seed_replica.get_config()),
         data=data,
-        train={**budget, "eval_every": 50, "checkpoint_every": 50},
+        train={**budget, "eval_every": every, "checkpoint_every": every},
     )
     base = config_lib.replace(config_lib.freeze(default.get_config()), data=data, train=budget)
+    recipe = config_lib.replace(
+        config_lib.freeze(piano.get_config()),
+        data=data,
+        tokenizer={"name": "performance"},
+        train={"budget_minutes": minutes, "seq_len": 256},
+    )
     return {
         "seed_replica": seed,
         "default_event": base,
         "default_performance": config_lib.replace(base, tokenizer={"name": "performance"}),
+        "piano_performance": recipe,
     }
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (the kernel's count)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def train_and_evaluate(root: str, name: str, config: config_lib.Config) -> dict:
@@ -70,9 +96,9 @@ def train_and_evaluate(root: str, name: str, config: config_lib.Config) -> dict:
 
     workdir = os.path.join(root, name)
     manifest = dataset.prepare(config, workdir, progress=False)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     summary = loop.train(config, workdir, progress=False)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     result = evaluate.evaluate(workdir, progress=False)
     return {
         "tokenizer": config.tokenizer.name,
@@ -81,6 +107,9 @@ def train_and_evaluate(root: str, name: str, config: config_lib.Config) -> dict:
         "train_tokens": manifest["totals"]["train"]["tokens"],
         "steps": summary["step"],
         "train_minutes": round(wall / 60, 2),
+        "train_cpu_minutes": round(cpu / 60, 2),
+        "best_step": summary.get("best_step"),
+        "stop_reason": summary.get("stop_reason"),
         "valid": {k: result["overall"].get(k) for k in
                   ("tokens", "seconds", "nats_per_token", "nats_per_second", "nats_per_beat")},
         "valid_names": sorted(result["pieces"]),
@@ -102,16 +131,18 @@ def sample(root: str, name: str, config: config_lib.Config) -> dict:
 
 
 def table(results: dict) -> str:
-    head = ("| run | tokens | steps in budget | held-out nats/token | held-out nats/second "
-            "| sample: notes, seconds, skipped tokens |")  # fmt: skip
-    lines = [head, "|" + "---|" * 6]
+    head = ("| run | tokens | steps (best) | train wall / CPU min | held-out nats/token "
+            "| held-out nats/second | sample: notes, seconds, skipped tokens |")  # fmt: skip
+    lines = [head, "|" + "---|" * 7]
     for name, r in results.items():
         v, s = r["valid"], r.get("sample", {})
         seconds = s.get("beats", 0) * 60.0 / s["qpm"] if s.get("qpm") else float("nan")
+        best = f" ({r['best_step']})" if r.get("best_step") is not None else ""
+        cpu = r.get("train_cpu_minutes", "-")
         lines.append(
-            f"| {name} | {r['tokenizer']} | {r['steps']} | {v['nats_per_token']:.3f} "
-            f"| {v['nats_per_second']:.2f} | {s.get('notes', '-')}, {seconds:.1f} s, "
-            f"{s.get('skipped_tokens', '-')} |"
+            f"| {name} | {r['tokenizer']} | {r['steps']}{best} | {r['train_minutes']} / {cpu} "
+            f"| {v['nats_per_token']:.3f} | {v['nats_per_second']:.2f} "
+            f"| {s.get('notes', '-')}, {seconds:.1f} s, {s.get('skipped_tokens', '-')} |"
         )
     return "\n".join(lines)
 

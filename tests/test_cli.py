@@ -248,6 +248,17 @@ def test_a_flag_is_ignored_only_by_the_modes_that_do_not_read_it(tmp_path):
                 w.split()[0].removeprefix("--") for w in cli.check_flags(mode) if "ignored" in w
             )
             assert ignored == expected, mode
+        # --particles without a melody or an infill has nothing to keep: said, not silent
+        primer = tmp_path / "a.mid"
+        mf.write_midi_file(primer, [mf.notes([(60, 0, 1)])])
+        for extra, warned in (([], True), (["--melody", str(primer)], False),
+                              (["--primer_midi", str(primer), "--infill=1-2"], False)):  # fmt: skip
+            main.FLAGS.unparse_flags()
+            main.FLAGS(["jaxcomposer", "--mode=generate", f"--workdir={tmp_path}",
+                        "--particles=8", *extra])  # fmt: skip
+            cli.WORKDIRS[:] = []
+            said = [w for w in cli.check_flags("generate") if w.startswith("--particles")]
+            assert bool(said) == warned, extra
     finally:
         main.FLAGS.unparse_flags()
 

@@ -105,6 +105,11 @@ def test_melody_is_kept_with_its_meter_and_the_requested_key(trained, files, tmp
         with open(os.path.join(out, info["musicxml"]), encoding="utf-8") as f:
             # the given notes are marked in the score (music21 writes the colour in capitals)
             assert f'COLOR="{score.GIVEN_COLOUR.upper()}"' in f.read().upper()
+    # without --key the melody's own key is used, and samples.json says it came from the melody
+    own = generate.generate(trained, out_dir=str(tmp_path / "own"), seed=1,
+                            overrides={"melody": files["melody"], "key": "", "scale": "soft",
+                                       "num_samples": 1})  # fmt: skip
+    assert [info["key_source"] for info in own["samples"]] == ["melody"]
 
 
 def test_melody_track_picks_a_part(trained, files):

@@ -77,3 +77,27 @@ def test_features_are_transposition_invariant_and_finite():
     assert f.shape == (len(ts.FEATURE_NAMES),) and np.all(np.isfinite(f))
     np.testing.assert_allclose(f, g)
     assert np.all(np.isfinite(ts.piece_features(make_notes([], [], []))))
+
+
+def test_groups_stay_in_one_fold_and_leakage_is_caught():
+    # 6 "pieces" of real music, 8 excerpts each, every piece with its own offset in feature
+    # space; the "samples" are drawn from the same mixture of offsets but from other pieces.
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0.0, 3.0, size=(12, 16))
+    b = np.concatenate([centres[g] + 0.1 * rng.normal(size=(8, 16)) for g in range(6)])
+    a = np.concatenate([centres[g] + 0.1 * rng.normal(size=(8, 16)) for g in range(6, 12)])
+    groups_a, groups_b = np.repeat(np.arange(6), 8), np.repeat(np.arange(6), 8)
+    folds = ts.stratified_folds(np.r_[np.ones(48), np.zeros(48)], 3, 4, seed=1,
+                                groups_N=np.r_[groups_a, 6 + groups_b])  # fmt: skip
+    for row in folds:  # every piece's excerpts share one fold
+        assert all(len(set(row[g * 8 : g * 8 + 8])) == 1 for g in range(12))
+    with pytest.raises(ValueError, match="both classes"):
+        ts.stratified_folds(np.r_[1, 0], 2, 1, seed=0, groups_N=np.r_[0, 0])
+    grouped = ts.classifier_two_sample_test(a, b, groups_a=groups_a, groups_b=groups_b,
+                                            folds=3, permutations=19, seed=0)  # fmt: skip
+    assert grouped["groups_b"] == 6 and grouped["folds"] == 3 and np.isnan(grouped["binomial_p"])
+    # split by excerpt, the classifier learns each piece's centre from its other excerpts
+    # (accuracy near 1); split by piece it cannot tell two draws of one mixture apart as well
+    leaky = ts.classifier_two_sample_test(a, b, folds=3, seed=0)
+    assert leaky["accuracy"] > 0.9
+    assert grouped["accuracy"] < leaky["accuracy"] - 0.2

@@ -96,19 +96,31 @@ def piece_features(notes: Notes, *, steps_per_beat: int = 4) -> np.ndarray:
     return np.nan_to_num(out.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def stratified_folds(labels_N: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
+def stratified_folds(
+    labels_N: np.ndarray, folds: int, repeats: int, seed: int, groups_N: np.ndarray | None = None
+) -> np.ndarray:
     """int64[repeats, N]: the test fold of each piece in each repeat. Within each class the
     pieces are shuffled (numpy PCG64 seeded by `seed`) and dealt round-robin to the folds, so
-    every fold holds floor or ceil of each class's share."""
+    every fold holds floor or ceil of each class's share. With `groups_N` (int[N], e.g. the
+    piece each excerpt was cut from; one class per group) whole groups are dealt instead, so no
+    group is split between a training and a test fold (GroupKFold in scikit-learn's terms).
+    Raises ValueError when a group holds both classes."""
     rng = np.random.default_rng(seed)
     labels_N = np.asarray(labels_N)
+    groups_N = np.arange(len(labels_N)) if groups_N is None else np.asarray(groups_N)
+    names, group_of = np.unique(groups_N, return_inverse=True)
+    group_label = np.zeros(len(names), labels_N.dtype)
+    group_label[group_of] = labels_N
+    if np.any(group_label[group_of] != labels_N):
+        raise ValueError("a group holds pieces of both classes")
     out = np.zeros((repeats, len(labels_N)), np.int64)
     for r in range(repeats):
-        offset = 0
-        for c in np.unique(labels_N):
-            members = rng.permutation(np.flatnonzero(labels_N == c))
-            out[r, members] = (np.arange(len(members)) + offset) % folds
+        offset, fold_of_group = 0, np.zeros(len(names), np.int64)
+        for c in np.unique(group_label):
+            members = rng.permutation(np.flatnonzero(group_label == c))
+            fold_of_group[members] = (np.arange(len(members)) + offset) % folds
             offset += len(members)  # the next class continues the deal: folds stay even
+        out[r] = fold_of_group[group_of]
     return out
 
 
@@ -203,9 +215,14 @@ def classifier_two_sample_test(
     steps: int = 400,
     permutations: int = 0,
     seed: int = 0,
+    groups_a: np.ndarray | None = None,
+    groups_b: np.ndarray | None = None,
 ) -> dict:
     """Repeated stratified k-fold logistic-regression two-sample test of set A against set B
-    (rows = pieces, float features, e.g. `piece_features`). Returns a dict: accuracy (mean
+    (rows = pieces, float features, e.g. `piece_features`). `groups_a`/`groups_b` (int per row;
+    default: every row its own group) name rows that must share a fold, such as excerpts of
+    one piece: folds and the permutation null then move whole groups, and the fold count is
+    capped by the groups of the smaller set. Returns a dict: accuracy (mean
     balanced held-out accuracy over repeats), accuracy_std (std over repeats), accuracy_min/max,
     binomial_p (first repeat; NaN unless the sets have equal sizes), permutation_p (None
     unless permutations > 0: (1 + #null >= obs) / (1 + permutations)), n_a, n_b, folds,
@@ -216,29 +233,42 @@ def classifier_two_sample_test(
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"feature arrays must be (pieces, F) with one F, got {a.shape}, {b.shape}")
     out = dict(n_a=len(a), n_b=len(b), repeats=repeats, l2=l2, features=a.shape[1])
-    k = min(folds, len(a), len(b))
+    ga = np.arange(len(a)) if groups_a is None else np.unique(groups_a, return_inverse=True)[1]
+    gb = np.arange(len(b)) if groups_b is None else np.unique(groups_b, return_inverse=True)[1]
+    if len(ga) != len(a) or len(gb) != len(b):
+        raise ValueError("groups_a/groups_b need one group per row")
+    n_ga, n_gb = int(ga.max(initial=-1)) + 1, int(gb.max(initial=-1)) + 1
+    groups = np.concatenate([ga, n_ga + gb])  # the two sets never share a group
+    out.update(groups_a=n_ga, groups_b=n_gb)
+    k = min(folds, n_ga, n_gb)
     out["folds"] = k
     nan = float("nan")
     if k < 2:
         return {**out, "accuracy": nan, "accuracy_std": nan, "accuracy_min": nan,
                 "accuracy_max": nan, "binomial_p": nan, "permutation_p": None,
-                "reason": "each set needs at least 2 pieces"}  # fmt: skip
+                "reason": "each set needs at least 2 pieces (groups)"}  # fmt: skip
     x = np.concatenate([a, b])
     labels = np.concatenate([np.ones(len(a)), np.zeros(len(b))])
+    group_labels = np.concatenate([np.ones(n_ga), np.zeros(n_gb)])
     rng = np.random.default_rng(seed)
-    all_labels = np.stack([labels] + [rng.permutation(labels) for _ in range(permutations)])
+    # the null moves whole groups between the classes, as the folds do
+    all_labels = np.stack([labels] + [rng.permutation(group_labels)[groups]
+                                      for _ in range(permutations)])  # fmt: skip
     all_folds = np.stack(
-        [stratified_folds(y, k, repeats, seed + 1 + i) for i, y in enumerate(all_labels)]
+        [stratified_folds(y, k, repeats, seed + 1 + i, groups) for i, y in enumerate(all_labels)]
     )
     balanced, correct = _balanced_accuracies(x, all_labels, all_folds, k, l2, steps)
     observed = balanced[0]
+    # against Binomial(n, 1/2) only when the classes are equal (else chance is not 1/2) and
+    # every row is its own group (excerpts of one piece are not independent trials)
+    independent = len(a) == len(b) and n_ga + n_gb == len(x)
+    binomial = binomial_p_value(int(round(correct[0, 0])), len(x)) if independent else nan
     out.update(
         accuracy=float(observed.mean()),
         accuracy_std=float(observed.std()),
         accuracy_min=float(observed.min()),
         accuracy_max=float(observed.max()),
-        # against Binomial(n, 1/2) only when the classes are equal: else chance is not 1/2
-        binomial_p=nan if len(a) != len(b) else binomial_p_value(int(round(correct[0, 0])), len(x)),
+        binomial_p=binomial,
         permutation_p=None,
     )
     if permutations:

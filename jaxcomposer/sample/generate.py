@@ -142,7 +142,9 @@ def generate(
     if request is not None:  # the key of the given notes
         primer_notes = [request.key_notes] * sample.num_samples
     keyed = restored.spec.dim > 0 or bool(sample.key.strip()) or sample.scale != "off"
-    plan = keyplan.plan_keys(workdir, sample, restored.spec, primer_notes, seed) if keyed else None
+    source = request.kind if request is not None and request.kind == "melody" else "primer"
+    plan = (keyplan.plan_keys(workdir, sample, restored.spec, primer_notes, seed, source)
+            if keyed else None)  # fmt: skip
 
     num_steps = bar_lib.steps_for_bars(
         tokenizer, primers, sample, bar_lib.meters_of(tokenizer, primers[0], primer_piece)

@@ -24,7 +24,7 @@ class KeyPlan:
     """The key schedule (and style) of each sample, and where each came from."""
 
     schedules: list[list[tuple[int, int]]]  # per sample: [(first bar, key number)]
-    sources: list[str]  # per sample: "requested" | "primer" | "drawn"
+    sources: list[str]  # per sample: "requested" | "primer" | "melody" | "drawn"
     styles: list[int]  # per sample: style index, -1 = none
     style_names: tuple[str, ...]
 
@@ -36,11 +36,18 @@ class KeyPlan:
 
 
 def plan_keys(
-    workdir: str, sample: SampleConfig, spec, primer_notes: list[Notes | None], seed
+    workdir: str,
+    sample: SampleConfig,
+    spec,
+    primer_notes: list[Notes | None],
+    seed,
+    estimated_from: str = "primer",
 ) -> KeyPlan:
     """Each sample's key schedule: `sample.key` (one schedule, or several separated by ';' used
     in turn, e.g. "C major;A minor"), else the primer's estimated key, else a key drawn from the
-    training pieces' keys (manifest). Bars count from the start of the primer. Raises
+    training pieces' keys (manifest). Bars count from the start of the primer. `estimated_from`
+    names the music the key was estimated from in `sources` ("primer", or "melody" when
+    primer_notes hold a melody to harmonize). Raises
     keys.KeyNameError for a bad name and UsageError for an unknown style. `seed`: an int or a
     sequence of ints (the draws are a pure function of it)."""
     rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 9])
@@ -62,7 +69,7 @@ def plan_keys(
         for notes in primer_notes:
             if notes is not None and len(notes):
                 schedules.append([(1, keys.estimate_key(notes)[0])])
-                sources.append("primer")
+                sources.append(estimated_from)
             else:
                 drawn = names[rng.choice(len(names), p=weights / weights.sum())] if names else "C"
                 schedules.append([(1, keys.parse_key(drawn))])
