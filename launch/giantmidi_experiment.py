@@ -18,10 +18,13 @@ nats_per_token and the comparable nats_per_second (NLL / seconds of music), and 
 usage: python launch/giantmidi_experiment.py [--root runs/giantmidi] [--minutes 5]
        [--only seed_replica,piano_performance] [--stage train|sample|table]   (default: all)
 
-The one core-hour runs of docs/giantmidi.md, one per core:
-  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-    taskset -c 0 python launch/giantmidi_experiment.py --minutes 60 --only piano_performance &
-  XLA_FLAGS=... taskset -c 1 python launch/giantmidi_experiment.py --minutes 60 --only seed_replica
+The one core-hour runs of docs/giantmidi.md, one per core, each with its own --root (each
+process writes ROOT/giantmidi.json when it ends):
+  export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  taskset -c 0 python launch/giantmidi_experiment.py --root runs/gm --minutes 60 \
+      --only piano_performance &
+  taskset -c 1 python launch/giantmidi_experiment.py --root runs/gm2 --minutes 60 \
+      --only seed_replica
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ def composer_folder(root: str, corpus: str) -> str:
     for name in sorted(os.listdir(corpus)):
         link = os.path.join(folder, name)
         if name.startswith(COMPOSERS) and name.endswith(".mid") and not os.path.exists(link):
-            os.symlink(os.path.abspath(os.path.join(corpus, name)), link)
+            try:
+                os.symlink(os.path.abspath(os.path.join(corpus, name)), link)
+            except FileExistsError:  # another run with this root made it first
+                pass
     return folder
 
 

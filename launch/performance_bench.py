@@ -15,10 +15,11 @@ them:
                --excerpts_per_piece excerpts per piece, evenly spaced from its first onset.
   control      the same test, held-out excerpts against training-piece excerpts (both real, by
                piece): what the features can tell apart between real pieces alone
-  note length  median seconds of the samples' notes against the interquartile range of the data's
-               notes, with the sustain pedal applied as the tokenizer applies it (and as read)
+  note length  median seconds of the samples' notes (whole samples, not cut) against the
+               interquartile range of the held-out pieces' notes, with the sustain pedal applied
+               where the tokenizer applies it (perf_sustain)
   velocity     standard deviation of MIDI velocity, samples vs data
-  polyphony    mean number of notes sounding at an onset, samples vs data
+  polyphony    mean number of notes sounding per 16th-note step where any sounds, samples vs data
   skipped_tokens  tokens the decoder could not place, summed (goal 0)
 
 `--excerpt_dir DIR` also writes the first sample's score (PNG, from generate) and its first
@@ -73,7 +74,8 @@ def excerpts(notes: Notes, beats: float, count: int) -> list[Notes]:
     start that leaves a whole excerpt, each shifted to start at 0 and cut at its end."""
     if not len(notes):
         return []
-    first, last = float(notes.start.min()), float(notes.end.max())
+    # room from the last onset: a pedal held to the file's end would make the last window a tail
+    first, last = float(notes.start.min()), float(notes.start.max())
     room = last - first - beats
     if room < 0:
         return []
@@ -106,7 +108,7 @@ def _as_120_qpm(piece, notes: Notes) -> Notes:
 
 
 def bench(workdir: str, *, num_samples: int = 40, bars: int = 8, seed: int = 0,
-          excerpts_per_piece: int = 8, tokens: int = 1500, sample_overrides: dict | None = None,
+          excerpts_per_piece: int = 8, tokens: int = 2000, sample_overrides: dict | None = None,
           out_dir: str | None = None, permutations: int = 100) -> dict:  # fmt: skip
     """Generates, reads back and scores the samples (module docstring); returns the figures."""
     from jaxcomposer.sample import generate
@@ -125,7 +127,7 @@ def bench(workdir: str, *, num_samples: int = 40, bars: int = 8, seed: int = 0,
     result = generate.generate(workdir, out_dir=out_dir, seed=seed, overrides=overrides)
     generate_seconds = time.perf_counter() - started
     beats = bars * BAR_BEATS
-    samples, unreadable, short = [], [], 0
+    samples, whole_samples, unreadable, short = [], [], [], 0
     for info in result["samples"]:
         try:
             if not info.get("midi"):
@@ -136,15 +138,19 @@ def bench(workdir: str, *, num_samples: int = 40, bars: int = 8, seed: int = 0,
             continue
         notes = _as_120_qpm(piece, piece.notes)
         short += bool(len(notes) and notes.end.max() < beats - 1e-6)
+        whole_samples.append(notes)  # note lengths before the cut (the data's are uncut too)
         samples.append(cut_at_beat(notes, beats))
 
     real = {"valid": ([], [], []), "train": ([], [], [])}  # excerpts, groups, whole pieces
     for g, entry in enumerate(manifest["files"]):
         if entry.get("split") not in real:
             continue
-        path = os.path.join(manifest["midi_dir"], entry["name"])
+        folder = manifest.get("valid_dir") if entry["split"] == "valid" else ""
+        path = os.path.join(folder or manifest["source"], entry["name"])
         piece = _read(path, config, entry["name"])
-        sustained = apply_sustain(piece.notes, piece.sustain)
+        # the notes as the model was trained on them: with the pedal only where it was applied
+        pedal = getattr(config.tokenizer, "perf_sustain", False)
+        sustained = apply_sustain(piece.notes, piece.sustain) if pedal else piece.notes
         whole = (_as_120_qpm(piece, piece.notes), _as_120_qpm(piece, sustained))
         cut = excerpts(whole[1], beats, excerpts_per_piece)
         bucket = real[entry["split"]]
@@ -155,6 +161,9 @@ def bench(workdir: str, *, num_samples: int = 40, bars: int = 8, seed: int = 0,
     other, other_groups, _ = real["train"]
 
     spb = 4  # onsets on a 16th grid of 120 qpm (125 ms) for the features
+    if not samples or not held or not other:
+        raise SystemExit(f"{workdir}: nothing to compare ({len(samples)} readable samples, "
+                         f"{len(held)} held-out and {len(other)} training excerpts)")
     feats = [np.stack([two_sample.piece_features(n, steps_per_beat=spb) for n in pieces])
              for pieces in (samples, held, other)]  # fmt: skip
     test = two_sample.classifier_two_sample_test(
@@ -169,7 +178,7 @@ def bench(workdir: str, *, num_samples: int = 40, bars: int = 8, seed: int = 0,
         values = [f(n) for n in pieces if len(n)]
         return np.concatenate(values) if values else np.zeros(0)
 
-    sample_len = pooled(samples, _seconds_lengths)
+    sample_len = pooled(whole_samples, _seconds_lengths)
     data_len = pooled([w[1] for w in held_whole], _seconds_lengths)
     data_len_raw = pooled([w[0] for w in held_whole], _seconds_lengths)
     q25, q75 = np.percentile(data_len, [25, 75])
@@ -255,7 +264,8 @@ def table(r: dict) -> str:
         f"(median {r['note_seconds_data_median']:.3f}; inside: {r['median_inside_iqr']})",
         f"velocity std    {r['velocity_std']:.1f} (data {r['velocity_std_data']:.1f})",
         f"polyphony       {r['polyphony']:.2f} (data {r['polyphony_data']:.2f})",
-        f"notes / 16 s    {r['notes_per_sample']:.0f} (data {r['notes_per_excerpt_data']:.0f})",
+        f"notes / {r['seconds']:g} s    {r['notes_per_sample']:.0f} "
+        f"(data {r['notes_per_excerpt_data']:.0f})",
         f"skipped tokens  {r['skipped_tokens']}; unreadable {len(r['unreadable_samples'])}; "
         f"shorter than {r['seconds']:g} s: {r['short_samples']}",
     ])  # fmt: skip
@@ -268,7 +278,7 @@ def main() -> None:
     parser.add_argument("--bars", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--excerpts_per_piece", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=1500, help="tokens generated per sample")
+    parser.add_argument("--tokens", type=int, default=2000, help="tokens generated per sample")
     parser.add_argument("--permutations", type=int, default=100)
     parser.add_argument("--sample", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--out_dir", default=None)

@@ -101,7 +101,8 @@ def stratified_folds(
 ) -> np.ndarray:
     """int64[repeats, N]: the test fold of each piece in each repeat. Within each class the
     pieces are shuffled (numpy PCG64 seeded by `seed`) and dealt round-robin to the folds, so
-    every fold holds floor or ceil of each class's share. With `groups_N` (int[N], e.g. the
+    every fold holds floor or ceil of each class's share (of its groups, when groups are
+    given). With `groups_N` (int[N], e.g. the
     piece each excerpt was cut from; one class per group) whole groups are dealt instead, so no
     group is split between a training and a test fold (GroupKFold in scikit-learn's terms).
     Raises ValueError when a group holds both classes."""
@@ -224,10 +225,12 @@ def classifier_two_sample_test(
     one piece: folds and the permutation null then move whole groups, and the fold count is
     capped by the groups of the smaller set. Returns a dict: accuracy (mean
     balanced held-out accuracy over repeats), accuracy_std (std over repeats), accuracy_min/max,
-    binomial_p (first repeat; NaN unless the sets have equal sizes), permutation_p (None
-    unless permutations > 0: (1 + #null >= obs) / (1 + permutations)), n_a, n_b, folds,
-    repeats, l2, features. With fewer than 2 pieces in a set the accuracy is NaN and `reason`
-    says why. Folds are min(folds, smaller set's size).
+    binomial_p (first repeat; NaN unless the sets have equal sizes and every row is its own
+    group), permutation_p (None unless permutations > 0: (1 + #null >= obs) /
+    (1 + permutations); with groups the null is only approximate when group sizes differ
+    much), n_a, n_b, groups_a, groups_b, folds, repeats, l2, features. With fewer than 2 groups
+    in a set the accuracy is NaN and `reason` says why. Folds are min(folds, groups of A,
+    groups of B).
     Raises ValueError when the two sets have different feature counts."""
     a, b = np.asarray(features_a_AxF, np.float64), np.asarray(features_b_BxF, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
